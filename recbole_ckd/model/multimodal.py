@@ -1,0 +1,138 @@
+"""Base class of every multimodal backbone: features on the device, masking, scoring."""
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import GeneralRecommender
+from recbole.utils import InputType
+
+
+class MultimodalRecommender(GeneralRecommender):
+    """A backbone that scores with dot products of user and item representations.
+
+    Subclasses implement :meth:`forward`, which takes the set of *masked* modalities
+    (spec section 2: a masked modality's item features are replaced by their mean over all
+    items, its user-side parameters by their mean over all users) and returns the tables of
+    all user and all item representations. BPR training, full-ranking evaluation and CKD are
+    built on that one method.
+
+    The modality matrices come from the dataset, aligned to internal item ids, and live on the
+    model's device as non-persistent buffers: data, not parameters, so they are not copied
+    into checkpoints. ``active_modalities`` (config) restricts the model to a subset: the rest
+    are masked in training and evaluation (a teacher is the backbone with one active modality).
+    """
+
+    input_type = InputType.PAIRWISE
+    uses_modalities = True
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        features = getattr(dataset, "modality_features", None)
+        if not features:
+            raise ValueError(
+                f"{type(self).__name__} needs modality features, but dataset '{config['dataset']}' has none: "
+                "list them under 'modalities' in the dataset YAML (name: file.npy)."
+            )
+        self.modalities = tuple(features)
+        for name, matrix in features.items():
+            if not name.isidentifier():
+                raise ValueError(f"Modality name {name!r} must be a plain identifier (letters, digits, _).")
+            matrix = torch.from_numpy(matrix)
+            self.register_buffer(f"_feat_{name}", matrix, persistent=False)
+            # mean over real items (row 0 is padding)
+            self.register_buffer(f"_feat_mean_{name}", matrix[1:].mean(dim=0, keepdim=True), persistent=False)
+        active = config["active_modalities"]
+        if active is None:
+            active = self.modalities
+        elif isinstance(active, str):
+            active = [active]
+        unknown = set(active) - set(self.modalities)
+        if unknown or not active:
+            raise ValueError(
+                f"active_modalities={list(active)} must be a non-empty subset of the dataset's modalities {list(self.modalities)}."
+            )
+        self.default_masked = frozenset(self.modalities) - frozenset(active)
+        self.reg_weight = config["reg_weight"]
+        self._eval_tables = None
+
+    # ------------------------------------------------------------ plugin hooks
+    @classmethod
+    def trainer_class(cls):
+        from recbole_ckd.trainer import MultimodalTrainer
+
+        return MultimodalTrainer
+
+    @classmethod
+    def config_names(cls):
+        """Model YAMLs to load, in order (the plugin's properties/model/<name>.yaml)."""
+        return [cls.__name__]
+
+    # ------------------------------------------------------------ features
+    def feature(self, name):
+        """Item features of modality ``name``, ``[n_items, dim]``, row 0 padding."""
+        return getattr(self, f"_feat_{name}")
+
+    def feature_mean(self, name):
+        """Mean feature vector of modality ``name`` over all items, ``[1, dim]``."""
+        return getattr(self, f"_feat_mean_{name}")
+
+    def feature_dim(self, name):
+        return self.feature(name).shape[1]
+
+    @staticmethod
+    def user_mean(weight):
+        """Mean of a per-user parameter over all users (row 0 is padding), ``[1, dim]``."""
+        return weight[1:].mean(dim=0, keepdim=True)
+
+    def only(self, name):
+        """The masked set of the "only ``name``" mode."""
+        return frozenset(self.modalities) - {name}
+
+    # ------------------------------------------------------------ representations
+    def forward(self, masked=frozenset()):
+        """``(user_reps [n_users, d], item_reps [n_items, d])`` with ``masked`` modalities at their mean."""
+        raise NotImplementedError
+
+    def batch_representations(self, users, items, masked=frozenset()):
+        """Representations of the given users and items; backbones may compute only these rows."""
+        user_reps, item_reps = self.forward(masked)
+        return user_reps[users], item_reps[items]
+
+    # ------------------------------------------------------------ training
+    def bpr_loss(self, user_reps, pos_reps, neg_reps):
+        """BPR plus L2 on the batch representations (spec section 4, first line of L)."""
+        margin = (user_reps * (pos_reps - neg_reps)).sum(dim=-1)
+        bpr = -F.logsigmoid(margin).mean()
+        reg = 0.5 * (user_reps.pow(2).sum() + pos_reps.pow(2).sum() + neg_reps.pow(2).sum()) / user_reps.shape[0]
+        return bpr + self.reg_weight * reg
+
+    def calculate_loss(self, interaction):
+        users = interaction[self.USER_ID]
+        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
+        user_reps, item_reps = self.batch_representations(users, torch.cat([pos, neg]), self.default_masked)
+        pos_reps, neg_reps = item_reps.split(len(pos))
+        return self.bpr_loss(user_reps, pos_reps, neg_reps)
+
+    # ------------------------------------------------------------ evaluation
+    def train(self, mode=True):
+        self._eval_tables = None  # parameters are about to change
+        return super().train(mode)
+
+    def load_state_dict(self, state_dict, strict=True):
+        self._eval_tables = None
+        return super().load_state_dict(state_dict, strict=strict)
+
+    def eval_tables(self):
+        """The tables used for ranking, computed once per evaluation (not once per batch)."""
+        if self._eval_tables is None or self.training:
+            with torch.no_grad():
+                self._eval_tables = self.forward(self.default_masked)
+        return self._eval_tables
+
+    def predict(self, interaction):
+        user_reps, item_reps = self.eval_tables()
+        users, items = interaction[self.USER_ID], interaction[self.ITEM_ID]
+        return (user_reps[users] * item_reps[items]).sum(dim=-1)
+
+    def full_sort_predict(self, interaction):
+        user_reps, item_reps = self.eval_tables()
+        return (user_reps[interaction[self.USER_ID]] @ item_reps.T).view(-1)

@@ -1,0 +1,75 @@
+"""One training run through RecBole's machinery, and its report."""
+
+from logging import getLogger
+
+from recbole.utils import init_logger, init_seed, set_color
+
+from recbole_ckd.config import Config
+from recbole_ckd.data.dataset import data_preparation
+from recbole_ckd.registry import create_dataset, get_model, get_trainer
+
+PROTOCOLS = {
+    "train": "full ranking; training items masked at validation and test (MMRec, CKD reference)",
+    "train_valid": "full ranking; training items masked at validation, training and validation items at test (RecBole)",
+}
+
+
+def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None, saved=True):
+    """Train ``model`` on ``dataset`` and evaluate it; returns a plain result record.
+
+    The same function serves the command line, sweeps and leaderboards: only the config
+    differs. ``cmd_args`` are ``--key=value`` overrides (highest priority).
+    """
+    config = Config(model, dataset, config_file_list, config_dict, cmd_args=cmd_args)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+
+    data = create_dataset(config)
+    logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model_obj = get_model(config["model"])(config, train_data.dataset).to(config["device"])
+    logger.info(model_obj)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    result = {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "seed": config["seed"],
+        "test_masking": config["test_masking"],
+        "valid_metric": config["valid_metric"],
+        "best_valid_score": float(best_valid_score),
+        "valid_result": {k: float(v) for k, v in (best_valid_result or {}).items()},
+        "test_result": {k: float(v) for k, v in (test_result or {}).items()},
+        "checkpoint": trainer.saved_model_file if saved else None,
+    }
+    return result
+
+
+def format_report(result):
+    """A readable summary of a result record: the protocol and a metric table."""
+    metrics = list(result["test_result"]) or list(result["valid_result"])
+    width = max([len(m) for m in metrics] + [6])
+    lines = [
+        set_color(f"{result['model']} on {result['dataset']} (seed {result['seed']})", "yellow"),
+        f"protocol: {PROTOCOLS.get(result['test_masking'], result['test_masking'])}",
+        f"selection: best validation {result['valid_metric']}; test at that checkpoint",
+        f"{'metric':<{width}}  {'valid':>8}  {'test':>8}",
+    ]
+    for name in metrics:
+        valid = result["valid_result"].get(name)
+        test = result["test_result"].get(name)
+        lines.append(
+            f"{name:<{width}}  {valid if valid is None else format(valid, '8.4f'):>8}  "
+            f"{test if test is None else format(test, '8.4f'):>8}"
+        )
+    if result.get("checkpoint"):
+        lines.append(f"checkpoint: {result['checkpoint']}")
+    return "\n".join(lines)
