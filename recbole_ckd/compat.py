@@ -14,6 +14,7 @@ so on the pinned stack (numpy 1.26, scipy < 1.13, torch < 2.6) it is a no-op.
 
 import os
 import tempfile
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,7 +30,10 @@ _NUMPY_ALIASES = {
 
 def _patch_numpy():
     for old, new in _NUMPY_ALIASES.items():
-        if not hasattr(np, old):
+        with warnings.catch_warnings():  # numpy 1.24+ warns on access to the deprecated names
+            warnings.simplefilter("ignore", DeprecationWarning)
+            present = hasattr(np, old)
+        if not present:
             setattr(np, old, getattr(np, new))
 
 

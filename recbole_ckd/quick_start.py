@@ -50,6 +50,9 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         "test_result": {k: float(v) for k, v in (test_result or {}).items()},
         "checkpoint": trainer.saved_model_file if saved else None,
     }
+    if hasattr(trainer, "mode_results"):  # CKD: the student in every mode and each teacher
+        result["modes"] = trainer.mode_results(valid_data, test_data, load_best_model=saved)
+        result["checkpoints"] = trainer.checkpoint_dirs()
     return result
 
 
@@ -70,6 +73,16 @@ def format_report(result):
             f"{name:<{width}}  {valid if valid is None else format(valid, '8.4f'):>8}  "
             f"{test if test is None else format(test, '8.4f'):>8}"
         )
-    if result.get("checkpoint"):
-        lines.append(f"checkpoint: {result['checkpoint']}")
+    if result.get("modes"):
+        lines += ["", "masking: a masked modality's item features are replaced by their mean over items and its "
+                  "user-side parameters by their mean over users; 'only m' masks every modality but m", ""]
+        columns = [("valid", "recall@20"), ("test", "recall@10"), ("test", "recall@20"), ("test", "ndcg@20")]
+        header = f"{'mode':<16}" + "".join(f"{split + ' ' + metric:>18}" for split, metric in columns)
+        lines.append(header)
+        for name, splits in result["modes"].items():
+            cells = "".join(f"{splits[split].get(metric, float('nan')):>18.4f}" for split, metric in columns)
+            lines.append(f"{name:<16}{cells}")
+    for name, path in (result.get("checkpoints") or {"checkpoint": result.get("checkpoint")}).items():
+        if path:
+            lines.append(f"{name}: {path}")
     return "\n".join(lines)

@@ -17,10 +17,11 @@ def get_model(name):
         return model_class
     try:
         return recbole_get_model(name)
-    except ValueError:
+    except (ValueError, ModuleNotFoundError) as err:
+        # RecBole's search ends in its exlib models, whose import needs lightgbm / xgboost
         known = ", ".join(sorted(plugin_models.MODELS))
         raise ValueError(
-            f"Unknown model '{name}': not a recbole-ckd model ({known}) and not a RecBole model."
+            f"Unknown model '{name}': not a recbole-ckd model ({known}) and not a RecBole model ({err})."
         ) from None
 
 

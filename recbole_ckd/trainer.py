@@ -1,11 +1,68 @@
-"""Trainers: RecBole's training loop with checkpoints that load safely on any torch."""
+"""Trainers: RecBole's training loop with safe checkpoints, resume, and the two CKD stages."""
 
+import copy
+import hashlib
+import json
+import os
+import random
+import shutil
+from time import time
+
+import numpy as np
+import torch
 from recbole.trainer import Trainer
-from recbole.utils import set_color
+from recbole.utils import dict2str, early_stopping, set_color
 
-from recbole_ckd.compat import load_checkpoint, save_checkpoint
+from recbole_ckd.compat import CheckpointError, load_checkpoint, save_checkpoint
+
+# Keys of the student only: changing them never changes a teacher.
+CKD_KEYS = {"kd_weight", "gd_weight", "kd_temperature", "gd_samples", "cf_clamp", "teacher_learning_rate"}
+# Keys that only change how a trained model is scored, not how it is trained.
+EVALUATION_KEYS = {"test_masking", "metrics", "topk"}
+# Keys that change where or how loudly a run happens, never what it computes.
+RUNTIME_KEYS = {
+    "show_progress", "state", "checkpoint_dir", "data_path", "device", "gpu_id", "use_gpu", "worker",
+    "eval_batch_size", "log_wandb", "wandb_project", "save_dataset", "dataset_save_path", "save_dataloaders",
+    "dataloaders_save_path", "resume", "retrain_teachers", "local_rank", "single_spec", "nproc", "world_size",
+    "offset", "ip", "port", "config_files", "benchmark_filename", "tensorboard",
+}
 
 
+def file_digest(path, _cache={}):
+    """SHA-256 of a file's content, remembered per (path, size, mtime)."""
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        _cache[key] = digest.hexdigest()
+    return _cache[key]
+
+
+def dataset_fingerprint(config):
+    """Digest of the dataset files a run reads: its interactions and every modality file."""
+    names = [f"{config['dataset']}.inter"] + sorted((config["modalities"] or {}).values())
+    paths = [os.path.join(config["data_path"], name) for name in names]
+    return {os.path.basename(p): file_digest(p) for p in paths if os.path.isfile(p)}
+
+
+def config_key(config, exclude=()):
+    """A digest of everything that determines what a run computes: config and data files."""
+    items = {
+        k: v for k, v in config.final_config_dict.items() if k not in RUNTIME_KEYS and k not in exclude
+    }
+    items["dataset_files"] = dataset_fingerprint(config)
+    text = json.dumps(items, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf."""
+
+
+# ----------------------------------------------------------------------------- checkpoints
 class SafeCheckpointMixin:
     """Checkpoints in the plugin's format: tensors and plain metadata, atomic, ``weights_only``.
 
@@ -55,6 +112,8 @@ _SAFE_TRAINERS = {}
 
 def with_safe_checkpoints(trainer_class):
     """``trainer_class`` with the plugin's checkpoint format (one subclass per class)."""
+    if trainer_class is Trainer:
+        return ResumableTrainer
     if issubclass(trainer_class, SafeCheckpointMixin):
         return trainer_class
     if trainer_class not in _SAFE_TRAINERS:
@@ -62,5 +121,259 @@ def with_safe_checkpoints(trainer_class):
     return _SAFE_TRAINERS[trainer_class]
 
 
-class MultimodalTrainer(SafeCheckpointMixin, Trainer):
-    """The trainer of the plugin's multimodal backbones."""
+# ----------------------------------------------------------------------------- RNG state
+def _rng_state(generator):
+    numpy_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+        "python": [list(random.getstate()[1]), random.getstate()[0], random.getstate()[2]],
+        "loader": generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state, generator):
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    internal, version, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    generator.set_state(state["loader"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_stage(seed, train_data):
+    """Seed every random source at the start of a stage, so a stage's result does not depend
+    on what ran before it (e.g. whether its teachers came from the cache)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    train_data.generator.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- resumable stage
+class ResumableTrainer(SafeCheckpointMixin, Trainer):
+    """RecBole's training loop with a checkpoint per validation, so Ctrl-C loses nothing.
+
+    A stage lives in ``run_dir``: ``best.pth`` (the selected model), ``last.pth`` (model,
+    optimizer, counters and every random state after the last validation). Started again on
+    the same config, it resumes from ``last.pth``; a finished stage is not trained again.
+    """
+
+    def __init__(self, config, model, run_dir=None):
+        super().__init__(config, model)
+        self.run_dir = run_dir or os.path.join(
+            config["checkpoint_dir"], str(config["dataset"]), f"{config['model']}-{config_key(config)[:12]}"
+        )
+        self.saved_model_file = os.path.join(self.run_dir, "best.pth")
+        self.best_valid_result = None
+        self.finished = False
+        self._epoch = None
+
+    @property
+    def last_file(self):
+        return os.path.join(self.run_dir, "last.pth")
+
+    def _save_last(self, epoch, train_data):
+        state = {
+            "model": self.config["model"],
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": float(self.best_valid_score),
+            "best_valid_result": {k: float(v) for k, v in (self.best_valid_result or {}).items()},
+            "finished": self.finished,
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": _rng_state(train_data.generator),
+        }
+        save_checkpoint(state, self.last_file)
+
+    def _try_resume(self, train_data):
+        if not (self.config["resume"] and os.path.isfile(self.last_file)):
+            return False
+        try:
+            state = load_checkpoint(self.last_file, map_location=self.device)
+        except CheckpointError as err:
+            self.logger.warning(f"{err}\nStarting this stage from scratch.")
+            return False
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"], train_data.generator)
+        self.start_epoch = state["epoch"] + 1
+        self.cur_step = state["cur_step"]
+        self.best_valid_score = state["best_valid_score"]
+        self.best_valid_result = state["best_valid_result"] or None
+        self.finished = state["finished"]
+        what = "finished; reusing it" if self.finished else f"resuming at epoch {self.start_epoch}"
+        self.logger.info(set_color(f"{self.config['model']}: found {self.last_file}, {what}", "green"))
+        return True
+
+    def _check_nan(self, loss):
+        if torch.isfinite(loss):
+            return
+        terms = getattr(self.model, "last_loss_terms", None) or {"loss": loss}
+        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()] or ["loss"]
+        last = self.last_file if os.path.isfile(self.last_file) else "none yet"
+        raise NonFiniteLossError(
+            f"{self.config['model']}: the training loss became {loss.item()} in epoch {self._epoch} "
+            f"(bad term: {', '.join(bad)}). Last good checkpoint: {last}. Lower the learning rate or check the data."
+        )
+
+    def _log_epoch_stats(self, epoch_idx):
+        """Log what the model measured during the epoch (CKD: loss terms and weights r_m)."""
+        pop = getattr(self.model, "pop_epoch_stats", None)
+        stats = pop() if pop else {}
+        if stats:
+            self.logger.info(
+                set_color(f"epoch {epoch_idx} stats", "green") + ": " + ", ".join(f"{k}: {v:.4f}" for k, v in stats.items())
+            )
+            for name, value in stats.items():
+                self.tensorboard.add_scalar(f"Train/{name}", value, epoch_idx)
+        return stats
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self.eval_collector.data_collect(train_data)
+        if not (saved and self._try_resume(train_data)):
+            seed_stage(self.config["seed"], train_data)
+        if self.finished:
+            return self.best_valid_score, self.best_valid_result
+        for epoch_idx in range(self.start_epoch, self.epochs):
+            self._epoch = epoch_idx
+            start = time()
+            train_loss = self._train_epoch(train_data, epoch_idx, show_progress=show_progress)
+            self.train_loss_dict[epoch_idx] = sum(train_loss) if isinstance(train_loss, tuple) else train_loss
+            if verbose:
+                self.logger.info(self._generate_train_loss_output(epoch_idx, start, time(), train_loss))
+            self._add_train_loss_to_tensorboard(epoch_idx, train_loss)
+            self._log_epoch_stats(epoch_idx)
+            if self.eval_step <= 0 or not valid_data:
+                if saved:  # nothing to select on: the latest model is the one kept
+                    self._save_checkpoint(epoch_idx, verbose=verbose)
+                    self._save_last(epoch_idx, train_data)
+                continue
+            if (epoch_idx + 1) % self.eval_step:
+                continue
+            start = time()
+            valid_score, valid_result = self._valid_epoch(valid_data, show_progress=show_progress)
+            self.best_valid_score, self.cur_step, stop, improved = early_stopping(
+                valid_score, self.best_valid_score, self.cur_step,
+                max_step=self.stopping_step, bigger=self.valid_metric_bigger,
+            )
+            if verbose:
+                self.logger.info(
+                    set_color(f"epoch {epoch_idx} evaluating", "green")
+                    + f" [time: {time() - start:.2f}s, valid_score: {valid_score:f}]\n"
+                    + set_color("valid result", "blue") + ": \n" + dict2str(valid_result)
+                )
+            self.tensorboard.add_scalar("Valid_score", valid_score, epoch_idx)
+            if improved:
+                self.best_valid_result = valid_result
+                if saved:
+                    self._save_checkpoint(epoch_idx, verbose=verbose)
+            if callback_fn:
+                callback_fn(epoch_idx, valid_score)
+            self.finished = stop or epoch_idx + 1 >= self.epochs
+            if saved:
+                self._save_last(epoch_idx, train_data)
+            if stop:
+                if verbose:
+                    best_epoch = epoch_idx - self.cur_step * self.eval_step
+                    self.logger.info(f"Finished training, best eval result in epoch {best_epoch}")
+                break
+        if saved and not self.finished:
+            self.finished = True
+            self._save_last(self.epochs - 1, train_data)
+        return self.best_valid_score, self.best_valid_result
+
+
+
+# ----------------------------------------------------------------------------- CKD, two stages
+class CKDTrainer(ResumableTrainer):
+    """Stage 1: one uni-modal teacher per modality (cached); stage 2: the CKD student.
+
+    A teacher is the backbone trained with BPR in its "only m" mode (``active_modalities:
+    [m]``), selected in that mode. It is cached under
+    ``<checkpoint_dir>/<dataset>/teachers/<Backbone>-<m>-<key>``, where the key covers the
+    dataset files and every config key except the student-only ones; a changed key trains a
+    new teacher, ``retrain_teachers: True`` forces it. Frozen teacher tables are computed once
+    for stage 2.
+    """
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.teacher_trainers = {}
+
+    def teacher_config(self, modality):
+        config = copy.deepcopy(self.config)
+        config["model"] = self.model.backbone.__name__
+        config["active_modalities"] = [modality]
+        config["learning_rate"] = self.config["teacher_learning_rate"] or self.config["learning_rate"]
+        return config
+
+    def _train_teacher(self, modality, train_data, valid_data, verbose, show_progress):
+        config = self.teacher_config(modality)
+        key = config_key(config, exclude=CKD_KEYS | EVALUATION_KEYS)
+        run_dir = os.path.join(
+            config["checkpoint_dir"], str(config["dataset"]), "teachers", f"{config['model']}-{modality}-{key[:12]}"
+        )
+        if self.config["retrain_teachers"] and os.path.isdir(run_dir):
+            self.logger.info(f"retrain_teachers: removing {run_dir}")
+            shutil.rmtree(run_dir)
+        for attempt in (1, 2):
+            seed_stage(config["seed"], train_data)  # the same teacher whatever ran before
+            teacher = self.model.backbone(config, train_data.dataset).to(config["device"])
+            trainer = ResumableTrainer(config, teacher, run_dir=run_dir)
+            if os.path.isfile(trainer.last_file):
+                self.logger.info(set_color(f"Teacher '{modality}': cache {run_dir}", "green"))
+            else:
+                self.logger.info(set_color(f"Teacher '{modality}': training ({run_dir})", "green"))
+            trainer.fit(train_data, valid_data, verbose=verbose, saved=True, show_progress=show_progress)
+            try:
+                trainer._load_model_state(trainer.saved_model_file)
+                return trainer
+            except (CheckpointError, FileNotFoundError) as err:
+                if attempt == 2:
+                    raise
+                self.logger.warning(f"Teacher '{modality}': unusable cache ({err}); retraining it.")
+                shutil.rmtree(run_dir)
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        tables = {}
+        for modality in self.model.modalities:
+            trainer = self._train_teacher(modality, train_data, valid_data, verbose, show_progress)
+            self.teacher_trainers[modality] = trainer
+            teacher = trainer.model.eval()
+            for parameter in teacher.parameters():
+                parameter.requires_grad_(False)
+            with torch.no_grad():
+                tables[modality] = teacher.forward(teacher.default_masked)
+        self.model.set_teacher_tables(tables)
+        self.logger.info(set_color("Stage 2: the CKD student", "green") + f" ({self.run_dir})")
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def mode_results(self, valid_data, test_data, load_best_model=True):
+        """Validation and test metrics of the student in each mode and of every teacher."""
+        if load_best_model:
+            self._load_model_state(self.saved_model_file)
+        results = {}
+        for name, masked in self.model.modes().items():
+            if name.startswith("without_"):
+                continue
+            with self.model.masked_as(masked):
+                results[f"student {name}"] = {
+                    "valid": dict(self.evaluate(valid_data, load_best_model=False)),
+                    "test": dict(self.evaluate(test_data, load_best_model=False)),
+                }
+        for modality, trainer in self.teacher_trainers.items():
+            results[f"teacher {modality}"] = {
+                "valid": dict(trainer.evaluate(valid_data, load_best_model=False)),
+                "test": dict(trainer.evaluate(test_data, load_best_model=False)),
+            }
+        return results
+
+    def checkpoint_dirs(self):
+        return {"student": self.run_dir, **{f"teacher {m}": t.run_dir for m, t in self.teacher_trainers.items()}}

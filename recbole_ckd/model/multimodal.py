@@ -1,5 +1,7 @@
 """Base class of every multimodal backbone: features on the device, masking, scoring."""
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import GeneralRecommender
@@ -57,9 +59,9 @@ class MultimodalRecommender(GeneralRecommender):
     # ------------------------------------------------------------ plugin hooks
     @classmethod
     def trainer_class(cls):
-        from recbole_ckd.trainer import MultimodalTrainer
+        from recbole_ckd.trainer import ResumableTrainer
 
-        return MultimodalTrainer
+        return ResumableTrainer
 
     @classmethod
     def config_names(cls):
@@ -136,3 +138,33 @@ class MultimodalRecommender(GeneralRecommender):
     def full_sort_predict(self, interaction):
         user_reps, item_reps = self.eval_tables()
         return (user_reps[interaction[self.USER_ID]] @ item_reps.T).view(-1)
+
+    @contextlib.contextmanager
+    def masked_as(self, masked):
+        """Temporarily rank with ``masked`` modalities (e.g. the student's "only m" mode)."""
+        saved, self.default_masked = self.default_masked, frozenset(masked)
+        self._eval_tables = None
+        try:
+            yield self
+        finally:
+            self.default_masked = saved
+            self._eval_tables = None
+
+    # ------------------------------------------------------------ graphs
+    def bipartite_adjacency(self, dataset, normalization="mean"):
+        """The user-item training graph over ``n_users + n_items`` nodes (items after users),
+        as a sparse tensor on the device: row-normalised (``mean``) or ``D^-1/2 A D^-1/2`` (``sym``)."""
+        inter = dataset.inter_matrix(form="coo")
+        users = torch.from_numpy(inter.row).long()
+        items = torch.from_numpy(inter.col).long() + self.n_users
+        rows, cols = torch.cat([users, items]), torch.cat([items, users])
+        n = self.n_users + self.n_items
+        degree = torch.bincount(rows, minlength=n).float().clamp(min=1)
+        if normalization == "mean":
+            values = 1.0 / degree[rows]
+        elif normalization == "sym":
+            values = degree[rows].rsqrt() * degree[cols].rsqrt()
+        else:
+            raise ValueError(f"normalization must be 'mean' or 'sym', got {normalization!r}")
+        graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n)).coalesce()
+        return graph.to(self.device)

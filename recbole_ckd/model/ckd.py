@@ -1,0 +1,193 @@
+"""The CKD student: any backbone with ``forward(masked)`` plus counterfactual distillation.
+
+Spec section 4. One generic mixin; ``<Backbone>_CKD`` classes are derived from it by
+:func:`make_ckd_model`, so no backbone carries a copy of the CKD code.
+"""
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-8
+
+
+# ----------------------------------------------------------------------------- loss pieces
+def margins(user_reps, pos_reps, neg_reps):
+    """``d(u, a, b) = <U[u], I[a]> - <U[u], I[b]>`` per row."""
+    return (user_reps * (pos_reps - neg_reps)).sum(dim=-1)
+
+
+def specific_distillation(teacher_margin, student_margin):
+    """One-sided hinge: the teacher's margin is a floor the student may exceed (per triple)."""
+    return F.relu(teacher_margin - student_margin)
+
+
+def generic_distillation(teacher_margin, student_margin, temperature):
+    """Tempered BCE between the teacher's and the student's pair preferences (a scalar)."""
+    p_teacher = torch.sigmoid(teacher_margin / temperature)
+    p_student = torch.sigmoid(student_margin / temperature)
+    return -(p_teacher * torch.log(p_student + EPS) + (1 - p_teacher) * torch.log(1 - p_student + EPS)).mean()
+
+
+def counterfactual_effect(joint_margin, without_margin, only_margin, clamp=(1e-8, 10.0)):
+    """``c_m = clamp((d_J - d_without_m) / d_only_m)``, detached.
+
+    A non-positive numerator or denominator gives the floor (the modality shows no effect);
+    0/0 is taken as no effect too, instead of the NaN a plain division would give.
+    """
+    low, high = clamp
+    ratio = (joint_margin - without_margin).detach() / only_margin.detach()
+    return torch.nan_to_num(ratio, nan=low).clamp(low, high)
+
+
+def modality_weights(effects):
+    """``r_m = M (1/c_m) / sum_k (1/c_k)`` per triple: the larger effect gets the smaller weight.
+
+    ``effects`` is ``[M, B]``; the weights of every triple sum to M. For M = 2 this is the
+    reference ``r_t = 2 c_v / (c_t + c_v)``.
+    """
+    inverse = 1.0 / effects
+    return effects.shape[0] * inverse / inverse.sum(dim=0, keepdim=True)
+
+
+# ----------------------------------------------------------------------------- the student
+class CKDStudentMixin:
+    """Turns a backbone into a CKD student; the backbone's own forward is untouched."""
+
+    is_ckd_student = True
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        if self.default_masked:
+            raise ValueError(f"{type(self).__name__} is a student over all modalities; do not set active_modalities.")
+        self.kd_weight = config["kd_weight"]
+        self.gd_weight = config["gd_weight"]
+        self.kd_temperature = config["kd_temperature"]
+        self.gd_samples = config["gd_samples"]
+        self.cf_clamp = tuple(config["cf_clamp"])
+        train_users = torch.unique(dataset.inter_feat[dataset.uid_field])
+        self.register_buffer("_train_users", train_users, persistent=False)
+        self.teacher_tables = {}
+        self.last_loss_terms = {}
+        self._stats = {}
+
+    @classmethod
+    def config_names(cls):
+        return [cls.backbone.__name__, cls.__name__]
+
+    def set_teacher_tables(self, tables):
+        """Frozen ``(user_reps, item_reps)`` of every modality's teacher, computed once."""
+        missing = set(self.modalities) - set(tables)
+        if missing:
+            raise ValueError(f"No teacher tables for modalities {sorted(missing)}.")
+        self.teacher_tables = {m: (u.detach().to(self.device), i.detach().to(self.device)) for m, (u, i) in tables.items()}
+
+    def modes(self):
+        """Masked sets of the student's forward modes: joint, only-m, and without-m for M > 2."""
+        modes = {"joint": frozenset()}
+        for m in self.modalities:
+            modes[f"only_{m}"] = self.only(m)
+        if len(self.modalities) > 2:
+            for m in self.modalities:
+                modes[f"without_{m}"] = frozenset({m})
+        return modes
+
+    def without_key(self, m):
+        """With two modalities, "without t" is "only v"."""
+        if len(self.modalities) == 2:
+            (other,) = set(self.modalities) - {m}
+            return f"only_{other}"
+        return f"without_{m}"
+
+    def calculate_loss(self, interaction):
+        if not self.teacher_tables:
+            raise RuntimeError("The CKD student has no teachers: train it with CKDTrainer.")
+        users = interaction[self.USER_ID]
+        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
+        batch = len(users)
+        g_users, g_a, g_b = self.generic_triples()
+        all_users = torch.cat([users, g_users])
+        all_items = torch.cat([pos, neg, g_a, g_b])
+        n_gen = len(g_users)
+
+        batch_margin, gen_margin, joint_reps = {}, {}, None
+        for name, masked in self.modes().items():
+            u_reps, i_reps = self.batch_representations(all_users, all_items, masked)
+            u_b, u_g = u_reps[:batch], u_reps[batch:]
+            i_pos, i_neg, i_a, i_b = i_reps.split([batch, batch, n_gen, n_gen])
+            batch_margin[name] = margins(u_b, i_pos, i_neg)
+            gen_margin[name] = margins(u_g, i_a, i_b)
+            if name == "joint":
+                joint_reps = (u_b, i_pos, i_neg)
+
+        bpr = self.bpr_loss(*joint_reps)
+        effects, specific, generic = [], [], []
+        for m in self.modalities:
+            t_users, t_items = self.teacher_tables[m]
+            teacher_batch = margins(t_users[users], t_items[pos], t_items[neg])
+            teacher_gen = margins(t_users[g_users], t_items[g_a], t_items[g_b])
+            only = batch_margin[f"only_{m}"]
+            specific.append(specific_distillation(teacher_batch, only))
+            generic.append(generic_distillation(teacher_gen, gen_margin[f"only_{m}"], self.kd_temperature))
+            effects.append(counterfactual_effect(batch_margin["joint"], batch_margin[self.without_key(m)], only, self.cf_clamp))
+        weights = modality_weights(torch.stack(effects))  # [M, B], no gradient
+        specific, generic = torch.stack(specific), torch.stack(generic)  # [M, B], [M]
+        distill = (weights * (specific + self.gd_weight * generic[:, None])).sum(dim=0).mean()
+        loss = bpr + self.kd_weight * distill
+
+        self.last_loss_terms = {"bpr": bpr, "specific": specific.mean(dim=1).sum(), "generic": generic.sum(), "loss": loss}
+        self._accumulate(weights)
+        return loss
+
+    def generic_triples(self):
+        """G random triples: users with training data (without replacement when G <= their
+        number), items a and b uniform over all items, unfiltered."""
+        n_users = len(self._train_users)
+        g = self.gd_samples
+        if g <= n_users:
+            users = self._train_users[torch.randperm(n_users, device=self.device)[:g]]
+        else:
+            users = self._train_users[torch.randint(n_users, (g,), device=self.device)]
+        items = torch.randint(1, self.n_items, (2, g), device=self.device)
+        return users, items[0], items[1]
+
+    # ------------------------------------------------------------------ epoch statistics
+    def _accumulate(self, weights):
+        """Sums on the device; read once per epoch, so no per-step synchronisation."""
+        stats = self._stats
+        for name, value in self.last_loss_terms.items():
+            stats[name] = stats.get(name, 0) + value.detach()
+        stats["steps"] = stats.get("steps", 0) + 1
+        for k, m in enumerate(self.modalities):
+            stats[f"r_{m}_sum"] = stats.get(f"r_{m}_sum", 0) + weights[k].sum()
+            stats[f"r_{m}_sq"] = stats.get(f"r_{m}_sq", 0) + weights[k].pow(2).sum()
+        stats["triples"] = stats.get("triples", 0) + weights.shape[1]
+
+    def pop_epoch_stats(self):
+        """Mean loss terms per step and mean / standard deviation of each r_m over the epoch."""
+        stats, self._stats = self._stats, {}
+        if not stats:
+            return {}
+        steps, triples = stats["steps"], stats["triples"]
+        result = {name: float(stats[name]) / steps for name in self.last_loss_terms}
+        for m in self.modalities:
+            mean = float(stats[f"r_{m}_sum"]) / triples
+            var = max(float(stats[f"r_{m}_sq"]) / triples - mean**2, 0.0)
+            result[f"r_{m}_mean"] = mean
+            result[f"r_{m}_std"] = var**0.5
+        return result
+
+
+def make_ckd_model(backbone):
+    """The ``<Backbone>_CKD`` class: the student mixin over ``backbone``."""
+    from recbole_ckd.trainer import CKDTrainer
+
+    return type(
+        f"{backbone.__name__}_CKD",
+        (CKDStudentMixin, backbone),
+        {
+            "backbone": backbone,
+            "trainer_class": classmethod(lambda cls: CKDTrainer),
+            "__doc__": f"{backbone.__name__} trained as a CKD student (spec section 4).",
+            "__module__": __name__,
+        },
+    )

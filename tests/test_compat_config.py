@@ -1,0 +1,115 @@
+"""The compatibility shims, the Config's lookup rules and the packaging of properties/."""
+
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from recbole.trainer import Trainer
+
+from recbole_ckd import compat
+from recbole_ckd.config import Config, properties_dir
+from recbole_ckd.model import VBPR
+from recbole_ckd.registry import get_model, get_trainer
+from recbole_ckd.trainer import SafeCheckpointMixin
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_numpy_aliases_are_restored_when_missing(monkeypatch):
+    monkeypatch.delattr(np, "float_")
+    monkeypatch.delattr(np, "unicode_")
+    compat.apply()
+    assert np.float_ is np.float64 and np.unicode_ is np.str_
+
+
+def test_numpy_patch_is_a_no_op_where_names_exist(monkeypatch):
+    sentinel = object()
+    monkeypatch.setattr(np, "complex_", sentinel)
+    compat.apply()
+    assert np.complex_ is sentinel
+
+
+def test_dok_update_shim_builds_the_same_matrix():
+    matrix = sp.dok_matrix((3, 4), dtype=np.float32)
+    compat._dok_update(matrix, {(0, 1): 1.0, (2, 3): 2.0})
+    assert matrix.toarray().tolist() == [[0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2]]
+    assert hasattr(sp.dok_matrix, "_update")  # RecBole's LightGCN calls it
+
+
+def test_checkpoint_round_trip_and_atomic_write(tmp_path):
+    path = tmp_path / "sub" / "c.pth"
+    compat.save_checkpoint({"epoch": 3, "w": torch.arange(4.0), "meta": {"a": [1, "x"]}}, path)
+    state = compat.load_checkpoint(path)
+    assert state["epoch"] == 3 and state["w"].tolist() == [0, 1, 2, 3] and state["meta"] == {"a": [1, "x"]}
+    assert os.listdir(path.parent) == ["c.pth"]  # no temporary file left
+
+
+def test_truncated_checkpoint_is_reported(tmp_path):
+    path = tmp_path / "c.pth"
+    compat.save_checkpoint({"w": torch.zeros(1000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(compat.CheckpointError, match="not a readable recbole-ckd checkpoint"):
+        compat.load_checkpoint(path)
+
+
+def test_foreign_checkpoints_are_refused(tmp_path):
+    plain = tmp_path / "plain.pth"
+    torch.save({"state_dict": {}}, plain)
+    with pytest.raises(compat.CheckpointError, match="not written by recbole-ckd"):
+        compat.load_checkpoint(plain)
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"format": compat.CHECKPOINT_FORMAT, "obj": compat.CheckpointError("x")}, pickled)
+    with pytest.raises(compat.CheckpointError, match="not a readable"):
+        compat.load_checkpoint(pickled)  # weights_only refuses arbitrary objects
+
+
+def test_config_never_reads_sys_argv(monkeypatch, tiny_dataset):
+    monkeypatch.setattr(sys, "argv", ["ray_worker.py", "--learning_rate=9", "--epochs", "junk"])
+    config = Config("VBPR", "tiny", config_dict={"data_path": tiny_dataset["root"]})
+    assert config["learning_rate"] == 0.001 and config["epochs"] == 1000
+
+
+def test_bad_command_line_arguments_are_errors(tiny_dataset):
+    with pytest.raises(ValueError, match="--key=value"):
+        Config("VBPR", "tiny", cmd_args=["--epochs"])
+    with pytest.raises(ValueError, match="twice"):
+        Config("VBPR", "tiny", cmd_args=["--epochs=1", "--epochs=2"])
+
+
+def test_priority_of_plugin_and_recbole_properties(tiny_dataset):
+    config = Config("LightGCN", "tiny", config_dict={"data_path": tiny_dataset["root"]})
+    assert config["n_layers"] == 2  # RecBole's model YAML
+    assert config["valid_metric"] == "Recall@20" and config["topk"] == [10, 20]  # plugin overall over RecBole's
+    assert config["USER_ID_FIELD"] == "userID" and config["data_format"] == "mmrec"  # detected from the header
+    config = Config("BPR", "ml-100k", config_dict={"state": "WARNING"})
+    assert config["USER_ID_FIELD"] == "user_id" and config["data_format"] == "atomic"  # RecBole's dataset YAML wins
+
+
+def test_model_lookup_is_plugin_first_with_recbole_fallback():
+    assert get_model("VBPR") is VBPR
+    assert get_model("BPR").__module__.startswith("recbole.model")
+    with pytest.raises(ValueError, match="Unknown model 'Nope'.*VBPR"):
+        get_model("Nope")
+    trainer = get_trainer(None, "BPR")
+    assert issubclass(trainer, SafeCheckpointMixin) and issubclass(trainer, Trainer)
+    assert get_trainer(None, "BPR") is trainer
+
+
+def test_properties_ship_inside_the_wheel(tmp_path):
+    assert properties_dir() == __import__("pathlib").Path(ROOT) / "properties"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), ROOT],
+        check=True, capture_output=True,
+    )
+    (wheel,) = [f for f in os.listdir(tmp_path) if f.endswith(".whl")]
+    names = set(zipfile.ZipFile(tmp_path / wheel).namelist())
+    for name in ("properties/overall.yaml", "properties/model/VBPR.yaml", "properties/dataset/baby.yaml",
+                 "datasets/ml-100k-mm/ml-100k-mm.inter", "datasets/ml-100k-mm/text_feat.npy"):
+        assert f"recbole_ckd/{name}" in names, name
+    assert "run_recbole_ckd.py" in names
