@@ -346,9 +346,8 @@ class CKDTrainer(ResumableTrainer):
         for modality in self.model.modalities:
             trainer = self._train_teacher(modality, train_data, valid_data, verbose, show_progress)
             self.teacher_trainers[modality] = trainer
-            teacher = trainer.model.eval()
-            for parameter in teacher.parameters():
-                parameter.requires_grad_(False)
+            teacher = trainer.model.eval().requires_grad_(False)
+            teacher.zero_grad(set_to_none=True)
             with torch.no_grad():
                 tables[modality] = teacher.forward(teacher.default_masked)
         self.model.set_teacher_tables(tables)

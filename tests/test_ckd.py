@@ -1,0 +1,289 @@
+"""CKD: the loss pieces against hand-computed values, the student, the teacher cache, resume."""
+
+import glob
+import math
+import os
+
+import pytest
+import torch
+from conftest import FAST, write_tiny_mmrec
+
+from recbole_ckd.compat import load_checkpoint
+from recbole_ckd.config import Config
+from recbole_ckd.data.dataset import data_preparation
+from recbole_ckd.model import MODELS
+from recbole_ckd.model.ckd import (
+    counterfactual_effect,
+    generic_distillation,
+    margins,
+    modality_weights,
+    specific_distillation,
+)
+from recbole_ckd.quick_start import run
+from recbole_ckd.registry import create_dataset
+from recbole_ckd.trainer import NonFiniteLossError, ResumableTrainer
+
+T = torch.tensor
+
+
+# ----------------------------------------------------------------------------- loss pieces
+def test_margin():
+    users, pos, neg = T([[1.0, 2.0]]), T([[3.0, 0.0]]), T([[0.0, 1.0]])
+    assert margins(users, pos, neg).tolist() == [3.0 - 2.0]
+
+
+def test_specific_hinge_is_one_sided():
+    teacher, student = T([1.0, 0.5, -1.0, 2.0]), T([0.5, 1.0, -2.0, 2.0])
+    assert specific_distillation(teacher, student).tolist() == [0.5, 0.0, 1.0, 0.0]
+
+
+def test_generic_bce_with_temperature():
+    # p_T = sigmoid(0.1/0.1) = sigmoid(1), p_S = 0.5: the loss is -log(0.5 + 1e-8)
+    assert generic_distillation(T([0.1]), T([0.0]), 0.1).item() == pytest.approx(-math.log(0.5 + 1e-8), rel=1e-6)
+    # p_T = 0.5, p_S = sigmoid(2): -(0.5 log p_S + 0.5 log(1 - p_S))
+    p = 1 / (1 + math.exp(-2))
+    expected = -(0.5 * math.log(p + 1e-8) + 0.5 * math.log(1 - p + 1e-8))
+    assert generic_distillation(T([0.0]), T([0.2]), 0.1).item() == pytest.approx(expected, rel=1e-6)
+    # a scalar: the mean over the G triples
+    both = generic_distillation(T([0.1, 0.0]), T([0.0, 0.2]), 0.1).item()
+    assert both == pytest.approx((-math.log(0.5 + 1e-8) + expected) / 2, rel=1e-6)
+    # the temperature sharpens: a larger tau gives a softer target
+    assert generic_distillation(T([0.1]), T([0.0]), 1.0).item() == pytest.approx(-math.log(0.5 + 1e-8), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "numerator, denominator, expected",
+    [
+        (2.0, 1.0, 2.0),
+        (-1.0, 1.0, 1e-8),  # non-positive numerator: floor
+        (0.0, 1.0, 1e-8),
+        (1.0, -1.0, 1e-8),  # non-positive denominator: floor
+        (-2.0, -1.0, 2.0),  # both negative: a positive ratio
+        (100.0, 1.0, 10.0),  # ceiling
+        (1.0, 0.0, 10.0),  # division by zero: +inf, clamped
+        (0.0, 0.0, 1e-8),  # 0/0: no effect
+    ],
+)
+def test_counterfactual_effect_clamping(numerator, denominator, expected):
+    joint, without, only = T([numerator + 5.0]), T([5.0]), T([denominator])
+    assert counterfactual_effect(joint, without, only).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_weights_for_two_modalities_are_the_reference_formula():
+    c_t, c_v = T([2.0, 1e-8, 3.0, 10.0]), T([1.0, 1e-8, 3.0, 1e-8])
+    r = modality_weights(torch.stack([c_t, c_v]))
+    torch.testing.assert_close(r[0], 2 * c_v / (c_t + c_v))
+    torch.testing.assert_close(r[1], 2 - r[0])
+    assert r[:, 1].tolist() == [1.0, 1.0]  # both at the floor: equal weights
+    assert r[0, 0].item() == pytest.approx(2 / 3)  # the larger effect gets the smaller weight
+
+
+def test_weights_for_three_modalities_sum_to_three():
+    r = modality_weights(T([[1.0], [2.0], [4.0]]))
+    assert r[:, 0].tolist() == pytest.approx([3 / 1.75, 1.5 / 1.75, 0.75 / 1.75])
+    assert r.sum().item() == pytest.approx(3.0)
+
+
+# ----------------------------------------------------------------------------- the student
+def build_student(root, model="VBPR_CKD", **extra):
+    config = Config(model, "tiny", config_dict={**FAST, "data_path": root, "gd_samples": 7, **extra})
+    train, _, _ = data_preparation(config, create_dataset(config))
+    student = MODELS[model](config, train.dataset)
+    torch.manual_seed(1)
+    teachers = {m: (torch.randn(student.n_users, 5), torch.randn(student.n_items, 5)) for m in student.modalities}
+    student.set_teacher_tables(teachers)
+    return config, train, student, teachers
+
+
+def test_student_loss_is_the_spec_formula(tiny_dataset):
+    config, train, student, teachers = build_student(tiny_dataset["root"])
+    batch = next(iter(train))
+    triples = student.generic_triples()
+    student.generic_triples = lambda: triples
+    loss = student.calculate_loss(batch)
+
+    u, i, j = batch["userID"], batch["itemID"], batch["neg_itemID"]
+    gu, ga, gb = triples
+    tables = {name: student.forward(masked) for name, masked in student.modes().items()}
+
+    def d(name, users, a, b):
+        U, I = tables[name] if name in tables else teachers[name]
+        return ((U[users] * I[a]).sum(1) - (U[users] * I[b]).sum(1))
+
+    U, I = tables["joint"]
+    d_j = d("joint", u, i, j)
+    expected = -torch.log(torch.sigmoid(d_j)).mean()
+    expected += config["reg_weight"] * 0.5 * (U[u].pow(2).sum() + I[i].pow(2).sum() + I[j].pow(2).sum()) / len(u)
+    c = {
+        "v": ((d_j - d("only_t", u, i, j)) / d("only_v", u, i, j)).clamp(1e-8, 10),
+        "t": ((d_j - d("only_v", u, i, j)) / d("only_t", u, i, j)).clamp(1e-8, 10),
+    }
+    r_t = 2 * c["v"] / (c["t"] + c["v"])
+    r = {"t": r_t, "v": 2 - r_t}
+    tau, total = config["kd_temperature"], 0
+    for m in ("v", "t"):
+        sd = torch.relu(d(m, u, i, j) - d(f"only_{m}", u, i, j))
+        p_t, p_s = torch.sigmoid(d(m, gu, ga, gb) / tau), torch.sigmoid(d(f"only_{m}", gu, ga, gb) / tau)
+        gd = -(p_t * torch.log(p_s + 1e-8) + (1 - p_t) * torch.log(1 - p_s + 1e-8)).mean()
+        total = total + r[m] * (sd + config["gd_weight"] * gd)
+    expected = expected + config["kd_weight"] * total.mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_counterfactual_weights_are_detached_and_teachers_get_no_gradient(tiny_dataset, monkeypatch):
+    import recbole_ckd.model.ckd as ckd
+
+    config, train, student, teachers = build_student(tiny_dataset["root"])
+    batch = next(iter(train))
+    triples = student.generic_triples()
+    student.generic_triples = lambda: triples
+    student.calculate_loss(batch).backward()
+    grads = {n: p.grad.clone() for n, p in student.named_parameters()}
+    assert all(not u.requires_grad and not i.requires_grad for u, i in student.teacher_tables.values())
+
+    # the effects reach the weights without a graph, so treating the weights as constants
+    # gives exactly the same gradient
+    real = ckd.modality_weights
+
+    def constant_weights(effects):
+        assert not effects.requires_grad
+        return real(effects).detach().clone()
+
+    monkeypatch.setattr(ckd, "modality_weights", constant_weights)
+    student.zero_grad()
+    student.calculate_loss(batch).backward()
+    for n, p in student.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n])
+
+
+def test_teachers_are_frozen_during_stage_two(tiny_dataset, tmp_path, monkeypatch):
+    from recbole_ckd.trainer import CKDTrainer
+
+    seen = {}
+    real_fit = ResumableTrainer.fit
+
+    def spy(self, *args, **kwargs):
+        if isinstance(self, CKDTrainer):
+            seen["teachers"] = [t.model for t in self.teacher_trainers.values()]
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(ResumableTrainer, "fit", spy)
+    run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2))
+    for teacher in seen["teachers"]:
+        assert not teacher.training
+        assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+
+
+def test_epoch_statistics_report_the_weights(tiny_dataset):
+    config, train, student, _ = build_student(tiny_dataset["root"])
+    for batch in train:
+        student.calculate_loss(batch)
+    stats = student.pop_epoch_stats()
+    assert set(stats) == {"bpr", "specific", "generic", "loss", "r_v_mean", "r_v_std", "r_t_mean", "r_t_std"}
+    assert stats["r_v_mean"] + stats["r_t_mean"] == pytest.approx(2.0, rel=1e-5)
+    assert stats["r_v_std"] == pytest.approx(stats["r_t_std"], rel=1e-4)  # r_t = 2 - r_v
+    assert student.pop_epoch_stats() == {}
+
+
+def test_more_than_two_modalities(tmp_path):
+    write_tiny_mmrec(str(tmp_path), dims={"v": 8, "t": 4, "a": 3})
+    config, train, student, teachers = build_student(
+        str(tmp_path), modalities={"v": "image_feat.npy", "t": "text_feat.npy", "a": "a_feat.npy"}
+    )
+    assert set(student.modes()) == {"joint", "only_v", "only_t", "only_a", "without_v", "without_t", "without_a"}
+    loss = student.calculate_loss(next(iter(train)))
+    assert torch.isfinite(loss)
+    stats = student.pop_epoch_stats()
+    assert stats["r_v_mean"] + stats["r_t_mean"] + stats["r_a_mean"] == pytest.approx(3.0, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- end to end
+def ckd_config(tiny_dataset, tmp_path, **extra):
+    return {**FAST, "epochs": 3, "stopping_step": 100, "gd_samples": 20, "data_path": tiny_dataset["root"],
+            "checkpoint_dir": str(tmp_path / "saved"), **extra}
+
+
+@pytest.mark.parametrize("model", ["VBPR_CKD", "MMGCN_CKD"])
+def test_ckd_end_to_end(tiny_dataset, tmp_path, model):
+    result = run(model, "tiny", config_dict=ckd_config(tiny_dataset, tmp_path))
+    assert set(result["modes"]) == {"student joint", "student only_v", "student only_t", "teacher v", "teacher t"}
+    assert result["modes"]["student joint"]["test"] == pytest.approx(result["test_result"])
+    assert os.path.isfile(os.path.join(result["checkpoints"]["teacher v"], "best.pth"))
+    # the teachers were selected in their "only m" mode: re-evaluating them gives the stored result
+    for mode in result["modes"].values():
+        assert 0 <= mode["test"]["recall@20"] <= 1
+
+
+def teacher_files(tmp_path):
+    return sorted(glob.glob(str(tmp_path / "saved" / "tiny" / "teachers" / "*" / "best.pth")))
+
+
+def test_teacher_cache_reuse_invalidation_and_corruption(tiny_dataset, tmp_path, caplog):
+    run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2))
+    first = teacher_files(tmp_path)
+    stamps = {f: os.stat(f).st_mtime_ns for f in first}
+    assert len(first) == 2
+
+    # a student-only change reuses both teachers
+    run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2, kd_weight=0.5, kd_temperature=1.0))
+    assert teacher_files(tmp_path) == first and all(os.stat(f).st_mtime_ns == t for f, t in stamps.items())
+
+    # a backbone change trains new teachers
+    run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2, modality_embedding_size=8))
+    assert len(teacher_files(tmp_path)) == 4
+
+    # changed modality features: new teachers
+    torch_free = os.path.join(tiny_dataset["path"], "text_feat.npy")
+    import numpy as np
+
+    np.save(torch_free, np.load(torch_free) * 2)
+    run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2))
+    assert len(teacher_files(tmp_path)) == 6
+
+    # a corrupted teacher is retrained, with a warning
+    latest = max(teacher_files(tmp_path), key=os.path.getmtime)
+    with open(latest, "r+b") as f:
+        f.truncate(100)
+    caplog.clear()
+    run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2, state="INFO"))
+    assert "unusable cache" in caplog.text
+    assert os.path.getsize(latest) > 100
+
+    # retrain_teachers forces new ones
+    before = {f: os.stat(f).st_mtime_ns for f in teacher_files(tmp_path)}
+    run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2, retrain_teachers=True))
+    changed = [f for f, t in before.items() if os.stat(f).st_mtime_ns != t]
+    assert len(changed) == 2
+
+
+@pytest.mark.parametrize("stop_in", ["VBPR", "VBPR_CKD"])
+def test_resume_after_interruption_gives_the_same_result(tiny_dataset, tmp_path, monkeypatch, stop_in):
+    reference = run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path / "a", epochs=4))
+
+    original = ResumableTrainer._train_epoch
+    calls = {"n": 0}
+
+    def interrupted(self, train_data, epoch_idx, *args, **kwargs):
+        if self.config["model"] == stop_in and epoch_idx == 2 and calls["n"] == 0:
+            calls["n"] += 1
+            raise KeyboardInterrupt
+        return original(self, train_data, epoch_idx, *args, **kwargs)
+
+    monkeypatch.setattr(ResumableTrainer, "_train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path / "b", epochs=4))
+    resumed = run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path / "b", epochs=4, state="INFO"))
+    assert calls["n"] == 1
+    assert resumed["test_result"] == reference["test_result"] and resumed["modes"] == reference["modes"]
+    # metrics are rounded; the selected students themselves must be identical
+    ours, theirs = (load_checkpoint(r["checkpoint"])["state_dict"] for r in (resumed, reference))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_non_finite_loss_stops_with_epoch_term_and_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    from recbole_ckd.model import ckd
+
+    real = ckd.specific_distillation
+    monkeypatch.setattr(ckd, "specific_distillation", lambda t, s: real(t, s) * float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"epoch 0 \(bad term: specific, loss\). Last good checkpoint"):
+        run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path))
