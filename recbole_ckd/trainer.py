@@ -244,6 +244,8 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
         for epoch_idx in range(self.start_epoch, self.epochs):
             self._epoch = epoch_idx
             start = time()
+            if hasattr(self.model, "pre_epoch"):  # e.g. FREEDOM re-samples its pruned graph
+                self.model.pre_epoch(epoch_idx)
             train_loss = self._train_epoch(train_data, epoch_idx, show_progress=show_progress)
             self.train_loss_dict[epoch_idx] = sum(train_loss) if isinstance(train_loss, tuple) else train_loss
             if verbose:

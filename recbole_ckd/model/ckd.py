@@ -64,6 +64,7 @@ class CKDStudentMixin:
         self.kd_temperature = config["kd_temperature"]
         self.gd_samples = config["gd_samples"]
         self.cf_clamp = tuple(config["cf_clamp"])
+        self.check_masking_changes_scores()
         train_users = torch.unique(dataset.inter_feat[dataset.uid_field])
         self.register_buffer("_train_users", train_users, persistent=False)
         self.teacher_tables = {}
@@ -73,6 +74,22 @@ class CKDStudentMixin:
     @classmethod
     def config_names(cls):
         return [cls.backbone.__name__, cls.__name__]
+
+    @torch.no_grad()
+    def check_masking_changes_scores(self):
+        """CKD needs scores that depend on every modality at inference (spec section 2)."""
+        users, items = self.forward()
+        joint = users[1:65] @ items[1:].T
+        for m in self.modalities:
+            users, items = self.forward(frozenset({m}))
+            masked = users[1:65] @ items[1:].T
+            # compare rankings, not values: a masked modality may add a constant to every score
+            if torch.allclose(joint - joint.mean(1, keepdim=True), masked - masked.mean(1, keepdim=True), atol=1e-6):
+                raise ValueError(
+                    f"{self.backbone.__name__} cannot be a CKD student: masking modality '{m}' does not change its "
+                    "scores (it ranks with ID embeddings only at inference), so every counterfactual effect is zero "
+                    "and CKD's weights are undefined (spec section 2). Use the plain backbone instead."
+                )
 
     def set_teacher_tables(self, tables):
         """Frozen ``(user_reps, item_reps)`` of every modality's teacher, computed once."""
