@@ -287,3 +287,20 @@ def test_non_finite_loss_stops_with_epoch_term_and_checkpoint(tiny_dataset, tmp_
     monkeypatch.setattr(ckd, "specific_distillation", lambda t, s: real(t, s) * float("nan"))
     with pytest.raises(NonFiniteLossError, match=r"epoch 0 \(bad term: specific, loss\). Last good checkpoint"):
         run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path))
+
+
+@pytest.mark.parametrize("model", ["VBPR_CKD", "MMGCN_CKD"])
+def test_shared_mode_computation_equals_one_mode_at_a_time(tiny_dataset, model):
+    from recbole_ckd.model.multimodal import MultimodalRecommender
+
+    config, train, student, _ = build_student(tiny_dataset["root"], model)
+    batch = next(iter(train))
+    u, i, j = batch["userID"], batch["itemID"], batch["neg_itemID"]
+    fast = student.triple_margins(u, i, j, student.modes())
+    for name, masked in student.modes().items():
+        users, items = student.forward(masked)
+        reference = (users[u] * (items[i] - items[j])).sum(-1)
+        torch.testing.assert_close(fast[name], reference, rtol=1e-5, atol=1e-5)
+    generic = MultimodalRecommender.triple_margins(student, u, i, j, student.modes())
+    for name in fast:
+        torch.testing.assert_close(fast[name], generic[name], rtol=1e-5, atol=1e-5)

@@ -122,19 +122,14 @@ class CKDStudentMixin:
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
         batch = len(users)
         g_users, g_a, g_b = self.generic_triples()
-        all_users = torch.cat([users, g_users])
-        all_items = torch.cat([pos, neg, g_a, g_b])
-        n_gen = len(g_users)
-
-        batch_margin, gen_margin, joint_reps = {}, {}, None
-        for name, masked in self.modes().items():
-            u_reps, i_reps = self.batch_representations(all_users, all_items, masked)
-            u_b, u_g = u_reps[:batch], u_reps[batch:]
-            i_pos, i_neg, i_a, i_b = i_reps.split([batch, batch, n_gen, n_gen])
-            batch_margin[name] = margins(u_b, i_pos, i_neg)
-            gen_margin[name] = margins(u_g, i_a, i_b)
-            if name == "joint":
-                joint_reps = (u_b, i_pos, i_neg)
+        # one call for the BPR triples and the generic triples, every mode at once
+        margin = self.triple_margins(
+            torch.cat([users, g_users]), torch.cat([pos, g_a]), torch.cat([neg, g_b]), self.modes()
+        )
+        batch_margin = {name: d[:batch] for name, d in margin.items()}
+        gen_margin = {name: d[batch:] for name, d in margin.items()}
+        user_reps, item_reps = self.batch_representations(users, torch.cat([pos, neg]))
+        joint_reps = (user_reps, *item_reps.split(batch))
 
         bpr = self.bpr_loss(*joint_reps)
         effects, specific, generic = [], [], []

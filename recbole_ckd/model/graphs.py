@@ -38,16 +38,42 @@ def knn_neighbours(features, k, block_size=2048):
     return torch.cat(rows), torch.cat(cols), torch.cat(sims)
 
 
-def normalized_adjacency(rows, cols, values, n, normalization="sym"):
-    """Sparse ``D^-1/2 A D^-1/2`` (``sym``) or ``D^-1 A`` (``row``) as a coalesced COO tensor."""
-    degree = torch.zeros(n, device=values.device).index_add_(0, rows, values)
-    inverse = lambda d: torch.where(d > 0, d, torch.ones_like(d)).pow(-0.5 if normalization == "sym" else -1.0)  # noqa: E731
+def knn_neighbours_with_grad(features, k, block_size=2048):
+    """:func:`knn_neighbours` whose similarities carry gradient to ``features`` (LATTICE's
+    learned graph).
+
+    The neighbours are chosen in blocks without gradient (the top-k selection is not
+    differentiable anyway); the cosine similarity of each kept pair is then computed again
+    from the two rows (a gather), so the autograd graph holds ``(n_items - 1) * k`` pairs,
+    never a block of ``block_size x n_items`` similarities.
+    """
+    with torch.no_grad():
+        rows, cols, _ = knn_neighbours(features.detach(), k, block_size)
+    normed = torch.nn.functional.normalize(features.float(), dim=1)
+    sims = (normed[rows] * normed[cols]).sum(dim=1)
+    return rows, cols, sims
+
+
+def normalized_values(rows, cols, values, n, normalization="sym"):
+    """The edge values of :func:`normalized_adjacency` (differentiable in ``values``).
+
+    Degrees are row sums (over duplicates too: duplicate pairs count as their sum); a node of
+    non-positive degree is left unscaled.
+    """
+    degree = torch.zeros(n, device=values.device, dtype=values.dtype).index_add(0, rows, values)
+    safe = torch.where(degree > 0, degree, torch.ones_like(degree))
     if normalization == "sym":
-        values = values * inverse(degree)[rows] * inverse(degree)[cols]
-    elif normalization == "row":
-        values = values * inverse(degree)[rows]
-    else:
-        raise ValueError(f"normalization must be 'sym' or 'row', got {normalization!r}")
+        inverse = safe.pow(-0.5)
+        return values * inverse[rows] * inverse[cols]
+    if normalization == "row":
+        return values * safe.pow(-1.0)[rows]
+    raise ValueError(f"normalization must be 'sym' or 'row', got {normalization!r}")
+
+
+def normalized_adjacency(rows, cols, values, n, normalization="sym"):
+    """Sparse ``D^-1/2 A D^-1/2`` (``sym``) or ``D^-1 A`` (``row``) as a coalesced COO tensor,
+    ``D`` the row sums of ``A``."""
+    values = normalized_values(rows, cols, values, n, normalization)
     return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n)).coalesce()
 
 
@@ -75,3 +101,24 @@ def knn_graph(features, k, weighted=False, normalization="sym", cache_dir=None, 
     if path:
         save_checkpoint({"indices": graph.indices().cpu(), "values": graph.values().cpu(), "shape": list(graph.shape)}, path)
     return graph
+
+
+def sparse_sum(parts, n):
+    """``sum_k A_k`` as one uncoalesced sparse ``[n, n]`` COO tensor (duplicate pairs add up,
+    as :func:`torch.sparse.mm` treats them). ``parts`` are ``(indices [2, nnz], values)``
+    pairs; the values may carry gradient (scaled by a learned weight, say)."""
+    indices = torch.cat([indices for indices, _ in parts], dim=1)
+    values = torch.cat([values for _, values in parts])
+    return torch.sparse_coo_tensor(indices, values, (n, n))
+
+
+def interaction_edges(dataset):
+    """The distinct (user, item) pairs of ``dataset``'s interactions (internal ids), as two long
+    tensors: a repeated interaction is one edge of the user-item graph, as in LATTICE's and
+    FREEDOM's reference code."""
+    inter = dataset.inter_matrix(form="coo")
+    users = torch.from_numpy(inter.row).long()
+    items = torch.from_numpy(inter.col).long()
+    n_items = int(dataset.item_num)
+    pairs = torch.unique(users * n_items + items)
+    return pairs // n_items, pairs % n_items

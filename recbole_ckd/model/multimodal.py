@@ -99,6 +99,27 @@ class MultimodalRecommender(GeneralRecommender):
         user_reps, item_reps = self.forward(masked)
         return user_reps[users], item_reps[items]
 
+    def batch_representations_modes(self, users, items, modes):
+        """``{name: (user_reps, item_reps)}`` for every ``{name: masked}`` in ``modes``.
+
+        The CKD student needs several modes per step; backbones override this to share the
+        work the modes have in common (a late-fusion branch the mask does not touch is the
+        same computation in every mode).
+        """
+        return {name: self.batch_representations(users, items, masked) for name, masked in modes.items()}
+
+    def triple_margins(self, users, pos, neg, modes):
+        """``{name: d(u, pos, neg)}`` per triple for every ``{name: masked}`` in ``modes``.
+
+        Backbones whose score is a sum over branches override this to add branch margins
+        instead of building every mode's representations.
+        """
+        reps = self.batch_representations_modes(users, torch.cat([pos, neg]), modes)
+        return {
+            name: (user_reps * (item_reps[: len(pos)] - item_reps[len(pos) :])).sum(dim=-1)
+            for name, (user_reps, item_reps) in reps.items()
+        }
+
     # ------------------------------------------------------------ training
     def bpr_loss(self, user_reps, pos_reps, neg_reps):
         """BPR plus L2 on the batch representations (spec section 4, first line of L)."""

@@ -72,10 +72,24 @@ class MMGCN(MultimodalRecommender):
         )
         self.register_buffer("graph", self.bipartite_adjacency(dataset, "mean"), persistent=False)
 
-    def forward(self, masked=frozenset()):
-        outputs = []
-        for m, branch in self.branches.items():
-            features = self.feature_mean(m) if m in masked else self.feature(m)
-            outputs.append(branch(self.graph, features, m in masked, self.id_embedding, self.n_items))
-        representation = torch.stack(outputs).mean(dim=0)
+    def _branch(self, m, masked):
+        features = self.feature_mean(m) if masked else self.feature(m)
+        return self.branches[m](self.graph, features, masked, self.id_embedding, self.n_items)
+
+    def _combine(self, outputs, masked):
+        representation = torch.stack([outputs[m, m in masked] for m in self.modalities]).mean(dim=0)
         return representation.split([self.n_users, self.n_items])
+
+    def forward(self, masked=frozenset()):
+        return self._combine({(m, m in masked): self._branch(m, m in masked) for m in self.modalities}, masked)
+
+    def batch_representations_modes(self, users, items, modes):
+        # a branch's output depends only on whether its own modality is masked: compute each
+        # (modality, masked) state once for all modes
+        states = {(m, m in masked) for masked in modes.values() for m in self.modalities}
+        outputs = {state: self._branch(*state) for state in states}
+        result = {}
+        for name, masked in modes.items():
+            user_reps, item_reps = self._combine(outputs, masked)
+            result[name] = (user_reps[users], item_reps[items])
+        return result

@@ -1,6 +1,7 @@
 """VBPR (He and McAuley, AAAI 2016) with one branch per modality."""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from recbole_ckd.model.multimodal import MultimodalRecommender
@@ -33,31 +34,60 @@ class VBPR(MultimodalRecommender):
             if isinstance(module, nn.Linear):
                 nn.init.zeros_(module.bias)
 
-    def _user_parts(self, users, masked):
-        parts = [self.user_id_embedding.weight if users is None else self.user_id_embedding(users)]
-        n = self.n_users if users is None else len(users)
+    def _parts(self, users, items, masked_anywhere):
+        """Every slot once: ID parts, and per modality its real and (where needed) mean parts."""
+        all_users, all_items = users is None, items is None
+        n_users = self.n_users if all_users else len(users)
+        n_items = self.n_items if all_items else len(items)
+        parts = {
+            "user_id": self.user_id_embedding.weight if all_users else self.user_id_embedding(users),
+            "item_id": self.item_id_embedding.weight if all_items else self.item_id_embedding(items),
+        }
+        if not all_items:
+            # project each distinct item once (a batch repeats items; CKD's extra triples more so)
+            unique_items, inverse = torch.unique(items, return_inverse=True)
         for m in self.modalities:
             weight = self.user_preference[m].weight
-            if m in masked:
-                parts.append(self.user_mean(weight).expand(n, -1))
+            parts[("user", m)] = weight if all_users else weight[users]
+            if all_items:
+                parts[("item", m)] = self.projection[m](self.feature(m))
             else:
-                parts.append(weight if users is None else weight[users])
-        return torch.cat(parts, dim=1)
-
-    def _item_parts(self, items, masked):
-        parts = [self.item_id_embedding.weight if items is None else self.item_id_embedding(items)]
-        n = self.n_items if items is None else len(items)
-        for m in self.modalities:
-            if m in masked:
+                parts[("item", m)] = self.projection[m](self.feature(m)[unique_items])[inverse]
+            if m in masked_anywhere:
                 # affine projection: project the mean once instead of a tiled mean matrix
-                parts.append(self.projection[m](self.feature_mean(m)).expand(n, -1))
-            else:
-                features = self.feature(m) if items is None else self.feature(m)[items]
-                parts.append(self.projection[m](features))
-        return torch.cat(parts, dim=1)
+                parts[("user_mean", m)] = self.user_mean(weight).expand(n_users, -1)
+                parts[("item_mean", m)] = self.projection[m](self.feature_mean(m)).expand(n_items, -1)
+        return parts
+
+    @staticmethod
+    def _assemble(parts, modalities, masked):
+        user = [parts["user_id"]] + [parts[("user_mean" if m in masked else "user", m)] for m in modalities]
+        item = [parts["item_id"]] + [parts[("item_mean" if m in masked else "item", m)] for m in modalities]
+        return torch.cat(user, dim=1), torch.cat(item, dim=1)
 
     def forward(self, masked=frozenset()):
-        return self._user_parts(None, masked), self._item_parts(None, masked)
+        return self._assemble(self._parts(None, None, masked), self.modalities, masked)
 
     def batch_representations(self, users, items, masked=frozenset()):
-        return self._user_parts(users, masked), self._item_parts(items, masked)
+        return self._assemble(self._parts(users, items, masked), self.modalities, masked)
+
+    def batch_representations_modes(self, users, items, modes):
+        parts = self._parts(users, items, frozenset().union(*modes.values()))
+        return {name: self._assemble(parts, self.modalities, masked) for name, masked in modes.items()}
+
+    def triple_margins(self, users, pos, neg, modes):
+        """Margins as sums of branch margins, each branch computed once for all modes.
+
+        A masked branch contributes exactly nothing to a margin (its item part is the same
+        vector for both items), and the projection's bias cancels between the two items.
+        """
+        margin = (self.user_id_embedding(users) * (self.item_id_embedding(pos) - self.item_id_embedding(neg))).sum(-1)
+        unique_items, inverse = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        branch = {}
+        for m in self.modalities:
+            if all(m in masked for masked in modes.values()):
+                continue
+            projected = F.linear(self.feature(m)[unique_items], self.projection[m].weight)[inverse]
+            item_difference = projected[: len(pos)] - projected[len(pos) :]
+            branch[m] = (self.user_preference[m](users) * item_difference).sum(-1)
+        return {name: margin + sum(branch[m] for m in self.modalities if m not in masked) for name, masked in modes.items()}

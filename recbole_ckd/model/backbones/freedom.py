@@ -1,0 +1,238 @@
+"""FREEDOM (Zhou and Shen, ACM MM 2023): a frozen multimodal item graph and a denoised user-item graph."""
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recbole_ckd.model import graphs
+from recbole_ckd.model.multimodal import MultimodalRecommender
+
+
+def plain_bpr(user_reps, pos_reps, neg_reps):
+    """``mean(-log sigmoid(<u, p> - <u, n>))``, without regularisation."""
+    return -F.logsigmoid((user_reps * (pos_reps - neg_reps)).sum(dim=-1)).mean()
+
+
+class FREEDOM(MultimodalRecommender):
+    """FREEDOM: LATTICE's item-item graph frozen at its initial kNN structure, plus a user-item
+    graph pruned at random, in a degree-sensitive way, every epoch.
+
+    With ID embeddings ``e_u``, ``e_i`` and each modality's features ``f_i^m``:
+
+    - *Frozen item-item graph*: per modality, ``S_m`` links each item to its top-``knn_k``
+      cosine neighbours among the raw features (self included), unweighted, normalised
+      ``D^-1/2 S D^-1/2`` (row sums); ``S = sum_m w_m S_m`` with fixed weights that sum to 1.
+      Built once and cached under ``<checkpoint_dir>/graphs``. ``h = S^{n_mm_layers} e_I``.
+    - *Denoised user-item graph*: LightGCN (mean of layers ``0..n_ui_layers``) over the training
+      graph ``D^-1/2 A D^-1/2``. In training, :meth:`pre_epoch` samples, every epoch,
+      ``int(|E| (1 - dropout))`` of the |E| training edges without replacement, edge ``(u, i)``
+      with probability proportional to ``1 / sqrt(d_u d_i)`` (edges between popular nodes are the
+      likeliest to be dropped), and normalises the kept graph with its own degrees. The torch
+      RNG of the model's device draws the sample, so a resumed run draws what the uninterrupted
+      one did. In evaluation the full graph is used, as in the reference.
+    - Representations ``u = x_u``, ``i = x_i + h_i``, scored by dot product.
+
+    Loss (the reference's): ``BPR(u, i) + mm_bpr_weight * sum_m BPR(x_u, W_m f^m + b_m)``, the
+    second term a BPR between the users' representations and each modality's projected features
+    (``feat_embed_dim``, the reference's ``reg_weight``), over the same triples. The reference
+    has no L2 term, so ``reg_weight`` (this project's L2 on the batch representations, the
+    base class's :meth:`bpr_loss`) is 0 by default. A CKD student trains with BPR plus
+    distillation only (spec section 4): it has no projections and no feature tables.
+
+    Modality weights: ``modality_weights`` (a dict, normalised to sum 1) if given; otherwise the
+    reference's ``mm_image_weight`` for the image modality ``v`` and ``1 - mm_image_weight``
+    shared equally by the others (``v: 0.1, t: 0.9`` with the default naming; equal weights
+    when there is no ``v``, weight 1 for a single modality).
+
+    Masking modality m (spec section 2): ``S_m`` is dropped from ``S`` and the remaining weights
+    are renormalised to sum 1 (with only zero-weight modalities left there is no item-item
+    term). The graph is the only place where the ranking uses features, and FREEDOM has no
+    user-side parameter that belongs to one modality, so the outputs do not depend on m's
+    features. The auxiliary BPR term of a masked modality is left out of the loss: with the mean
+    vector for every item its two projected items coincide, so the term is the constant log 2
+    with zero gradient.
+
+    Choices where the paper is silent, taken from the reference code: Xavier-uniform ID
+    embeddings, PyTorch's default Linear initialisation, the self loop in every kNN row, the
+    feature tables fine-tuned (``train_features``; the reference loads them with
+    ``freeze=False``; here a trained offset, zero at the start, is added to the fixed features,
+    which trains exactly as the reference's table; only the modalities the model uses get one)
+    while the frozen graph keeps the raw features' structure. This implementation's own
+    choices: the padding item (row 0) has no kNN neighbours and no edges; a repeated
+    interaction is one edge; at least one edge is kept; any number of modalities, weighted as
+    above.
+    """
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        dim = int(config["embedding_size"])
+        self.feat_embed_dim = int(config["feat_embed_dim"])
+        self.knn_k = int(config["knn_k"])
+        self.n_mm_layers = int(config["n_mm_layers"])
+        self.n_ui_layers = int(config["n_ui_layers"])
+        self.dropout = float(config["dropout"])
+        self.mm_bpr_weight = float(config["mm_bpr_weight"])
+        self.train_features = bool(config["train_features"])
+        if self.n_mm_layers < 0 or self.n_ui_layers < 0 or self.knn_k < 1:
+            raise ValueError("FREEDOM needs n_mm_layers >= 0, n_ui_layers >= 0 and knn_k >= 1.")
+        if self.feat_embed_dim != dim:
+            raise ValueError(
+                f"FREEDOM scores users against projected features: feat_embed_dim ({self.feat_embed_dim}) must equal "
+                f"embedding_size ({dim})."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"FREEDOM's dropout (the share of edges pruned) must lie in [0, 1), got {self.dropout}.")
+        self.modality_weight = self._modality_weights(config)
+
+        self.user_embedding = nn.Embedding(self.n_users, dim)
+        self.item_id_embedding = nn.Embedding(self.n_items, dim)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_id_embedding.weight)
+        # the auxiliary modality BPR terms belong to the plain backbone (and to a teacher), not to a CKD student
+        self.auxiliary = not getattr(self, "is_ckd_student", False)
+        if self.auxiliary:
+            self.projection = nn.ModuleDict(
+                {m: nn.Linear(self.feature_dim(m), self.feat_embed_dim) for m in self.modalities}
+            )
+            if self.train_features:
+                used = [m for m in self.modalities if m not in self.default_masked]
+                self.feature_offset = nn.ParameterDict(
+                    {m: nn.Parameter(torch.zeros_like(self.feature(m))) for m in used}
+                )
+
+        self.graph_cache_dir = os.path.join(config["checkpoint_dir"], "graphs")
+        self.build_frozen_graphs()
+        users, items = graphs.interaction_edges(dataset)
+        self.register_buffer("_edge_users", users.to(self.device), persistent=False)
+        self.register_buffer("_edge_items", items.to(self.device), persistent=False)
+        self.register_buffer("full_graph", self._user_item_graph(users, items), persistent=False)
+        degree_u = torch.bincount(users, minlength=self.n_users).float()
+        degree_i = torch.bincount(items, minlength=self.n_items).float()
+        probabilities = (degree_u[users] * degree_i[items]).rsqrt()
+        self.register_buffer("_edge_probabilities", probabilities.to(self.device), persistent=False)
+        self.register_buffer("pruned_graph", None, persistent=False)
+
+    def _modality_weights(self, config):
+        given = config["modality_weights"]
+        if given is not None:
+            given = dict(given)
+            if set(given) != set(self.modalities):
+                raise ValueError(
+                    f"modality_weights must give a weight to each modality {list(self.modalities)}, got {given}."
+                )
+            raw = {m: float(given[m]) for m in self.modalities}
+        else:
+            image = float(config["mm_image_weight"])
+            if not 0.0 <= image <= 1.0:
+                raise ValueError(f"mm_image_weight must lie in [0, 1], got {image}.")
+            others = [m for m in self.modalities if m != "v"]
+            if "v" in self.modalities and others:
+                raw = {m: image if m == "v" else (1.0 - image) / len(others) for m in self.modalities}
+            else:
+                raw = {m: 1.0 for m in self.modalities}
+        if any(w < 0 for w in raw.values()) or sum(raw.values()) <= 0:
+            raise ValueError(f"FREEDOM's modality weights must be >= 0 with a positive sum, got {raw}.")
+        total = sum(raw.values())
+        return {m: w / total for m, w in raw.items()}
+
+    # ------------------------------------------------------------ graphs
+    def build_frozen_graphs(self):
+        """(Re)build each modality's kNN graph ``S_m`` from the raw features (cached on disk)."""
+        for m in self.modalities:
+            graph = graphs.knn_graph(
+                self.feature(m).to(self.device), self.knn_k, weighted=False, normalization="sym",
+                cache_dir=self.graph_cache_dir,
+            )
+            self.register_buffer(f"_item_graph_{m}", graph.to(self.device), persistent=False)
+        self._adjacency_cache = {}
+
+    def item_graph(self, m):
+        return getattr(self, f"_item_graph_{m}")
+
+    def item_adjacency(self, masked=frozenset()):
+        """``S`` over the unmasked modalities, weights renormalised (sparse), or None."""
+        active = tuple(m for m in self.modalities if m not in masked and self.modality_weight[m] > 0)
+        if not active:
+            return None
+        key = (active, self.item_graph(active[0]).device)
+        if key not in self._adjacency_cache:
+            total = sum(self.modality_weight[m] for m in active)
+            parts = [
+                (self.item_graph(m).indices(), self.modality_weight[m] / total * self.item_graph(m).values())
+                for m in active
+            ]
+            self._adjacency_cache[key] = graphs.sparse_sum(parts, self.n_items).coalesce()
+        return self._adjacency_cache[key]
+
+    def _user_item_graph(self, users, items):
+        """``D^-1/2 A D^-1/2`` of the bipartite graph with edges ``(users, items)``, on the device."""
+        n = self.n_users + self.n_items
+        items = items + self.n_users
+        rows, cols = torch.cat([users, items]), torch.cat([items, users])
+        return graphs.normalized_adjacency(rows, cols, torch.ones(len(rows), device=rows.device), n, "sym").to(self.device)
+
+    def pre_epoch(self, epoch):
+        """Degree-sensitive edge pruning: a new pruned user-item graph for this epoch's training."""
+        if self.dropout <= 0:
+            self.pruned_graph = None  # the full graph
+            return
+        n_edges = len(self._edge_probabilities)
+        keep = max(int(n_edges * (1.0 - self.dropout)), 1)
+        kept = torch.multinomial(self._edge_probabilities, keep, replacement=False)
+        self.pruned_graph = self._user_item_graph(self._edge_users[kept], self._edge_items[kept])
+
+    # ------------------------------------------------------------ representations
+    def _collaborative(self):
+        """``(x_U, x_I)``: LightGCN over the pruned graph in training, the full graph otherwise."""
+        graph = self.pruned_graph if self.training and self.pruned_graph is not None else self.full_graph
+        ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight])
+        total = ego
+        for _ in range(self.n_ui_layers):
+            ego = torch.sparse.mm(graph, ego)
+            total = total + ego
+        return (total / (self.n_ui_layers + 1)).split([self.n_users, self.n_items])
+
+    def _item_graph_term(self, masked):
+        adjacency = self.item_adjacency(masked)
+        if adjacency is None:
+            return 0.0
+        h = self.item_id_embedding.weight
+        for _ in range(self.n_mm_layers):
+            h = torch.sparse.mm(adjacency, h)
+        return h
+
+    def forward(self, masked=frozenset()):
+        users, items = self._collaborative()
+        return users, items + self._item_graph_term(masked)
+
+    def batch_representations_modes(self, users, items, modes):
+        # the collaborative part does not depend on the mask: computed once for every mode
+        user_all, item_all = self._collaborative()
+        user_reps = user_all[users]
+        return {
+            name: (user_reps, (item_all + self._item_graph_term(masked))[items]) for name, masked in modes.items()
+        }
+
+    # ------------------------------------------------------------ training
+    def item_features(self, m, items):
+        """Rows ``items`` of modality ``m``'s feature table as trained (fixed features plus offset)."""
+        features = self.feature(m)[items]
+        if self.train_features and m in self.feature_offset:
+            features = features + self.feature_offset[m][items]
+        return features
+
+    def calculate_loss(self, interaction):
+        users = interaction[self.USER_ID]
+        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
+        user_all, item_all = self.forward(self.default_masked)
+        user_reps = user_all[users]
+        loss = self.bpr_loss(user_reps, item_all[pos], item_all[neg])
+        for m in self.modalities:
+            if m in self.default_masked:
+                continue  # the mean features give a constant term (see the class docstring)
+            projected = self.projection[m](self.item_features(m, torch.cat([pos, neg])))
+            pos_m, neg_m = projected.split(len(pos))
+            loss = loss + self.mm_bpr_weight * plain_bpr(user_reps, pos_m, neg_m)
+        return loss
