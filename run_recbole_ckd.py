@@ -1,6 +1,7 @@
 """recbole-ckd's one entry point.
 
     python run_recbole_ckd.py --model=VBPR --dataset=ml-100k-mm [--key=value ...]
+    python run_recbole_ckd.py --model=VBPR_CKD --dataset=ml-100k-mm --hyper=hyper.test [--num_samples=8 ...]
     python run_recbole_ckd.py --download=baby --url=URL [--sha256=HEX] [--data_path=dataset/]
     python run_recbole_ckd.py --generate=NAME [--n_users=... --strength v=0.3 ...]
 
@@ -21,6 +22,15 @@ def build_parser():
     parser.add_argument("--model", help="model name: a recbole-ckd model (e.g. VBPR) or any RecBole model (e.g. BPR)")
     parser.add_argument("--dataset", help="dataset name (shipped: ml-100k-mm; MMRec: baby, sports, clothing)")
     parser.add_argument("--config_files", help="YAML config files, separated by commas or spaces")
+    sweep = parser.add_argument_group("sweeps (Ray Tune)")
+    sweep.add_argument("--hyper", metavar="FILE", help="search the space in FILE (RecBole's hyper.test syntax)")
+    sweep.add_argument("--num_samples", type=int, default=4, help="trials to sample (per grid point with --search=grid)")
+    sweep.add_argument("--search", default="random", help="random, grid, optuna or hyperopt (the last two if installed)")
+    sweep.add_argument("--scheduler", default="none", choices=["none", "asha"], help="early stopping of bad trials")
+    sweep.add_argument("--cpus_per_trial", type=float, default=1.0)
+    sweep.add_argument("--gpus_per_trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5")
+    sweep.add_argument("--output", default="sweeps", help="sweep folder (rerun with the same one to resume)")
+    sweep.add_argument("--ray_address", help="an existing Ray cluster (e.g. ray://host:10001 or auto)")
     data = parser.add_argument_group("data commands")
     data.add_argument("--download", metavar="NAME", help="fetch dataset NAME's archive, verify it, unpack it")
     data.add_argument("--url", help="archive URL (or local path) for --download; default: the dataset YAML's")
@@ -68,6 +78,15 @@ def main(argv=None):
     if not args.model or not args.dataset:
         build_parser().error("--model and --dataset are required to train (or use --download / --generate)")
 
+    if args.hyper:
+        from recbole_ckd.tune import run_sweep
+
+        return run_sweep(
+            args.model, args.dataset, args.hyper, split_config_files(args.config_files), rest,
+            num_samples=args.num_samples, search=args.search, scheduler=args.scheduler,
+            cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, output=args.output,
+            ray_address=args.ray_address,
+        )
     from recbole_ckd.quick_start import format_report, run
 
     result = run(args.model, args.dataset, split_config_files(args.config_files), cmd_args=rest)

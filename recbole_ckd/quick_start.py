@@ -14,12 +14,8 @@ PROTOCOLS = {
 }
 
 
-def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None, saved=True):
-    """Train ``model`` on ``dataset`` and evaluate it; returns a plain result record.
-
-    The same function serves the command line, sweeps and leaderboards: only the config
-    differs. ``cmd_args`` are ``--key=value`` overrides (highest priority).
-    """
+def prepare(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None):
+    """Config, data, model and trainer of a run, built through RecBole's machinery."""
     config = Config(model, dataset, config_file_list, config_dict, cmd_args=cmd_args)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
@@ -34,11 +30,36 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     model_obj = get_model(config["model"])(config, train_data.dataset).to(config["device"])
     logger.info(model_obj)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+    return config, (train_data, valid_data, test_data), trainer
 
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+
+def train_teachers(model, dataset, config_file_list=None, config_dict=None, cmd_args=None):
+    """Stage 1 of a CKD model alone (the teachers, trained or taken from their cache)."""
+    config, (train_data, valid_data, _), trainer = prepare(model, dataset, config_file_list, config_dict, cmd_args)
+    if not hasattr(trainer, "prepare_teachers"):
+        raise ValueError(f"{config['model']} is not a CKD model; it has no teachers.")
+    trainer.prepare_teachers(train_data, valid_data, show_progress=config["show_progress"])
+    return trainer.checkpoint_dirs()
+
+
+def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None, saved=True,
+        callback_fn=None, evaluate_test=True):
+    """Train ``model`` on ``dataset`` and evaluate it; returns a plain result record.
+
+    The same function serves the command line, sweeps and leaderboards: only the config
+    differs. ``cmd_args`` are ``--key=value`` overrides (highest priority). ``callback_fn(epoch,
+    valid_score)`` is called after every validation; ``evaluate_test=False`` (a sweep trial)
+    never touches the test set.
+    """
+    config, (train_data, valid_data, test_data), trainer = prepare(
+        model, dataset, config_file_list, config_dict, cmd_args
     )
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"], callback_fn=callback_fn
+    )
+    test_result = None
+    if evaluate_test:
+        test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     result = {
         "model": config["model"],
         "dataset": config["dataset"],
@@ -50,7 +71,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         "test_result": {k: float(v) for k, v in (test_result or {}).items()},
         "checkpoint": trainer.saved_model_file if saved else None,
     }
-    if hasattr(trainer, "mode_results"):  # CKD: the student in every mode and each teacher
+    if evaluate_test and hasattr(trainer, "mode_results"):  # CKD: the student in every mode and each teacher
         result["modes"] = trainer.mode_results(valid_data, test_data, load_best_model=saved)
         result["checkpoints"] = trainer.checkpoint_dirs()
     return result

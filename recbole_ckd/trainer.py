@@ -1,6 +1,8 @@
 """Trainers: RecBole's training loop with safe checkpoints, resume, and the two CKD stages."""
 
+import contextlib
 import copy
+import fcntl
 import hashlib
 import json
 import os
@@ -56,6 +58,18 @@ def config_key(config, exclude=()):
     items["dataset_files"] = dataset_fingerprint(config)
     text = json.dumps(items, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def file_lock(path):
+    """An exclusive lock held while the block runs (other processes wait for it)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -322,9 +336,13 @@ class CKDTrainer(ResumableTrainer):
         run_dir = os.path.join(
             config["checkpoint_dir"], str(config["dataset"]), "teachers", f"{config['model']}-{modality}-{key[:12]}"
         )
-        if self.config["retrain_teachers"] and os.path.isdir(run_dir):
-            self.logger.info(f"retrain_teachers: removing {run_dir}")
-            shutil.rmtree(run_dir)
+        with file_lock(run_dir + ".lock"):  # concurrent sweep trials train a teacher once
+            if self.config["retrain_teachers"] and os.path.isdir(run_dir):
+                self.logger.info(f"retrain_teachers: removing {run_dir}")
+                shutil.rmtree(run_dir)
+            return self._train_or_load_teacher(modality, config, run_dir, train_data, valid_data, verbose, show_progress)
+
+    def _train_or_load_teacher(self, modality, config, run_dir, train_data, valid_data, verbose, show_progress):
         for attempt in (1, 2):
             seed_stage(config["seed"], train_data)  # the same teacher whatever ran before
             teacher = self.model.backbone(config, train_data.dataset).to(config["device"])
@@ -343,11 +361,15 @@ class CKDTrainer(ResumableTrainer):
                 self.logger.warning(f"Teacher '{modality}': unusable cache ({err}); retraining it.")
                 shutil.rmtree(run_dir)
 
+    def prepare_teachers(self, train_data, valid_data, verbose=True, show_progress=False):
+        """Stage 1: every teacher trained, or taken from the cache."""
+        for modality in self.model.modalities:
+            self.teacher_trainers[modality] = self._train_teacher(modality, train_data, valid_data, verbose, show_progress)
+        return self.teacher_trainers
+
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         tables = {}
-        for modality in self.model.modalities:
-            trainer = self._train_teacher(modality, train_data, valid_data, verbose, show_progress)
-            self.teacher_trainers[modality] = trainer
+        for modality, trainer in self.prepare_teachers(train_data, valid_data, verbose, show_progress).items():
             teacher = trainer.model.eval().requires_grad_(False)
             teacher.zero_grad(set_to_none=True)
             with torch.no_grad():

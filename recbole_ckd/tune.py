@@ -1,0 +1,299 @@
+"""Sweeps: a RecBole-style ``hyper.test`` searched with Ray Tune, selected on validation only.
+
+A trial is one ordinary run (:func:`recbole_ckd.quick_start.run`) with the trial's values in
+its config dict: it reports the validation metric after every validation and never touches
+the test set. Teachers of a CKD model are trained once before the trials start (or, when the
+sweep changes teacher-side keys, once per distinct setting, under a file lock). After the
+search, the best configuration is chosen on validation, written as a YAML file that
+``--config_files`` accepts, and only then evaluated on the test set.
+"""
+
+import ast
+import csv
+import math
+import os
+from dataclasses import dataclass
+
+import yaml
+
+from recbole_ckd.trainer import CKD_KEYS
+
+HYPER_TYPES = ("choice", "uniform", "loguniform", "quniform")
+SEARCH_ALGORITHMS = ("random", "grid", "optuna", "hyperopt")
+
+
+class HyperFileError(ValueError):
+    """A malformed hyper.test line; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str
+    values: tuple
+    line: int
+
+    def describe(self):
+        return f"{self.kind} {list(self.values)}"
+
+
+def _numbers(text, count, where):
+    parts = text.split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise HyperFileError(f"{where}: expected {count} comma-separated numbers, got {text!r}")
+    return values
+
+
+def parse_hyper_file(path):
+    """``{name: Param}`` from RecBole's syntax: ``name choice [..]``, ``name uniform a,b``,
+    ``name loguniform a,b`` (exponents, as in RecBole: the value is ``exp(uniform(a, b))``),
+    ``name quniform a,b,q``. Blank lines and ``#`` comments are skipped; fields may be
+    separated by spaces or tabs."""
+    params = {}
+    with open(path, "r", encoding="utf-8") as f:
+        for number, raw in enumerate(f, start=1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            where = f"{path}, line {number}"
+            fields = line.split(None, 2)
+            if len(fields) < 3:
+                raise HyperFileError(f"{where}: expected '<name> <type> <values>', got {line!r}")
+            name, kind, text = fields[0], fields[1], "".join(fields[2].split())
+            if kind == "choice":
+                try:
+                    values = ast.literal_eval(text)
+                except (ValueError, SyntaxError):
+                    raise HyperFileError(f"{where}: choice values must be a Python list like [0.1,0.2], got {text!r}") from None
+                if not isinstance(values, list) or not values:
+                    raise HyperFileError(f"{where}: choice values must be a non-empty list, got {text!r}")
+                values = tuple(values)
+            elif kind in ("uniform", "loguniform"):
+                values = _numbers(text, 2, where)
+                if values[0] >= values[1]:
+                    raise HyperFileError(f"{where}: {kind} needs low < high, got {text!r}")
+            elif kind == "quniform":
+                values = _numbers(text, 3, where)
+                if values[0] >= values[1] or values[2] <= 0:
+                    raise HyperFileError(f"{where}: quniform needs low < high and q > 0, got {text!r}")
+            else:
+                raise HyperFileError(f"{where}: unknown type {kind!r}; use one of {', '.join(HYPER_TYPES)}")
+            if name in params:
+                raise HyperFileError(f"{where}: {name!r} is already defined on line {params[name].line}")
+            params[name] = Param(name, kind, values, number)
+    if not params:
+        raise HyperFileError(f"{path}: no parameters to search")
+    return params
+
+
+def search_space(params, algorithm="random"):
+    """Ray Tune domains for the parsed parameters; ``grid`` turns every choice into a grid."""
+    from ray import tune
+
+    space = {}
+    for p in params.values():
+        if p.kind == "choice":
+            space[p.name] = tune.grid_search(list(p.values)) if algorithm == "grid" else tune.choice(list(p.values))
+        elif p.kind == "uniform":
+            space[p.name] = tune.uniform(*p.values)
+        elif p.kind == "loguniform":
+            space[p.name] = tune.loguniform(math.exp(p.values[0]), math.exp(p.values[1]))
+        else:
+            space[p.name] = tune.quniform(*p.values)
+    return space
+
+
+def make_searcher(algorithm, metric, mode):
+    """None for random and grid (Ray's variant generator); a Bayesian searcher if installed."""
+    if algorithm in ("random", "grid"):
+        return None
+    try:
+        if algorithm == "optuna":
+            from ray.tune.search.optuna import OptunaSearch
+
+            return OptunaSearch(metric=metric, mode=mode)
+        if algorithm == "hyperopt":
+            from ray.tune.search.hyperopt import HyperOptSearch
+
+            return HyperOptSearch(metric=metric, mode=mode)
+    except (ImportError, AssertionError) as err:
+        raise ValueError(f"--search={algorithm} needs the package: pip install {algorithm} ({err})") from None
+    raise ValueError(f"Unknown search algorithm {algorithm!r}; use one of {', '.join(SEARCH_ALGORITHMS)}")
+
+
+# ----------------------------------------------------------------------------- the trial
+def trial(params, base):
+    """One sweep trial, inside a Ray worker: an ordinary run reporting validation only."""
+    import ray
+    from ray.air import session
+
+    from recbole_ckd.quick_start import run
+
+    gpus = ray.get_gpu_ids()
+    # the GPU Ray assigned: RecBole's Config writes gpu_id into CUDA_VISIBLE_DEVICES
+    config_dict = {**base["config_dict"], **params, "gpu_id": ",".join(str(int(g)) for g in gpus),
+                   "use_gpu": bool(gpus), "show_progress": False}
+    bigger = base["bigger"]
+    best = {"score": None, "epoch": None}
+
+    def report(epoch, valid_score):
+        if best["score"] is None or (valid_score > best["score"] if bigger else valid_score < best["score"]):
+            best.update(score=valid_score, epoch=epoch)
+        session.report({"valid_score": valid_score, "best_valid_score": best["score"], "best_epoch": best["epoch"],
+                        "epoch": epoch + 1})
+
+    result = run(base["model"], base["dataset"], base["config_files"], config_dict, callback_fn=report,
+                 evaluate_test=False)
+    if best["score"] is None:  # a finished trial picked up again: nothing new to train
+        session.report({"valid_score": result["best_valid_score"], "best_valid_score": result["best_valid_score"],
+                        "best_epoch": None, "epoch": 0})
+
+
+# ----------------------------------------------------------------------------- the sweep
+def select_best(trials, bigger=True):
+    """The trial with the best validation score; test results play no part."""
+    finished = [t for t in trials if t.get("best_valid_score") is not None]
+    if not finished:
+        raise RuntimeError("No trial reported a validation score; see the errors in the trial table.")
+    return (max if bigger else min)(finished, key=lambda t: t["best_valid_score"])
+
+
+def trial_table(trials, param_names, metric):
+    """The trials as markdown: parameters, best validation metric and its epoch, status."""
+    head = ["trial", *param_names, f"best valid {metric}", "epoch", "status"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for t in trials:
+        score = t.get("best_valid_score")
+        cells = [t["trial_id"], *[_fmt(t["params"].get(n)) for n in param_names],
+                 "-" if score is None else f"{score:.4f}", _fmt(t.get("best_epoch")),
+                 t["status"] + (f": {t['error']}" if t.get("error") else "")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value):
+    if value is None:
+        return "-"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _collect(results):
+    trials = []
+    for result in results:
+        metrics = result.metrics or {}
+        error = result.error
+        trials.append({
+            "trial_id": metrics.get("trial_id") or os.path.basename(str(result.log_dir or "")),
+            "params": dict(result.config or {}),
+            "best_valid_score": metrics.get("best_valid_score"),
+            "best_epoch": None if metrics.get("best_epoch") is None else int(metrics["best_epoch"]),
+            "epochs": metrics.get("epoch"),
+            "status": "ERROR" if error else ("stopped" if metrics.get("done") is False else "done"),
+            "error": (str(error).strip().splitlines() or [""])[-1][:200] if error else None,
+        })
+    return trials
+
+
+def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_samples=4, search="random",
+              scheduler="none", cpus_per_trial=1.0, gpus_per_trial=0.0, output="sweeps", ray_address=None,
+              max_epochs_asha=None, verbose=1):
+    """Run the sweep and return ``{"trials", "best", "best_config_file", "test_result"}``."""
+    import ray
+    from ray import air, tune
+
+    from recbole_ckd.config import Config
+    from recbole_ckd.quick_start import format_report, run, train_teachers
+
+    params = parse_hyper_file(hyper_file)
+    if search not in SEARCH_ALGORITHMS:
+        raise ValueError(f"Unknown search algorithm {search!r}; use one of {', '.join(SEARCH_ALGORITHMS)}")
+    output = os.path.abspath(output)
+    config_files = [os.path.abspath(f) for f in (config_files or [])]
+    overrides = Config(model, dataset, config_files or None, cmd_args=cmd_args)  # validates, resolves paths
+    base_dict = {key: overrides.final_config_dict[key] for key in overrides.cmd_config_dict}
+    # absolute paths: Ray workers run in their own folders (Config's data_path ends in the dataset)
+    base_dict.update(data_path=os.path.dirname(overrides["data_path"]), checkpoint_dir=overrides["checkpoint_dir"])
+    base_dict.pop("retrain_teachers", None)  # trials must never delete the shared teachers
+    is_ckd = model.endswith("_CKD")
+    if is_ckd and "learning_rate" in params and not overrides["teacher_learning_rate"]:
+        # the swept learning rate is the student's: keep the teachers at the configured one
+        base_dict["teacher_learning_rate"] = overrides["learning_rate"]
+    if is_ckd and set(params) <= CKD_KEYS | {"learning_rate"}:
+        print("Training (or loading) the teachers once, before the trials ...", flush=True)
+        teacher_dict = {**base_dict, "retrain_teachers": overrides["retrain_teachers"]}
+        for name, path in train_teachers(model, dataset, config_files or None, teacher_dict).items():
+            print(f"  {name}: {path}", flush=True)
+
+    metric, mode = "valid_score", "max" if overrides["valid_metric_bigger"] else "min"
+    base = {"model": model, "dataset": dataset, "config_files": config_files or None, "config_dict": base_dict,
+            "bigger": overrides["valid_metric_bigger"]}
+    trainable = tune.with_resources(tune.with_parameters(trial, base=base),
+                                    {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    if scheduler == "asha":
+        asha = tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=max_epochs_asha or overrides["epochs"],
+                                             grace_period=max(1, overrides["stopping_step"] // 2))
+    elif scheduler == "none":
+        asha = None
+    else:
+        raise ValueError(f"Unknown scheduler {scheduler!r}; use 'asha' or 'none'")
+
+    ray.init(address=ray_address, include_dashboard=False, ignore_reinit_error=True,
+             **({} if ray_address else {"num_cpus": os.cpu_count()}))
+    try:
+        name = f"{model}-{dataset}"
+        path = os.path.join(output, name)
+        if tune.Tuner.can_restore(path):
+            print(f"Resuming the sweep in {path}", flush=True)
+            tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=search_space(params, search),
+                tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=num_samples,
+                                            search_alg=make_searcher(search, metric, mode), scheduler=asha),
+                run_config=air.RunConfig(name=name, storage_path=output, verbose=verbose,
+                                         failure_config=air.FailureConfig(max_failures=0, fail_fast=False)),
+            )
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+
+    trials = _collect(results)
+    table = trial_table(trials, list(params), overrides["valid_metric"])
+    best = select_best(trials, overrides["valid_metric_bigger"])
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, f"{name}-trials.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(output, f"{name}-trials.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["trial", *params, "best_valid_score", "best_epoch", "status", "error"])
+        for t in trials:
+            writer.writerow([t["trial_id"], *[t["params"].get(n) for n in params], t["best_valid_score"],
+                             t["best_epoch"], t["status"], t["error"] or ""])
+    best_config = {"model": model, "dataset": dataset, **base_dict, **best["params"]}
+    best_config_file = os.path.join(output, f"{name}-best.yaml")
+    with open(best_config_file, "w") as f:
+        f.write(f"# best of the sweep {name} on validation {overrides['valid_metric']} "
+                f"({best['best_valid_score']:.4f}, trial {best['trial_id']})\n")
+        yaml.safe_dump({k: _plain(v) for k, v in best_config.items()}, f, sort_keys=False)
+    print(table, flush=True)
+    print(f"best configuration (validation only): {best_config_file}", flush=True)
+    # the test set is used once, for the selected configuration (its trial's checkpoint resumes)
+    test = run(model, dataset, config_files + [best_config_file], {"show_progress": False})
+    print(format_report(test), flush=True)
+    return {"trials": trials, "best": best, "best_config_file": best_config_file, "test_result": test}
+
+
+def _plain(value):
+    """YAML-safe plain values (numpy scalars from the searchers become Python numbers)."""
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
