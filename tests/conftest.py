@@ -58,3 +58,15 @@ def run_config(tmp_path):
         return {**FAST, "data_path": data_root, "checkpoint_dir": str(tmp_path / "saved"), **extra}
 
     return make
+
+
+def pytest_configure(config):
+    # RecBole 1.2.1's own deprecation noise (pandas chained fillna, torch.sparse, GradScaler)
+    for line in (
+        "ignore::FutureWarning:recbole.*",
+        "ignore:torch.sparse.SparseTensor:UserWarning",
+        "ignore:Sparse invariant checks:UserWarning",
+        "ignore::DeprecationWarning:ray.*",
+        "ignore::DeprecationWarning:tensorboard.*",
+    ):
+        config.addinivalue_line("filterwarnings", line)
