@@ -71,9 +71,11 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         "test_result": {k: float(v) for k, v in (test_result or {}).items()},
         "checkpoint": trainer.saved_model_file if saved else None,
     }
-    if evaluate_test and hasattr(trainer, "mode_results"):  # CKD: the student in every mode and each teacher
-        result["modes"] = trainer.mode_results(valid_data, test_data, load_best_model=saved)
+    if hasattr(trainer, "epoch_stats"):
+        result["epoch_stats"] = trainer.epoch_stats
         result["checkpoints"] = trainer.checkpoint_dirs()
+    if evaluate_test and hasattr(trainer, "mode_results"):  # each modality alone; CKD: and each teacher
+        result["modes"] = trainer.mode_results(valid_data, test_data, load_best_model=saved)
     return result
 
 

@@ -186,6 +186,7 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
         self.saved_model_file = os.path.join(self.run_dir, "best.pth")
         self.best_valid_result = None
         self.finished = False
+        self.epoch_stats = []  # what the model measured per epoch (CKD: loss terms, weights r_m)
         self._epoch = None
 
     @property
@@ -200,6 +201,7 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
             "best_valid_score": float(self.best_valid_score),
             "best_valid_result": {k: float(v) for k, v in (self.best_valid_result or {}).items()},
             "finished": self.finished,
+            "epoch_stats": self.epoch_stats,
             "state_dict": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": _rng_state(train_data.generator),
@@ -222,6 +224,7 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
         self.best_valid_score = state["best_valid_score"]
         self.best_valid_result = state["best_valid_result"] or None
         self.finished = state["finished"]
+        self.epoch_stats = state.get("epoch_stats", [])
         what = "finished; reusing it" if self.finished else f"resuming at epoch {self.start_epoch}"
         self.logger.info(set_color(f"{self.config['model']}: found {self.last_file}, {what}", "green"))
         return True
@@ -247,7 +250,31 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
             )
             for name, value in stats.items():
                 self.tensorboard.add_scalar(f"Train/{name}", value, epoch_idx)
+            self.epoch_stats.append({"epoch": epoch_idx, **stats})
         return stats
+
+    def mode_results(self, valid_data, test_data, load_best_model=True):
+        """Validation and test metrics of a multimodal model jointly and in each "only m" mode
+        (the evidence for or against "1 + 1 < 2")."""
+        if load_best_model:
+            self._load_model_state(self.saved_model_file)
+        results = {}
+        for name, masked in self._report_modes().items():
+            with self.model.masked_as(masked):
+                results[name] = {
+                    "valid": dict(self.evaluate(valid_data, load_best_model=False)),
+                    "test": dict(self.evaluate(test_data, load_best_model=False)),
+                }
+        return results
+
+    def _report_modes(self):
+        modalities = getattr(self.model, "modalities", ())
+        if not modalities or self.model.default_masked:
+            return {}
+        return {"joint": frozenset(), **{f"only_{m}": self.model.only(m) for m in modalities}}
+
+    def checkpoint_dirs(self):
+        return {"run": self.run_dir}
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self.eval_collector.data_collect(train_data)
@@ -380,17 +407,8 @@ class CKDTrainer(ResumableTrainer):
 
     def mode_results(self, valid_data, test_data, load_best_model=True):
         """Validation and test metrics of the student in each mode and of every teacher."""
-        if load_best_model:
-            self._load_model_state(self.saved_model_file)
-        results = {}
-        for name, masked in self.model.modes().items():
-            if name.startswith("without_"):
-                continue
-            with self.model.masked_as(masked):
-                results[f"student {name}"] = {
-                    "valid": dict(self.evaluate(valid_data, load_best_model=False)),
-                    "test": dict(self.evaluate(test_data, load_best_model=False)),
-                }
+        student = super().mode_results(valid_data, test_data, load_best_model)
+        results = {f"student {name}": value for name, value in student.items()}
         for modality, trainer in self.teacher_trainers.items():
             results[f"teacher {modality}"] = {
                 "valid": dict(trainer.evaluate(valid_data, load_best_model=False)),
