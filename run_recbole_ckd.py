@@ -2,6 +2,7 @@
 
     python run_recbole_ckd.py --model=VBPR --dataset=ml-100k-mm [--key=value ...]
     python run_recbole_ckd.py --model=VBPR_CKD --dataset=ml-100k-mm --hyper=hyper.test [--num_samples=8 ...]
+    python run_recbole_ckd.py --leaderboard --dataset=ml-100k-mm --models=BPR,VBPR,VBPR_CKD --seeds=3
     python run_recbole_ckd.py --download=baby --url=URL [--sha256=HEX] [--data_path=dataset/]
     python run_recbole_ckd.py --generate=NAME [--n_users=... --strength v=0.3 ...]
 
@@ -29,8 +30,14 @@ def build_parser():
     sweep.add_argument("--scheduler", default="none", choices=["none", "asha"], help="early stopping of bad trials")
     sweep.add_argument("--cpus_per_trial", type=float, default=1.0)
     sweep.add_argument("--gpus_per_trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5")
-    sweep.add_argument("--output", default="sweeps", help="sweep folder (rerun with the same one to resume)")
+    sweep.add_argument("--output", help="output folder: sweeps/ for --hyper, results/ for --leaderboard; rerun "
+                       "with the same one to resume")
     sweep.add_argument("--ray_address", help="an existing Ray cluster (e.g. ray://host:10001 or auto)")
+    board = parser.add_argument_group("leaderboards")
+    board.add_argument("--leaderboard", action="store_true", help="run --models over --seeds, write results/<dataset>.md")
+    board.add_argument("--models", help="comma-separated models for --leaderboard, e.g. BPR,LightGCN,VBPR,VBPR_CKD")
+    board.add_argument("--seeds", default="3", help="a count (3: seeds 2020, 2021, 2022) or a list (1,2,3)")
+    board.add_argument("--sweeps", metavar="DIR", help="use the best configurations sweeps left in DIR")
     data = parser.add_argument_group("data commands")
     data.add_argument("--download", metavar="NAME", help="fetch dataset NAME's archive, verify it, unpack it")
     data.add_argument("--url", help="archive URL (or local path) for --download; default: the dataset YAML's")
@@ -75,6 +82,13 @@ def main(argv=None):
     if args.download:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         return download(args, rest)
+    if args.leaderboard:
+        from recbole_ckd.leaderboard import parse_seeds, run_leaderboard
+
+        if not args.dataset or not args.models:
+            build_parser().error("--leaderboard needs --dataset and --models")
+        return run_leaderboard(args.dataset, args.models.split(","), parse_seeds(args.seeds), args.output or "results",
+                               split_config_files(args.config_files), rest, args.sweeps)
     if not args.model or not args.dataset:
         build_parser().error("--model and --dataset are required to train (or use --download / --generate)")
 
@@ -84,7 +98,7 @@ def main(argv=None):
         return run_sweep(
             args.model, args.dataset, args.hyper, split_config_files(args.config_files), rest,
             num_samples=args.num_samples, search=args.search, scheduler=args.scheduler,
-            cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, output=args.output,
+            cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, output=args.output or "sweeps",
             ray_address=args.ray_address,
         )
     from recbole_ckd.quick_start import format_report, run

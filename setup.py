@@ -33,6 +33,7 @@ setup(
         "scipy>=1.10",
         "torch>=1.13",
         "pyyaml",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "test": ["pytest>=7"],

@@ -70,6 +70,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         "valid_result": {k: float(v) for k, v in (best_valid_result or {}).items()},
         "test_result": {k: float(v) for k, v in (test_result or {}).items()},
         "checkpoint": trainer.saved_model_file if saved else None,
+        "dataset_statistics": dataset_statistics(train_data, valid_data, test_data),
     }
     if hasattr(trainer, "epoch_stats"):
         result["epoch_stats"] = trainer.epoch_stats
@@ -77,6 +78,18 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     if evaluate_test and hasattr(trainer, "mode_results"):  # each modality alone; CKD: and each teacher
         result["modes"] = trainer.mode_results(valid_data, test_data, load_best_model=saved)
     return result
+
+
+def dataset_statistics(train_data, valid_data, test_data):
+    """Users, items, interactions per split and modality sizes of a run's data."""
+    dataset = train_data.dataset
+    split = {name: len(d.dataset) for name, d in (("train", train_data), ("valid", valid_data), ("test", test_data))}
+    n_users, n_items = dataset.user_num - 1, dataset.item_num - 1  # id 0 is padding
+    stats = {"users": n_users, "items": n_items, "interactions": sum(split.values()),
+             "density": round(sum(split.values()) / (n_users * n_items), 6), "split": split}
+    for name, matrix in (getattr(dataset, "modality_features", None) or {}).items():
+        stats[f"modality {name}"] = f"{matrix.shape[1]}-d"
+    return stats
 
 
 def format_report(result):

@@ -274,6 +274,8 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
         for t in trials:
             writer.writerow([t["trial_id"], *[t["params"].get(n) for n in params], t["best_valid_score"],
                              t["best_epoch"], t["status"], t["error"] or ""])
+    with open(os.path.join(output, f"{name}-space.yaml"), "w") as f:  # the ranges, for the leaderboard
+        yaml.safe_dump({p.name: p.describe() for p in params.values()}, f, sort_keys=False)
     best_config = {"model": model, "dataset": dataset, **base_dict, **best["params"]}
     best_config_file = os.path.join(output, f"{name}-best.yaml")
     with open(best_config_file, "w") as f:

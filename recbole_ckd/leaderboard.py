@@ -1,0 +1,372 @@
+"""Leaderboards: many models over many seeds, one protocol, one page.
+
+Every cell (model, seed) is an ordinary run (:func:`recbole_ckd.quick_start.run`) and is
+cached as JSON under ``<output>/<dataset>/cells/``: rerunning after an interruption or after
+adding a model only runs what is missing. The page ``<output>/<dataset>.md`` follows RecBole's
+result pages: the experimental setting, the properties used, dataset statistics, a method x
+metric table (mean and standard deviation over seeds), each ``_CKD`` model against its
+backbone with a paired test across seeds, published reference numbers where they exist, tuned
+values next to their ranges, and diagnostic plots.
+"""
+
+import csv
+import hashlib
+import json
+import math
+import os
+import tempfile
+
+import yaml
+
+TABLE_METRICS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "precision@20"]
+
+# MMRec's public leaderboard (evaluation/README.md of the MMRec repository): random per-user
+# 8:1:1 split, full ranking, only training items masked at test time, embedding size 64.
+MMREC_REFERENCE = {
+    "source": "MMRec public leaderboard (train-only masking)",
+    "baby": {
+        "BPR": {"recall@10": 0.0357, "recall@20": 0.0575, "ndcg@10": 0.0192, "ndcg@20": 0.0249},
+        "LightGCN": {"recall@10": 0.0479, "recall@20": 0.0754, "ndcg@10": 0.0257, "ndcg@20": 0.0328},
+        "VBPR": {"recall@10": 0.0423, "recall@20": 0.0663, "ndcg@10": 0.0223, "ndcg@20": 0.0284},
+        "MMGCN": {"recall@10": 0.0378, "recall@20": 0.0615, "ndcg@10": 0.0200, "ndcg@20": 0.0261},
+        "GRCN": {"recall@10": 0.0539, "recall@20": 0.0833, "ndcg@10": 0.0288, "ndcg@20": 0.0363},
+        "LATTICE": {"recall@10": 0.0547, "recall@20": 0.0850, "ndcg@10": 0.0292, "ndcg@20": 0.0370},
+        "BM3": {"recall@10": 0.0564, "recall@20": 0.0883, "ndcg@10": 0.0301, "ndcg@20": 0.0383},
+        "FREEDOM": {"recall@10": 0.0627, "recall@20": 0.0992, "ndcg@10": 0.0330, "ndcg@20": 0.0424},
+    },
+    "sports": {
+        "BPR": {"recall@10": 0.0432, "recall@20": 0.0653, "ndcg@10": 0.0241, "ndcg@20": 0.0298},
+        "LightGCN": {"recall@10": 0.0569, "recall@20": 0.0864, "ndcg@10": 0.0311, "ndcg@20": 0.0387},
+        "VBPR": {"recall@10": 0.0558, "recall@20": 0.0856, "ndcg@10": 0.0307, "ndcg@20": 0.0384},
+        "MMGCN": {"recall@10": 0.0370, "recall@20": 0.0605, "ndcg@10": 0.0193, "ndcg@20": 0.0254},
+        "GRCN": {"recall@10": 0.0598, "recall@20": 0.0915, "ndcg@10": 0.0332, "ndcg@20": 0.0414},
+        "LATTICE": {"recall@10": 0.0620, "recall@20": 0.0953, "ndcg@10": 0.0335, "ndcg@20": 0.0421},
+        "BM3": {"recall@10": 0.0656, "recall@20": 0.0980, "ndcg@10": 0.0355, "ndcg@20": 0.0438},
+        "FREEDOM": {"recall@10": 0.0717, "recall@20": 0.1089, "ndcg@10": 0.0385, "ndcg@20": 0.0481},
+    },
+}
+
+
+# ----------------------------------------------------------------------------- arithmetic
+def mean_std(values):
+    """Mean and sample standard deviation (ddof = 1; 0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def relative_improvement(new, old):
+    """``(new - old) / old``; None when ``old`` is 0."""
+    return None if old == 0 else (new - old) / old
+
+
+def paired_t_test(a, b):
+    """Two-sided paired t-test of ``a`` against ``b`` (same seeds): ``(t, p)``.
+
+    None for fewer than two pairs; identical differences give t = +-inf, p = 0 (or t = 0,
+    p = 1 when they are all zero).
+    """
+    from scipy import stats
+
+    if len(a) != len(b):
+        raise ValueError("paired test needs the same seeds on both sides")
+    if len(a) < 2:
+        return None
+    differences = [x - y for x, y in zip(a, b)]
+    mean, std = mean_std(differences)
+    if std == 0:
+        return (0.0, 1.0) if mean == 0 else (math.copysign(math.inf, mean), 0.0)
+    t = mean / (std / math.sqrt(len(a)))
+    return t, float(2 * stats.t.sf(abs(t), df=len(a) - 1))
+
+
+# ----------------------------------------------------------------------------- cells
+def cell_key(model, dataset, seed, config_files, config_dict):
+    text = json.dumps([model, dataset, seed, [_file_text(f) for f in config_files or []], config_dict],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _file_text(path):
+    with open(path, "r", encoding="utf-8") as f:
+        return f.read()
+
+
+def _write_json(record, path):
+    """Atomic: a cell file is either complete or absent."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f, indent=1, sort_keys=True, default=float)
+    os.replace(tmp, path)
+
+
+def run_cells(dataset, models, seeds, output, config_files=None, config_dict=None, tuned=None, log=print):
+    """Every (model, seed) result, from the cache where present; returns ``{model: [records]}``."""
+    from recbole_ckd.quick_start import run
+
+    cells = {}
+    total, done = len(models) * len(seeds), 0
+    for model in models:
+        files = list(config_files or []) + ([tuned[model]] if tuned and model in tuned else [])
+        for seed in seeds:
+            settings = {**(config_dict or {}), "seed": seed, "show_progress": False}
+            path = os.path.join(output, dataset, "cells", f"{model}-seed{seed}-{cell_key(model, dataset, seed, files, settings)}.json")
+            done += 1
+            if os.path.isfile(path):
+                with open(path) as f:
+                    record = json.load(f)
+                log(f"[{done}/{total}] {model} seed {seed}: cached ({path})")
+            else:
+                log(f"[{done}/{total}] {model} seed {seed}: running ...")
+                record = run(model, dataset, files or None, settings)
+                _write_json(record, path)
+            cells.setdefault(model, []).append(record)
+    return cells
+
+
+# ----------------------------------------------------------------------------- tables
+def summarize(cells, metrics=TABLE_METRICS):
+    """``{model: {metric: (mean, std, values)}}`` over seeds, test results."""
+    return {
+        model: {m: (*mean_std(values := [r["test_result"][m] for r in records]), values) for m in metrics}
+        for model, records in cells.items()
+    }
+
+
+def ckd_comparisons(summary, metrics=TABLE_METRICS):
+    """Each ``X_CKD`` against ``X``: relative improvement of the means and the paired test."""
+    rows = []
+    for model in summary:
+        backbone = model[: -len("_CKD")] if model.endswith("_CKD") else None
+        if backbone not in summary:
+            continue
+        for m in metrics:
+            new, old = summary[model][m], summary[backbone][m]
+            test = paired_t_test(new[2], old[2]) if len(new[2]) == len(old[2]) else None
+            rows.append({"model": model, "backbone": backbone, "metric": m, "ckd": new[0], "base": old[0],
+                         "improvement": relative_improvement(new[0], old[0]),
+                         "t": None if test is None else test[0], "p": None if test is None else test[1]})
+    return rows
+
+
+def _cell(mean, std):
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def method_table(summary, reference=None, metrics=TABLE_METRICS):
+    head = ["method", *metrics]
+    ref_metrics = [m for m in metrics if reference and any(m in v for v in reference.values())]
+    head += [f"{m} (ref.)" for m in ref_metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for model, row in summary.items():
+        cells = [_cell(*row[m][:2]) for m in metrics]
+        ref = (reference or {}).get(model, {})
+        cells += [f"{ref[m]:.4f}" if m in ref else "-" for m in ref_metrics]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparison_table(rows, n_seeds):
+    lines = ["| CKD model | metric | backbone | CKD | improvement | paired t | p |", "|" + " --- |" * 7]
+    for r in rows:
+        improvement = "-" if r["improvement"] is None else f"{100 * r['improvement']:+.2f}%"
+        t = "-" if r["t"] is None else f"{r['t']:.2f}"
+        p = "-" if r["p"] is None else f"{r['p']:.3g}"
+        lines.append(f"| {r['model']} | {r['metric']} | {r['base']:.4f} | {r['ckd']:.4f} | {improvement} | {t} | {p} |")
+    note = (f"Paired two-sided t-test across the {n_seeds} seeds (same seed, same data, backbone vs its CKD "
+            "variant); with few seeds it has little power, read p together with the spread.")
+    return "\n".join(lines) + "\n\n" + note
+
+
+# ----------------------------------------------------------------------------- plots
+def plot_modalities(cells, path):
+    """The "1 + 1 < 2" picture: Recall@20 of each teacher, of the backbone and of its CKD
+    student, each modality alone and jointly (test, mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = {}
+    for model, records in cells.items():
+        if not model.endswith("_CKD"):
+            continue
+        bars = {}
+        for label_prefix, source in (("", model), ("backbone ", model[:-4])):
+            for record in cells.get(source, []):
+                for mode, result in (record.get("modes") or {}).items():
+                    label = mode if source == model else label_prefix + mode
+                    bars.setdefault(label, []).append(result["test"]["recall@20"])
+        if bars:
+            groups[model] = {k: sum(v) / len(v) for k, v in sorted(bars.items())}
+    if not groups:
+        return None
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4), squeeze=False)
+    for ax, (model, bars) in zip(axes[0], groups.items()):
+        labels = list(bars)
+        colors = ["tab:green" if l.startswith("teacher") else "tab:gray" if l.startswith("backbone") else "tab:blue"
+                  for l in labels]
+        ax.bar(range(len(labels)), [bars[l] for l in labels], color=colors)
+        ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
+        ax.set_title(model)
+        ax.set_ylabel("test Recall@20")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_weights(cells, path):
+    """Per-epoch mean weight r_m of every CKD model during stage 2 (first seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {}
+    for model, records in cells.items():
+        stats = records[0].get("epoch_stats") or []
+        for key in sorted({k for row in stats for k in row if k.startswith("r_") and k.endswith("_mean")}):
+            series[f"{model} {key[:-5]}"] = ([row["epoch"] for row in stats if key in row],
+                                             [row[key] for row in stats if key in row])
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, (x, y) in series.items():
+        ax.plot(x, y, label=label)
+    ax.axhline(1.0, color="black", linewidth=0.5, linestyle=":")
+    ax.set_xlabel("epoch (stage 2)")
+    ax.set_ylabel("mean weight r_m")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- the page
+def write_page(dataset, cells, output, config_files=None, config_dict=None, tuned=None, spaces=None):
+    """Write ``<output>/<dataset>.md`` and ``.csv`` (and the plots); returns the page path."""
+    from recbole_ckd.config import properties_dir
+
+    summary = summarize(cells)
+    comparisons = ckd_comparisons(summary)
+    first = next(iter(cells.values()))[0]
+    protocol = first["test_masking"]
+    reference = MMREC_REFERENCE.get(dataset) if protocol == "train" else None
+    seeds = sorted({r["seed"] for records in cells.values() for r in records})
+    os.makedirs(output, exist_ok=True)
+
+    with open(os.path.join(output, f"{dataset}.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "metric", "mean", "std", "n_seeds", "values"])
+        for model, row in summary.items():
+            for m, (mean, std, values) in row.items():
+                writer.writerow([model, m, f"{mean:.6f}", f"{std:.6f}", len(values), " ".join(f"{v:.4f}" for v in values)])
+
+    plots = {"modalities": plot_modalities(cells, os.path.join(output, f"{dataset}-modalities.png")),
+             "weights": plot_weights(cells, os.path.join(output, f"{dataset}-weights.png"))}
+    stats = _dataset_statistics(first, dataset)
+    props = properties_dir()
+    lines = [f"# {dataset}: leaderboard", "",
+             "Generated by `python run_recbole_ckd.py --leaderboard` (recbole-ckd); every number is the mean ± sample "
+             f"standard deviation over seeds {', '.join(map(str, seeds))} of the test result at the best validation epoch.",
+             "", "## Experimental setting", "",
+             f"- Split: {stats.get('split', 'see the dataset')}",
+             f"- Evaluation: full ranking over all items; {PROTOCOL_TEXT.get(protocol, protocol)}.",
+             f"- Selection: validation {first['valid_metric']}, every epoch, stop after the configured number of "
+             "validations without improvement; test reported at the selected epoch.",
+             "- Counterfactual masking: a masked modality's item features are replaced by their mean over items and its "
+             "user-side parameters by their mean over users; item-item graph terms of a masked modality are dropped.",
+             "", "## Dataset statistics", "", stats["table"], "", "## Properties used", "",
+             "```yaml", _properties_text(props, dataset, cells, config_files, config_dict), "```", "",
+             "## Results (test)", "", method_table(summary, reference), ""]
+    if reference:
+        lines += [f"Reference columns: {MMREC_REFERENCE['source']}; same protocol, real Amazon features.", ""]
+    if comparisons:
+        lines += ["## CKD against its backbone", "", comparison_table(comparisons, len(seeds)), ""]
+    if tuned:
+        lines += ["## Tuned values", "", "| model | key | tuned | range |", "| --- | --- | --- | --- |"]
+        for model, path in tuned.items():
+            best = yaml.safe_load(open(path))
+            for key, described in (spaces or {}).get(model, {}).items():
+                lines.append(f"| {model} | {key} | {best.get(key)} | {described} |")
+        lines.append("")
+    if plots["modalities"] or plots["weights"]:
+        lines += ["## Diagnostics", ""]
+        if plots["modalities"]:
+            lines += ["Recall@20 of each teacher, of the plain backbone and of the CKD student, each modality alone "
+                      "and jointly (\"1 + 1 < 2\"):", "", f"![modalities]({os.path.basename(plots['modalities'])})", ""]
+        if plots["weights"]:
+            lines += ["Mean CKD weight r_m per epoch of stage 2 (above 1: the modality the student under-uses):", "",
+                      f"![weights]({os.path.basename(plots['weights'])})", ""]
+    page = os.path.join(output, f"{dataset}.md")
+    with open(page, "w") as f:
+        f.write("\n".join(lines))
+    return page
+
+
+PROTOCOL_TEXT = {
+    "train": "training items removed from every ranking (MMRec's and the CKD reference's protocol)",
+    "train_valid": "training and validation items removed from test rankings (RecBole's protocol)",
+}
+
+
+def _dataset_statistics(record, dataset):
+    stats = record.get("dataset_statistics") or {}
+    rows = [("dataset", dataset)] + [(k, v) for k, v in stats.items() if k != "split"]
+    table = "| statistic | value |\n| --- | --- |\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    split = stats.get("split")
+    split = ", ".join(f"{k} {v}" for k, v in split.items()) if split else "as configured"
+    return {"table": table, "split": split}
+
+
+def _properties_text(props, dataset, cells, config_files, config_dict):
+    parts = [f"# properties/overall.yaml\n{open(os.path.join(props, 'overall.yaml')).read().strip()}"]
+    for path in [os.path.join(props, "dataset", f"{dataset}.yaml")] + sorted(
+        {os.path.join(props, "model", f"{m}.yaml") for m in cells}
+    ):
+        if os.path.isfile(path):
+            parts.append(f"# {os.path.relpath(path, os.path.dirname(props))}\n{open(path).read().strip()}")
+    for path in config_files or []:
+        parts.append(f"# {path}\n{open(path).read().strip()}")
+    if config_dict:
+        parts.append("# command line\n" + yaml.safe_dump(config_dict, sort_keys=True).strip())
+    return "\n\n".join(parts)
+
+
+def tuned_configs(sweeps_dir, dataset, models):
+    """Best configurations (and their search spaces) that sweeps left in ``sweeps_dir``."""
+    tuned, spaces = {}, {}
+    for model in models:
+        best = os.path.join(sweeps_dir, f"{model}-{dataset}-best.yaml")
+        if os.path.isfile(best):
+            tuned[model] = best
+            space = best.replace("-best.yaml", "-space.yaml")
+            spaces[model] = yaml.safe_load(open(space)) if os.path.isfile(space) else {}
+    return tuned, spaces
+
+
+def run_leaderboard(dataset, models, seeds, output="results", config_files=None, cmd_args=(), sweeps_dir=None):
+    """Run (or reuse) every cell and write the page; returns the page path."""
+    from recbole_ckd.config import Config
+
+    config_dict = {}
+    if cmd_args:
+        config_dict = dict(Config(models[0], dataset, config_files, cmd_args=cmd_args).cmd_config_dict)
+    tuned, spaces = tuned_configs(sweeps_dir, dataset, models) if sweeps_dir else ({}, {})
+    cells = run_cells(dataset, models, seeds, output, config_files, config_dict, tuned)
+    page = write_page(dataset, cells, output, config_files, config_dict, tuned, spaces)
+    print(f"leaderboard: {page}")
+    return page
+
+
+def parse_seeds(text, base=2020):
+    """``3`` -> [2020, 2021, 2022]; ``1,5,9`` -> [1, 5, 9]."""
+    text = str(text)
+    if "," in text:
+        return [int(s) for s in text.split(",") if s.strip()]
+    return [base + k for k in range(int(text))]
+

@@ -1,0 +1,111 @@
+"""Leaderboards: table arithmetic by hand, cell caching and resume, the page and its plots."""
+
+import math
+import os
+import struct
+
+import pytest
+from conftest import FAST
+
+from recbole_ckd import leaderboard as lb
+
+
+def test_mean_and_sample_std():
+    assert lb.mean_std([0.10, 0.12, 0.14]) == pytest.approx((0.12, 0.02))
+    assert lb.mean_std([0.5]) == (0.5, 0.0)
+
+
+def test_relative_improvement():
+    assert lb.relative_improvement(0.11, 0.10) == pytest.approx(0.1)
+    assert lb.relative_improvement(0.09, 0.10) == pytest.approx(-0.1)
+    assert lb.relative_improvement(0.1, 0.0) is None
+
+
+def test_paired_t_test_by_hand():
+    # differences 0.01, 0.02, 0.01: mean 0.013333, sd 0.0057735, t = 4.0 with 2 degrees of freedom;
+    # for df = 2 the two-sided p is 1 - t / sqrt(2 + t^2) = 1 - 4 / sqrt(18)
+    t, p = lb.paired_t_test([0.11, 0.14, 0.15], [0.10, 0.12, 0.14])
+    assert t == pytest.approx(4.0)
+    assert p == pytest.approx(1 - 4 / math.sqrt(18))
+    assert lb.paired_t_test([0.1], [0.2]) is None
+    assert lb.paired_t_test([0.5, 0.75], [0.25, 0.5]) == (math.inf, 0.0)  # identical differences
+    assert lb.paired_t_test([0.1, 0.2], [0.1, 0.2]) == (0.0, 1.0)
+
+
+def fake_record(model, seed, recall20, modes=None, stats=None):
+    metrics = {m: recall20 for m in lb.TABLE_METRICS}
+    return {"model": model, "seed": seed, "test_masking": "train", "valid_metric": "Recall@20",
+            "test_result": metrics, "valid_result": metrics, "modes": modes or {}, "epoch_stats": stats or [],
+            "dataset_statistics": {"users": 3, "items": 4, "interactions": 9, "split": {"train": 7, "valid": 1, "test": 1}}}
+
+
+def test_summary_and_ckd_comparison():
+    cells = {
+        "VBPR": [fake_record("VBPR", s, v) for s, v in zip((1, 2, 3), (0.10, 0.12, 0.14))],
+        "VBPR_CKD": [fake_record("VBPR_CKD", s, v) for s, v in zip((1, 2, 3), (0.11, 0.14, 0.15))],
+    }
+    summary = lb.summarize(cells)
+    assert summary["VBPR"]["recall@20"][:2] == pytest.approx((0.12, 0.02))
+    (row, *_) = [r for r in lb.ckd_comparisons(summary) if r["metric"] == "recall@20"]
+    assert row["improvement"] == pytest.approx((0.4 / 3 - 0.12) / 0.12)
+    assert row["t"] == pytest.approx(4.0) and row["p"] == pytest.approx(1 - 4 / math.sqrt(18))
+    table = lb.method_table(summary, lb.MMREC_REFERENCE["baby"])
+    assert "| VBPR | 0.1200 ± 0.0200 |" in table and "recall@20 (ref.)" in table and "0.0663" in table
+
+
+def png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_page_and_plots_render(tmp_path):
+    modes = {"student joint": {"test": {"recall@20": 0.2}}, "student only_v": {"test": {"recall@20": 0.1}},
+             "teacher v": {"test": {"recall@20": 0.15}}}
+    stats = [{"epoch": e, "r_v_mean": 1.0 + 0.1 * e, "r_t_mean": 1.0 - 0.1 * e} for e in range(3)]
+    cells = {
+        "VBPR": [fake_record("VBPR", 1, 0.1, {"joint": {"test": {"recall@20": 0.1}}, "only_v": {"test": {"recall@20": 0.05}}})],
+        "VBPR_CKD": [fake_record("VBPR_CKD", 1, 0.12, modes, stats)],
+    }
+    page = lb.write_page("baby", cells, str(tmp_path))
+    text = open(page).read()
+    for part in ("## Experimental setting", "## Dataset statistics", "## Properties used", "## Results (test)",
+                 "## CKD against its backbone", "MMRec public leaderboard", "![modalities](baby-modalities.png)",
+                 "![weights](baby-weights.png)", "train 7, valid 1, test 1", "kd_weight"):
+        assert part in text, part
+    for name in ("baby-modalities.png", "baby-weights.png"):
+        width, height = png_size(tmp_path / name)
+        assert width > 100 and height > 100
+    assert (tmp_path / "baby.csv").read_text().startswith("model,metric,mean,std,n_seeds,values")
+
+
+def test_cells_are_cached_and_only_missing_ones_run(tiny_dataset, tmp_path, monkeypatch):
+    settings = {**FAST, "data_path": tiny_dataset["root"], "checkpoint_dir": str(tmp_path / "saved"), "epochs": 1}
+    out = str(tmp_path / "results")
+    first = lb.run_cells("tiny", ["BPR"], [1, 2], out, config_dict=settings, log=lambda *a: None)
+    assert [r["seed"] for r in first["BPR"]] == [1, 2]
+
+    import recbole_ckd.quick_start as qs
+
+    calls = []
+    real_run = qs.run
+    monkeypatch.setattr(qs, "run", lambda *a, **k: calls.append(a[0]) or real_run(*a, **k))
+    again = lb.run_cells("tiny", ["BPR", "VBPR"], [1, 2], out, config_dict=settings, log=lambda *a: None)
+    assert calls == ["VBPR", "VBPR"]  # BPR came from the cache
+    assert again["BPR"][0]["test_result"] == first["BPR"][0]["test_result"]
+    page = lb.write_page("tiny", again, out)
+    assert "| BPR |" in open(page).read() and os.path.isfile(os.path.join(out, "tiny-modalities.png")) is False
+
+
+def test_leaderboard_command_end_to_end(tiny_dataset, tmp_path):
+    import run_recbole_ckd
+
+    argv = ["--leaderboard", "--dataset=tiny", "--models=VBPR,VBPR_CKD", "--seeds=2", f"--output={tmp_path / 'res'}",
+            f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}", "--gd_samples=20"]
+    argv += [f"--{k}={v}" for k, v in FAST.items()]
+    page = run_recbole_ckd.main(argv)
+    text = open(page).read()
+    assert "| VBPR_CKD | recall@20 |" in text
+    png_size(tmp_path / "res" / "tiny-modalities.png")
+    png_size(tmp_path / "res" / "tiny-weights.png")
