@@ -1,0 +1,86 @@
+"""The entry point's data commands: --generate and --download, then training on the result."""
+
+import hashlib
+import io
+import os
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import FAST, write_tiny_mmrec
+
+import run_recbole_ckd
+
+
+def train_args(name, root, tmp_path, model="VBPR"):
+    return [f"--model={model}", f"--dataset={name}", f"--data_path={root}", f"--checkpoint_dir={tmp_path}/saved"] + [
+        f"--{k}={v}" for k, v in FAST.items()
+    ]
+
+
+def test_generate_then_train(tmp_path):
+    root = str(tmp_path / "data")
+    run_recbole_ckd.main(["--generate=gen", f"--root={root}", "--n_users=60", "--n_items=40", "--n_interactions=700",
+                          "--dim", "v=8", "--dim", "t=4", "--strength", "v=0.2"])
+    assert {"gen.inter", "image_feat.npy", "text_feat.npy"} <= set(os.listdir(os.path.join(root, "gen")))
+    result = run_recbole_ckd.main(train_args("gen", root, tmp_path))
+    assert result["dataset_statistics"]["users"] == 60 and result["dataset_statistics"]["items"] == 40
+
+
+class _Archive(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = self.server.body
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def archive_server(tmp_path):
+    source, _, _ = write_tiny_mmrec(str(tmp_path / "src"), name="fetched")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in os.listdir(source):
+            archive.write(os.path.join(source, name), f"fetched/{name}")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Archive)
+    server.body = buffer.getvalue()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/fetched.zip", hashlib.sha256(server.body).hexdigest()
+    server.shutdown()
+
+
+def test_download_then_train(tmp_path, archive_server):
+    url, digest = archive_server
+    root = str(tmp_path / "data")
+    run_recbole_ckd.main(["--download=fetched", f"--url={url}", f"--sha256={digest}", f"--data_path={root}"])
+    assert os.path.isfile(os.path.join(root, "fetched", "fetched.inter"))
+    result = run_recbole_ckd.main(train_args("fetched", root, tmp_path))
+    assert result["test_result"]["recall@20"] >= 0
+
+
+def test_download_with_a_wrong_hash_leaves_nothing(tmp_path, archive_server):
+    from recbole_ckd.data.download import DownloadError
+
+    url, _ = archive_server
+    root = str(tmp_path / "data")
+    with pytest.raises(DownloadError, match="Checksum mismatch"):
+        run_recbole_ckd.main(["--download=fetched", f"--url={url}", "--sha256=" + "0" * 64, f"--data_path={root}"])
+    assert not os.path.exists(os.path.join(root, "fetched"))
+
+
+def test_download_without_a_known_url_says_where_the_copies_are(tmp_path):
+    with pytest.raises(SystemExit, match="MMRec"):
+        run_recbole_ckd.main(["--download=baby", f"--data_path={tmp_path}"])
+
+
+def test_bad_arguments_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        run_recbole_ckd.main(["--model=VBPR", "--dataset=x", "stray"])
+    assert "--key=value" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_recbole_ckd.main(["--model=VBPR"])
