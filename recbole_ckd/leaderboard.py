@@ -102,10 +102,11 @@ def _write_json(record, path):
     os.replace(tmp, path)
 
 
-def run_cells(dataset, models, seeds, output, config_files=None, config_dict=None, tuned=None, log=print):
+def run_cells(dataset, models, seeds, output, config_files=None, config_dict=None, tuned=None, log=None):
     """Every (model, seed) result, from the cache where present; returns ``{model: [records]}``."""
     from recbole_ckd.quick_start import run
 
+    log = log or (lambda message: print(message, flush=True))
     cells = {}
     total, done = len(models) * len(seeds), 0
     for model in models:
