@@ -176,8 +176,9 @@ class MultimodalRecommender(GeneralRecommender):
         """The user-item training graph over ``n_users + n_items`` nodes (items after users),
         as a sparse tensor on the device: row-normalised (``mean``) or ``D^-1/2 A D^-1/2`` (``sym``)."""
         inter = dataset.inter_matrix(form="coo")
-        users = torch.from_numpy(inter.row).long()
-        items = torch.from_numpy(inter.col).long() + self.n_users
+        # a repeated (user, item) row is one edge, as in MMRec's graphs
+        pairs = torch.unique(torch.stack([torch.from_numpy(inter.row).long(), torch.from_numpy(inter.col).long()]), dim=1)
+        users, items = pairs[0], pairs[1] + self.n_users
         rows, cols = torch.cat([users, items]), torch.cat([items, users])
         n = self.n_users + self.n_items
         degree = torch.bincount(rows, minlength=n).float().clamp(min=1)
