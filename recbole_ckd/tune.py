@@ -234,8 +234,10 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
     trainable = tune.with_resources(tune.with_parameters(trial, base=base),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     if scheduler == "asha":
-        asha = tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=max_epochs_asha or overrides["epochs"],
-                                             grace_period=max(1, overrides["stopping_step"] // 2))
+        max_t = max_epochs_asha or overrides["epochs"]
+        # a trial gets at least half its patience before ASHA may stop it
+        asha = tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=max_t,
+                                             grace_period=min(max_t, max(1, overrides["stopping_step"] // 2)))
     elif scheduler == "none":
         asha = None
     else:

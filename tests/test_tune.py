@@ -118,3 +118,20 @@ def test_two_trial_sweep_trains_teachers_once(tiny_dataset, tmp_path, capsys):
     assert result["test_result"]["best_valid_score"] == pytest.approx(best["best_valid_score"])
     assert set(result["test_result"]["test_result"])  # the test set was used, once, at the end
     assert os.path.isfile(str(tmp_path / "sweeps" / "VBPR_CKD-tiny-trials.csv"))
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tiny_dataset, tmp_path):
+    from recbole_ckd.tune import run_sweep
+
+    # a negative learning rate makes the optimizer raise inside the trial
+    hyper = write(tmp_path, "learning_rate choice [0.001,-1.0]\n")
+    args = [f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}", "--epochs=2"] + [
+        f"--{k}={v}" for k, v in FAST.items() if k != "epochs"
+    ]
+    result = run_sweep("VBPR", "tiny", hyper, cmd_args=args, num_samples=1, search="grid", scheduler="asha",
+                       output=str(tmp_path / "sweeps"), verbose=0)
+    by_lr = {t["params"]["learning_rate"]: t for t in result["trials"]}
+    assert by_lr[-1.0]["status"] == "ERROR" and "learning rate" in by_lr[-1.0]["error"].lower()
+    assert by_lr[0.001]["status"] == "done" and result["best"] is by_lr[0.001]
+    table = open(tmp_path / "sweeps" / "VBPR-tiny-trials.md").read()
+    assert "ERROR" in table
