@@ -7,12 +7,17 @@ from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_ckd import model as plugin_models
 from recbole_ckd.data.dataset import MultimodalDataset
+from recbole_ckd.model.ckd import ckd_refusal
 from recbole_ckd.trainer import with_safe_checkpoints
 
 
 def get_model(name):
     """The model class called ``name``: a plugin model if there is one, else RecBole's."""
     model_class = plugin_models.MODELS.get(name)
+    backbone = getattr(model_class, "backbone", None)
+    if backbone is not None and not backbone.ranks_with_modalities:
+        # refuse before any data is read; models that do not declare it are checked when built
+        raise ValueError(ckd_refusal(backbone.__name__, "any"))
     if model_class is not None:
         return model_class
     try:
@@ -41,6 +46,5 @@ def create_dataset(config):
     """
     if config["MODEL_TYPE"] != ModelType.GENERAL:
         return recbole_create_dataset(config)
-    model_class = plugin_models.MODELS.get(config["model"])
-    uses_modalities = model_class is not None and getattr(model_class, "uses_modalities", False)
+    uses_modalities = getattr(config.model_class, "uses_modalities", False)
     return MultimodalDataset(config, load_modalities=uses_modalities)

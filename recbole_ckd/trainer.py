@@ -269,7 +269,7 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
 
     def _report_modes(self):
         modalities = getattr(self.model, "modalities", ())
-        if not modalities or self.model.default_masked:
+        if not modalities or self.model.default_masked or not self.model.ranks_with_modalities:
             return {}
         return {"joint": frozenset(), **{f"only_{m}": self.model.only(m) for m in modalities}}
 

@@ -304,3 +304,19 @@ def test_shared_mode_computation_equals_one_mode_at_a_time(tiny_dataset, model):
     generic = MultimodalRecommender.triple_margins(student, u, i, j, student.modes())
     for name in fast:
         torch.testing.assert_close(fast[name], generic[name], rtol=1e-5, atol=1e-5)
+
+
+def test_a_student_whose_scores_ignore_a_modality_is_refused(tiny_dataset):
+    from recbole_ckd.model import VBPR
+    from recbole_ckd.model.ckd import make_ckd_model
+
+    class IDOnly(VBPR):  # ranks with ID embeddings alone, but does not say so
+        def forward(self, masked=frozenset()):
+            return self.user_id_embedding.weight, self.item_id_embedding.weight
+
+    student_class = make_ckd_model(IDOnly)
+    config = Config(student_class, "tiny", config_dict={**FAST, "data_path": tiny_dataset["root"],
+                                                        "embedding_size": 8, "modality_embedding_size": 4})
+    train, _, _ = data_preparation(config, create_dataset(config))
+    with pytest.raises(ValueError, match="IDOnly cannot be a CKD student: masking modality 'v' does not change"):
+        student_class(config, train.dataset)

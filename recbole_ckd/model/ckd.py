@@ -49,6 +49,14 @@ def modality_weights(effects):
     return effects.shape[0] * inverse / inverse.sum(dim=0, keepdim=True)
 
 
+def ckd_refusal(backbone, modality):
+    return (
+        f"{backbone} cannot be a CKD student: masking modality '{modality}' does not change its scores (it ranks "
+        "with ID embeddings only at inference), so every counterfactual effect is zero and CKD's weights are "
+        "undefined (spec section 2). Use the plain backbone instead."
+    )
+
+
 # ----------------------------------------------------------------------------- the student
 class CKDStudentMixin:
     """Turns a backbone into a CKD student; the backbone's own forward is untouched."""
@@ -85,11 +93,7 @@ class CKDStudentMixin:
             masked = users[1:65] @ items[1:].T
             # compare rankings, not values: a masked modality may add a constant to every score
             if torch.allclose(joint - joint.mean(1, keepdim=True), masked - masked.mean(1, keepdim=True), atol=1e-6):
-                raise ValueError(
-                    f"{self.backbone.__name__} cannot be a CKD student: masking modality '{m}' does not change its "
-                    "scores (it ranks with ID embeddings only at inference), so every counterfactual effect is zero "
-                    "and CKD's weights are undefined (spec section 2). Use the plain backbone instead."
-                )
+                raise ValueError(ckd_refusal(self.backbone.__name__, m))
 
     def set_teacher_tables(self, tables):
         """Frozen ``(user_reps, item_reps)`` of every modality's teacher, computed once."""

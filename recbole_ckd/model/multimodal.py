@@ -25,6 +25,9 @@ class MultimodalRecommender(GeneralRecommender):
 
     input_type = InputType.PAIRWISE
     uses_modalities = True
+    # False for a backbone whose ranking ignores its modalities (BM3): no CKD variant, no
+    # per-modality report
+    ranks_with_modalities = True
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -61,6 +61,8 @@ class BM3(MultimodalRecommender):
     features); scores are unaffected either way.
     """
 
+    ranks_with_modalities = False  # features only feed auxiliary losses
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         sampling = config["train_neg_sample_args"] or {}

@@ -36,10 +36,11 @@ class FREEDOM(MultimodalRecommender):
 
     Loss (the reference's): ``BPR(u, i) + mm_bpr_weight * sum_m BPR(x_u, W_m f^m + b_m)``, the
     second term a BPR between the users' representations and each modality's projected features
-    (``feat_embed_dim``, the reference's ``reg_weight``), over the same triples. The reference
-    has no L2 term, so ``reg_weight`` (this project's L2 on the batch representations, the
-    base class's :meth:`bpr_loss`) is 0 by default. A CKD student trains with BPR plus
-    distillation only (spec section 4): it has no projections and no feature tables.
+    (``feat_embed_dim``, which must equal ``embedding_size``), over the same triples;
+    ``mm_bpr_weight`` is what the reference calls ``reg_weight``. The reference has no L2 term,
+    so ``reg_weight`` (this project's L2 on the batch representations, the base class's
+    :meth:`bpr_loss`) is 0 by default. A CKD student trains with BPR plus distillation only
+    (spec section 4): it has no projections and no feature tables.
 
     Modality weights: ``modality_weights`` (a dict, normalised to sum 1) if given; otherwise the
     reference's ``mm_image_weight`` for the image modality ``v`` and ``1 - mm_image_weight``
@@ -62,7 +63,8 @@ class FREEDOM(MultimodalRecommender):
     while the frozen graph keeps the raw features' structure. This implementation's own
     choices: the padding item (row 0) has no kNN neighbours and no edges; a repeated
     interaction is one edge; at least one edge is kept; any number of modalities, weighted as
-    above.
+    above; the defaults ``dropout: 0.8`` and ``mm_bpr_weight: 1e-4`` are picked from the authors'
+    grids (``[0.8, 0.9]`` and ``[0, 1e-5, 1e-4, 1e-3]``), which they searched per dataset.
     """
 
     def __init__(self, config, dataset):
@@ -171,7 +173,8 @@ class FREEDOM(MultimodalRecommender):
         n = self.n_users + self.n_items
         items = items + self.n_users
         rows, cols = torch.cat([users, items]), torch.cat([items, users])
-        return graphs.normalized_adjacency(rows, cols, torch.ones(len(rows), device=rows.device), n, "sym").to(self.device)
+        graph = graphs.normalized_adjacency(rows, cols, torch.ones(len(rows), device=rows.device), n, "sym")
+        return graph.to(self.device)
 
     def pre_epoch(self, epoch):
         """Degree-sensitive edge pruning: a new pruned user-item graph for this epoch's training."""

@@ -73,8 +73,8 @@ class GRCN(MultimodalRecommender):
     same content and every user the same prototype in m (routing keeps them equal); m's
     content block is then one vector for every user with training items and one for every
     item with training users (an item without any keeps the mean content alone): it carries
-    no item-specific information of m. m's refinement term is dropped from the pruning: the affinities of mean features are
-    uniform over each neighbourhood (``1/deg``) and say nothing about an edge, so the edge
+    no item-specific information of m. m's refinement term is dropped from the pruning: the
+    affinities of mean features are uniform over each neighbourhood (``1/deg``) and say nothing about an edge, so the edge
     weight is the max over the unmasked modalities only (with a max there are no weights to
     renormalise). With every modality masked no term is left; the weights are then computed
     from the masked inputs of all modalities (uniform affinities, the users' confidences
@@ -87,7 +87,9 @@ class GRCN(MultimodalRecommender):
         self.n_routing = int(config["n_routing"])
         self.id_layers = int(config["id_layers"])
         if self.n_routing < 0 or self.id_layers < 0:
-            raise ValueError(f"n_routing and id_layers must be >= 0, got {self.n_routing} and {self.id_layers}.")
+            raise ValueError(
+                f"n_routing and id_layers must be >= 0, got {self.n_routing} and {self.id_layers}."
+            )
         inter = dataset.inter_matrix(form="coo")
         self.register_buffer("edge_users", torch.from_numpy(inter.row).long(), persistent=False)
         self.register_buffer("edge_items", torch.from_numpy(inter.col).long(), persistent=False)

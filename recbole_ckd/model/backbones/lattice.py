@@ -85,7 +85,9 @@ class LATTICE(MultimodalRecommender):
         self.item_id_embedding = nn.Embedding(self.n_items, dim)
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_id_embedding.weight)
-        self.projection = nn.ModuleDict({m: nn.Linear(self.feature_dim(m), self.feat_embed_dim) for m in self.modalities})
+        self.projection = nn.ModuleDict(
+            {m: nn.Linear(self.feature_dim(m), self.feat_embed_dim) for m in self.modalities}
+        )
         # equal logits: [0.5, 0.5] for two modalities, as the reference
         self.modal_weight = nn.Parameter(torch.full((len(self.modalities),), 1.0 / len(self.modalities)))
         if self.train_features:
@@ -138,7 +140,10 @@ class LATTICE(MultimodalRecommender):
         return graphs.knn_neighbours_with_grad(self.projection[m](self.item_features(m)), self.knn_k)
 
     def _learned_consumed(self, grad):
-        self._learned_live = False  # its gradient has been taken: the rest of the epoch reuses it detached
+        """Backward hook: the graph's gradient has been taken, the rest of the epoch reuses it
+        detached (and the model holds no autograd graph between steps)."""
+        self._learned_live = False
+        self._learned = {m: (r, c, s.detach()) for m, (r, c, s) in self._learned.items()}
 
     def _learned_graphs(self, active):
         """``({m: (rows, cols, sims)}, live)``: the learned kNN graph of each active modality."""
@@ -148,8 +153,6 @@ class LATTICE(MultimodalRecommender):
         if self._learned_stale:
             self._learned, self._adjacency_cache = {}, {}
             self._learned_live, self._learned_stale = True, False
-        if not self._learned_live:
-            self._learned = {m: (r, c, s.detach()) for m, (r, c, s) in self._learned.items()}
         for m in active:
             if m in self._learned:
                 continue
@@ -205,12 +208,13 @@ class LATTICE(MultimodalRecommender):
         return (total / (self.n_ui_layers + 1)).split([self.n_users, self.n_items])
 
     def _item_graph_term(self, masked):
-        adjacency = self.item_adjacency(masked)
-        if adjacency is None:
+        if all(m in masked for m in self.modalities):
             return 0.0
         h = self.item_id_embedding.weight
-        for _ in range(self.n_layers):
-            h = torch.sparse.mm(adjacency, h)
+        if self.n_layers:
+            adjacency = self.item_adjacency(masked)
+            for _ in range(self.n_layers):
+                h = torch.sparse.mm(adjacency, h)
         return F.normalize(h, dim=1)
 
     def forward(self, masked=frozenset()):
