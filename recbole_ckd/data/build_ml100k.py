@@ -14,7 +14,6 @@ Source: the ml-100k atomic files shipped inside RecBole's wheel (MovieLens 100K,
 import argparse
 import csv
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recbole_ckd.data.mmrec_format import split_per_user, write_mmrec_dataset
+from recbole_ckd.data.mmrec_format import print_summary, split_per_user, write_mmrec_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -211,9 +210,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     path = build_ml100k(args.out, name=args.name, seed=args.seed, source=args.source)
-    info = json.loads((path / "dataset_info.json").read_text(encoding="utf-8"))
-    print(f"Dataset '{args.name}' written to {path}")
-    print(json.dumps(info["statistics"], indent=2))
+    print_summary(path, args.name)
     return path
 
 

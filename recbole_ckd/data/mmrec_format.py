@@ -229,3 +229,10 @@ def read_mmrec_dataset(path, feature_files=None):
         feature_files = info.get("files", {}).get("features") or sorted(p.name for p in path.glob("*.npy"))
     features = {f: np.load(path / f, allow_pickle=False) for f in feature_files}
     return inter, features, info
+
+
+def print_summary(path, name):
+    """What a command that wrote a dataset prints: where it is and its statistics."""
+    info = json.loads((Path(path) / "dataset_info.json").read_text(encoding="utf-8"))
+    print(f"Dataset '{name}' written to {path}")
+    print(json.dumps(info["statistics"], indent=2))

@@ -15,7 +15,6 @@ the item factors.
 """
 
 import argparse
-import json
 import logging
 import math
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recbole_ckd.data.mmrec_format import TRAIN, split_per_user, write_mmrec_dataset
+from recbole_ckd.data.mmrec_format import TRAIN, print_summary, split_per_user, write_mmrec_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -375,9 +374,7 @@ def main(argv=None):
         popularity_std=args.popularity_std,
         overwrite=args.overwrite,
     )
-    info = json.loads((path / "dataset_info.json").read_text(encoding="utf-8"))
-    print(f"Dataset '{args.name}' written to {path}")
-    print(json.dumps(info["statistics"], indent=2))
+    print_summary(path, args.name)
     return path
 
 
