@@ -1,0 +1,185 @@
+"""The blocked sparse kNN item graphs against a naive dense computation, and their disk cache."""
+
+import os
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from recbole_ckd.model import graphs
+
+
+def features(n=20, dim=6, seed=0):
+    """``n`` real items plus the padding row 0 (zeros), as the dataset aligns them."""
+    x = torch.randn(n + 1, dim, generator=torch.Generator().manual_seed(seed))
+    x[0] = 0
+    return x
+
+
+def dense_knn(x, k, weighted, normalization):
+    """The reference computation: full similarity matrix, top-k per row, row-sum degrees."""
+    n = x.shape[0]
+    real = F.normalize(x[1:].double(), dim=1)
+    sim = real @ real.T
+    k = min(k, n - 1)
+    values, index = sim.topk(k, dim=1)
+    adjacency = torch.zeros_like(sim).scatter_(1, index, values if weighted else torch.ones_like(values))
+    degree = adjacency.sum(dim=1)
+    if normalization == "sym":
+        scale = degree.pow(-0.5)
+        adjacency = scale[:, None] * adjacency * scale[None, :]
+    else:
+        adjacency = adjacency / degree[:, None]
+    full = torch.zeros(n, n, dtype=torch.float64)
+    full[1:, 1:] = adjacency
+    return full
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 7, 64])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("normalization", ["sym", "row"])
+def test_blocked_sparse_knn_equals_the_dense_reference(block_size, weighted, normalization):
+    x = features()
+    if weighted:  # non-negative similarities: with negative ones a row sum can be <= 0 (the reference's D^-1/2 is NaN)
+        x = x.abs()
+    for k in (1, 4, 50):  # 50 > n_items - 1: every real item is a neighbour
+        graph = graphs.knn_graph(x, k, weighted=weighted, normalization=normalization, block_size=block_size)
+        assert graph.is_sparse and graph.shape == (21, 21)
+        dense = graph.to_dense().double()
+        torch.testing.assert_close(dense, dense_knn(x, k, weighted, normalization), atol=1e-6, rtol=1e-5)
+        # padding row 0: no edges, and nobody's neighbour
+        rows, cols = graph.indices()
+        assert not (rows == 0).any() and not (cols == 0).any()
+        assert graph.values().numel() == 20 * min(k, 20)
+
+
+def test_neighbours_include_self_and_do_not_depend_on_the_block_size():
+    x = features(n=30, dim=4, seed=1)
+    reference = graphs.knn_neighbours(x, 5, block_size=1000)
+    for block_size in (1, 2, 9):
+        for a, b in zip(graphs.knn_neighbours(x, 5, block_size=block_size), reference):
+            torch.testing.assert_close(a, b)
+    rows, cols, sims = reference
+    self_loops = rows == cols
+    assert self_loops.sum() == 30 and torch.allclose(sims[self_loops], torch.ones(30))
+
+
+def test_differentiable_neighbours_match_and_carry_the_dense_gradient():
+    x = features(n=15, dim=5, seed=2).requires_grad_(True)
+    rows, cols, sims = graphs.knn_neighbours_with_grad(x, 4, block_size=4)
+    fixed = graphs.knn_neighbours(x.detach(), 4)
+    assert torch.equal(rows, fixed[0]) and torch.equal(cols, fixed[1])
+    torch.testing.assert_close(sims.detach(), fixed[2])
+    weights = torch.rand(len(sims), generator=torch.Generator().manual_seed(0))
+    (weights * sims).sum().backward()
+    ours = x.grad.clone()
+
+    y = x.detach().clone().requires_grad_(True)
+    normed = F.normalize(y, dim=1)
+    dense = normed @ normed.T  # the naive way: the full matrix, then the kept pairs
+    (weights * dense[rows, cols]).sum().backward()
+    torch.testing.assert_close(ours, y.grad)
+
+
+def test_normalised_sum_of_parts_equals_the_dense_sum():
+    n = 6
+    a = (torch.tensor([[1, 2, 2, 3], [2, 1, 3, 3]]), torch.tensor([0.5, 1.0, 2.0, 1.5]))
+    b = (torch.tensor([[2, 3, 5], [3, 3, 1]]), torch.tensor([1.0, 0.25, 3.0]))
+    summed = graphs.sparse_sum([a, b], n)
+    dense = torch.zeros(n, n)
+    for indices, values in (a, b):
+        dense.index_put_((indices[0], indices[1]), values, accumulate=True)
+    torch.testing.assert_close(summed.to_dense(), dense)
+    # normalising the duplicated pairs equals normalising the summed matrix
+    indices = torch.cat([a[0], b[0]], dim=1)  # with the duplicate pair (2, 3)
+    values = graphs.normalized_values(indices[0], indices[1], torch.cat([a[1], b[1]]), n, "sym")
+    scale = torch.where(dense.sum(1) > 0, dense.sum(1), torch.ones(n)).pow(-0.5)
+    expected = scale[:, None] * dense * scale[None, :]
+    torch.testing.assert_close(torch.sparse_coo_tensor(indices, values, (n, n)).to_dense(), expected)
+    with pytest.raises(ValueError, match="normalization"):
+        graphs.normalized_values(indices[0], indices[1], values, n, "col")
+
+
+def test_interaction_edges_are_distinct_pairs():
+    class Dataset:
+        item_num = 5
+
+        def inter_matrix(self, form="coo"):
+            return sp.coo_matrix((np.ones(5), ([1, 1, 2, 1, 3], [4, 2, 2, 4, 1])), shape=(4, 5))
+
+    users, items = graphs.interaction_edges(Dataset())
+    assert sorted(zip(users.tolist(), items.tolist())) == [(1, 2), (1, 4), (2, 2), (3, 1)]
+
+
+# ----------------------------------------------------------------------------- the cache
+def cached(cache_dir):
+    return sorted(f for f in os.listdir(cache_dir) if f.endswith(".pth"))
+
+
+def test_cache_reuse_invalidation_and_corruption(tmp_path, monkeypatch):
+    cache_dir = str(tmp_path / "graphs")
+    x = features()
+    first = graphs.knn_graph(x, 4, weighted=True, cache_dir=cache_dir)
+    (name,) = cached(cache_dir)
+    path = os.path.join(cache_dir, name)
+    stamp = os.stat(path).st_mtime_ns
+
+    real = graphs.knn_neighbours
+    calls = []
+
+    def failing(*args, **kwargs):
+        raise AssertionError("the cached graph should have been reused")
+
+    # the second call reads the file: no neighbour search, the same graph
+    monkeypatch.setattr(graphs, "knn_neighbours", failing)
+    again = graphs.knn_graph(x.clone(), 4, weighted=True, cache_dir=cache_dir)
+    torch.testing.assert_close(again.to_dense(), first.to_dense())
+    assert torch.equal(again.indices(), first.indices())
+    assert cached(cache_dir) == [name] and os.stat(path).st_mtime_ns == stamp
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(graphs, "knn_neighbours", counting)
+    # changed features, k, weighting or normalisation: a new file each
+    changed = x.clone()
+    changed[3, 0] += 0.5
+    graphs.knn_graph(changed, 4, weighted=True, cache_dir=cache_dir)
+    graphs.knn_graph(x, 5, weighted=True, cache_dir=cache_dir)
+    graphs.knn_graph(x, 4, weighted=False, cache_dir=cache_dir)
+    graphs.knn_graph(x, 4, weighted=True, normalization="row", cache_dir=cache_dir)
+    assert len(calls) == 4 and len(cached(cache_dir)) == 5
+    assert os.stat(path).st_mtime_ns == stamp
+
+    # a corrupted file is rebuilt (and rewritten), not trusted
+    for garbage in (b"not a checkpoint", None):
+        if garbage is None:
+            with open(path, "r+b") as f:
+                f.truncate(50)
+        else:
+            with open(path, "wb") as f:
+                f.write(garbage)
+        calls.clear()
+        rebuilt = graphs.knn_graph(x, 4, weighted=True, cache_dir=cache_dir)
+        assert calls == [1]
+        torch.testing.assert_close(rebuilt.to_dense(), first.to_dense())
+        calls.clear()
+        graphs.knn_graph(x, 4, weighted=True, cache_dir=cache_dir)  # the rewritten file is good
+        assert calls == []
+    # writes are atomic: no temporary file is left behind
+    assert not [f for f in os.listdir(cache_dir) if f.startswith(".tmp-")]
+
+
+def test_a_foreign_file_under_the_cache_name_is_rebuilt(tmp_path, monkeypatch):
+    from recbole_ckd.compat import save_checkpoint
+
+    cache_dir = str(tmp_path / "graphs")
+    x = features()
+    first = graphs.knn_graph(x, 3, cache_dir=cache_dir)
+    (name,) = cached(cache_dir)
+    save_checkpoint({"something": torch.zeros(2)}, os.path.join(cache_dir, name))  # readable, wrong content
+    rebuilt = graphs.knn_graph(x, 3, cache_dir=cache_dir)
+    torch.testing.assert_close(rebuilt.to_dense(), first.to_dense())
