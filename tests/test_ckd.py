@@ -296,12 +296,15 @@ def test_shared_mode_computation_equals_one_mode_at_a_time(tiny_dataset, model):
     config, train, student, _ = build_student(tiny_dataset["root"], model)
     batch = next(iter(train))
     u, i, j = batch["userID"], batch["itemID"], batch["neg_itemID"]
-    fast = student.triple_margins(u, i, j, student.modes())
+    fast, joint = student.triple_margins(u, i, j, student.modes())
     for name, masked in student.modes().items():
         users, items = student.forward(masked)
         reference = (users[u] * (items[i] - items[j])).sum(-1)
         torch.testing.assert_close(fast[name], reference, rtol=1e-5, atol=1e-5)
-    generic = MultimodalRecommender.triple_margins(student, u, i, j, student.modes())
+        if name == "joint":
+            for got, expected in zip(joint, (users[u], items[i], items[j])):
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    generic, _ = MultimodalRecommender.triple_margins(student, u, i, j, student.modes())
     for name in fast:
         torch.testing.assert_close(fast[name], generic[name], rtol=1e-5, atol=1e-5)
 

@@ -127,15 +127,13 @@ class CKDStudentMixin:
         batch = len(users)
         g_users, g_a, g_b = self.generic_triples()
         # one call for the BPR triples and the generic triples, every mode at once
-        margin = self.triple_margins(
+        margin, joint = self.triple_margins(
             torch.cat([users, g_users]), torch.cat([pos, g_a]), torch.cat([neg, g_b]), self.modes()
         )
         batch_margin = {name: d[:batch] for name, d in margin.items()}
         gen_margin = {name: d[batch:] for name, d in margin.items()}
-        user_reps, item_reps = self.batch_representations(users, torch.cat([pos, neg]))
-        joint_reps = (user_reps, *item_reps.split(batch))
 
-        bpr = self.bpr_loss(*joint_reps)
+        bpr = self.bpr_loss(*(reps[:batch] for reps in joint))
         effects, specific, generic = [], [], []
         for m in self.modalities:
             t_users, t_items = self.teacher_tables[m]

@@ -112,16 +112,20 @@ class MultimodalRecommender(GeneralRecommender):
         return {name: self.batch_representations(users, items, masked) for name, masked in modes.items()}
 
     def triple_margins(self, users, pos, neg, modes):
-        """``{name: d(u, pos, neg)}`` per triple for every ``{name: masked}`` in ``modes``.
+        """``({name: d(u, pos, neg)}, joint)`` for every ``{name: masked}`` in ``modes``.
 
-        Backbones whose score is a sum over branches override this to add branch margins
-        instead of building every mode's representations.
+        ``joint`` is ``(U[users], I[pos], I[neg])`` of the joint mode (for the L2 term), or
+        None without a "joint" mode. Backbones whose score is a sum over branches override
+        this to add branch margins instead of building every mode's representations.
         """
         reps = self.batch_representations_modes(users, torch.cat([pos, neg]), modes)
-        return {
-            name: (user_reps * (item_reps[: len(pos)] - item_reps[len(pos) :])).sum(dim=-1)
-            for name, (user_reps, item_reps) in reps.items()
-        }
+        margins, joint = {}, None
+        for name, (user_reps, item_reps) in reps.items():
+            pos_reps, neg_reps = item_reps.split(len(pos))
+            margins[name] = (user_reps * (pos_reps - neg_reps)).sum(dim=-1)
+            if name == "joint":
+                joint = (user_reps, pos_reps, neg_reps)
+        return margins, joint
 
     # ------------------------------------------------------------ training
     def bpr_loss(self, user_reps, pos_reps, neg_reps):

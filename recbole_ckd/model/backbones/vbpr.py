@@ -90,4 +90,9 @@ class VBPR(MultimodalRecommender):
             projected = F.linear(self.feature(m)[unique_items], self.projection[m].weight)[inverse]
             item_difference = projected[: len(pos)] - projected[len(pos) :]
             branch[m] = (self.user_preference[m](users) * item_difference).sum(-1)
-        return {name: margin + sum(branch[m] for m in self.modalities if m not in masked) for name, masked in modes.items()}
+        margins = {name: margin + sum(branch[m] for m in self.modalities if m not in masked) for name, masked in modes.items()}
+        joint = None
+        if "joint" in modes:
+            user_reps, item_reps = self.batch_representations(users, torch.cat([pos, neg]))
+            joint = (user_reps, *item_reps.split(len(pos)))
+        return margins, joint
