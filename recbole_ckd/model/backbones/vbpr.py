@@ -1,7 +1,6 @@
 """VBPR (He and McAuley, AAAI 2016) with one branch per modality."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from recbole_ckd.model.multimodal import MultimodalRecommender
@@ -76,23 +75,22 @@ class VBPR(MultimodalRecommender):
         return {name: self._assemble(parts, self.modalities, masked) for name, masked in modes.items()}
 
     def triple_margins(self, users, pos, neg, modes):
-        """Margins as sums of branch margins, each branch computed once for all modes.
+        """Margins as sums of branch margins, every branch computed once for all modes.
 
         A masked branch contributes exactly nothing to a margin (its item part is the same
-        vector for both items), and the projection's bias cancels between the two items.
+        vector for both items), so a mode's margin is the ID margin plus the margins of its
+        unmasked branches; the joint representations come from the same parts.
         """
-        margin = (self.user_id_embedding(users) * (self.item_id_embedding(pos) - self.item_id_embedding(neg))).sum(-1)
-        unique_items, inverse = torch.unique(torch.cat([pos, neg]), return_inverse=True)
-        branch = {}
-        for m in self.modalities:
-            if all(m in masked for masked in modes.values()):
-                continue
-            projected = F.linear(self.feature(m)[unique_items], self.projection[m].weight)[inverse]
-            item_difference = projected[: len(pos)] - projected[len(pos) :]
-            branch[m] = (self.user_preference[m](users) * item_difference).sum(-1)
-        margins = {name: margin + sum(branch[m] for m in self.modalities if m not in masked) for name, masked in modes.items()}
-        joint = None
-        if "joint" in modes:
-            user_reps, item_reps = self.batch_representations(users, torch.cat([pos, neg]))
-            joint = (user_reps, *item_reps.split(len(pos)))
-        return margins, joint
+        n = len(pos)
+        parts = self._parts(users, torch.cat([pos, neg]), frozenset())
+
+        def margin(user, item):
+            return (user * (item[:n] - item[n:])).sum(dim=-1)
+
+        id_margin = margin(parts["user_id"], parts["item_id"])
+        branch = {m: margin(parts[("user", m)], parts[("item", m)]) for m in self.modalities}
+        margins = {
+            name: id_margin + sum(branch[m] for m in self.modalities if m not in masked) for name, masked in modes.items()
+        }
+        user_reps, item_reps = self._assemble(parts, self.modalities, frozenset())
+        return margins, (user_reps, item_reps[:n], item_reps[n:])

@@ -1,0 +1,158 @@
+"""MGCN and GRCN: masking invariants, any number of modalities, MGCN's graph cache, end-to-end runs."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import FAST, write_tiny_mmrec
+
+from recbole_ckd.config import Config
+from recbole_ckd.data.dataset import data_preparation
+from recbole_ckd.model import MODELS
+from recbole_ckd.model.backbones.grcn import segment_softmax
+from recbole_ckd.model.backbones.mgcn import info_nce
+from recbole_ckd.quick_start import run
+from recbole_ckd.registry import create_dataset
+
+FEATURE_FILES = {"v": "image_feat.npy", "t": "text_feat.npy", "a": "a_feat.npy"}
+
+
+def build(model, root, checkpoint_dir, seed=3, **extra):
+    config = Config(model, "tiny", config_dict={**FAST, "data_path": root, "checkpoint_dir": checkpoint_dir, **extra})
+    train, _, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(seed)  # the same parameters for every dataset variant
+    return MODELS[model](config, train.dataset).eval(), train
+
+
+def scores(model, masked):
+    with torch.no_grad():
+        users, items = model.forward(frozenset(masked))
+    return users @ items.T
+
+
+def permuted_copy(tiny_dataset, tmp_path, modality):
+    """The tiny dataset again, with the feature rows of ``modality`` permuted over the items."""
+    root = str(tmp_path / f"permuted_{modality}")
+    shutil.copytree(tiny_dataset["path"], os.path.join(root, "tiny"))
+    path = os.path.join(root, "tiny", FEATURE_FILES[modality])
+    features = np.load(path)
+    np.save(path, features[np.random.default_rng(7).permutation(len(features))])
+    return root
+
+
+# ----------------------------------------------------------------------------- masking
+CASES = [("MGCN", {}), ("MGCN", {"train_features": False}), ("GRCN", {}), ("GRCN", {"n_routing": 0})]
+
+
+@pytest.mark.parametrize("model, extra", CASES, ids=["MGCN", "MGCN-frozen-features", "GRCN", "GRCN-no-routing"])
+def test_masked_outputs_ignore_the_masked_features(tiny_dataset, tmp_path, model, extra):
+    saved = str(tmp_path / "saved")
+    original, _ = build(model, tiny_dataset["root"], saved, **extra)
+    for modality, other in (("v", "t"), ("t", "v")):
+        permuted, _ = build(model, permuted_copy(tiny_dataset, tmp_path, modality), saved, **extra)
+        # masked: the tables themselves are unchanged, not just the scores
+        with torch.no_grad():
+            for a, b in zip(original.forward(frozenset({modality})), permuted.forward(frozenset({modality}))):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(scores(original, {"v", "t"}), scores(permuted, {"v", "t"}), rtol=1e-5, atol=1e-6)
+        # unmasked: the joint and the "only modality" outputs depend on the features
+        assert not torch.allclose(scores(original, set()), scores(permuted, set()), atol=1e-4)
+        assert not torch.allclose(scores(original, {other}), scores(permuted, {other}), atol=1e-4)
+
+
+@pytest.mark.parametrize("model", ["MGCN", "GRCN"])
+def test_any_number_of_modalities(tmp_path, model):
+    write_tiny_mmrec(str(tmp_path), dims={"v": 8, "t": 4, "a": 3})
+    net, train = build(model, str(tmp_path), str(tmp_path / "saved"), modalities=FEATURE_FILES)
+    assert net.modalities == ("v", "t", "a")
+    batch = next(iter(train))
+    net.train()
+    loss = net.calculate_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in net.parameters())
+    joint = scores(net, set())
+    for masked in ({"v"}, {"t", "a"}, {"v", "t", "a"}):
+        masked_scores = scores(net, masked)
+        assert torch.isfinite(masked_scores).all() and not torch.allclose(masked_scores, joint)
+    # the modes the CKD student asks for at once share work, and give what forward gives
+    modes = {"joint": frozenset()}
+    modes.update({f"only_{m}": net.only(m) for m in net.modalities})
+    modes.update({f"without_{m}": frozenset({m}) for m in net.modalities})
+    users, items = torch.tensor([1, 2, 2, 5]), torch.tensor([3, 1, 7])
+    with torch.no_grad():
+        shared = net.batch_representations_modes(users, items, modes)
+        for name, masked in modes.items():
+            user_reps, item_reps = net.forward(masked)
+            torch.testing.assert_close(shared[name][0], user_reps[users])
+            torch.testing.assert_close(shared[name][1], item_reps[items])
+
+
+def test_grcn_masked_modality_is_a_constant_in_its_slot(tiny_dataset, tmp_path):
+    net, train = build("GRCN", tiny_dataset["root"], str(tmp_path / "saved"))
+    with torch.no_grad():
+        users, items = net.forward(frozenset({"v"}))
+    d, c = net.id_embedding.shape[1], net.preference["v"].shape[1]
+    v_slot = slice(d, d + c)  # v is the first content block
+    has_items = torch.bincount(net.edge_users, minlength=net.n_users) > 0
+    has_users = torch.bincount(net.edge_items, minlength=net.n_items) > 0
+    user_v, item_v = users[has_items, v_slot], items[has_users, v_slot]
+    torch.testing.assert_close(user_v, user_v[:1].expand_as(user_v))
+    torch.testing.assert_close(item_v, item_v[:1].expand_as(item_v))
+
+
+# ----------------------------------------------------------------------------- pieces
+def test_segment_softmax_matches_a_per_group_softmax():
+    scores = torch.tensor([0.5, -1.0, 2.0, 0.0, 3.0])
+    index = torch.tensor([0, 2, 0, 2, 2])
+    out = segment_softmax(scores, index, 4)
+    torch.testing.assert_close(out[[0, 2]], torch.softmax(scores[[0, 2]], 0))
+    torch.testing.assert_close(out[[1, 3, 4]], torch.softmax(scores[[1, 3, 4]], 0))
+
+
+def test_info_nce_is_the_reference_formula():
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 4), torch.randn(6, 4)
+    na, nb = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
+    positive = torch.exp((na * nb).sum(1) / 0.2)
+    total = torch.exp(na @ nb.T / 0.2).sum(1)
+    torch.testing.assert_close(info_nce(a, b, 0.2), -torch.log(positive / total).mean())
+
+
+def test_mgcn_graph_cache_is_reused(tiny_dataset, tmp_path, monkeypatch):
+    import recbole_ckd.model.graphs as graphs
+
+    calls = []
+    real = graphs.knn_neighbours
+    monkeypatch.setattr(graphs, "knn_neighbours", lambda *a, **k: calls.append(1) or real(*a, **k))
+    saved = str(tmp_path / "saved")
+    first, _ = build("MGCN", tiny_dataset["root"], saved)
+    cached = sorted(os.listdir(os.path.join(saved, "graphs")))
+    assert len(calls) == 2 and len(cached) == 2  # one graph per modality, built and stored
+    second, _ = build("MGCN", tiny_dataset["root"], saved)
+    assert len(calls) == 2 and sorted(os.listdir(os.path.join(saved, "graphs"))) == cached  # read back, not rebuilt
+    for m in first.modalities:
+        a, b = first.item_graph(m), second.item_graph(m)
+        assert torch.equal(a.indices(), b.indices()) and torch.equal(a.values(), b.values())
+    # another k is another graph
+    build("MGCN", tiny_dataset["root"], saved, knn_k=3)
+    assert len(calls) == 4
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("model", ["MGCN", "GRCN"])
+def test_backbone_end_to_end(tiny_dataset, tmp_path, model):
+    result = run(model, "tiny", config_dict={**FAST, "data_path": tiny_dataset["root"],
+                                             "checkpoint_dir": str(tmp_path / "saved")})
+    assert result["model"] == model
+    assert all(0.0 <= v <= 1.0 for v in result["test_result"].values())
+
+
+@pytest.mark.parametrize("model", ["MGCN_CKD", "GRCN_CKD"])
+def test_ckd_end_to_end(tiny_dataset, tmp_path, model):
+    result = run(model, "tiny", config_dict={**FAST, "gd_samples": 20, "data_path": tiny_dataset["root"],
+                                             "checkpoint_dir": str(tmp_path / "saved")})
+    assert set(result["modes"]) == {"student joint", "student only_v", "student only_t", "teacher v", "teacher t"}
+    assert all(0.0 <= mode["test"]["recall@20"] <= 1.0 for mode in result["modes"].values())
