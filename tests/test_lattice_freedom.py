@@ -89,7 +89,7 @@ def lattice_dense_item_graph(model, masked=()):
     logits = torch.stack([model.modal_weight[model.modalities.index(m)] for m in active])
     weights = torch.softmax(logits.double(), dim=0)
     k = model.knn_k
-    projected = {m: model.projection[m](model.item_features(m)).detach() for m in active}
+    projected = {m: model.projection[m](model.trained_feature(m)).detach() for m in active}
     learned = sum(w * dense_knn(projected[m], k, True) for w, m in zip(weights, active))
     original = sum(w * sym(dense_knn(model.feature(m), k, True)) for w, m in zip(weights, active))
     return pad((1 - model.lambda_coeff) * sym(learned) + model.lambda_coeff * original)
@@ -167,7 +167,7 @@ def test_freedom_loss_is_bpr_plus_the_modality_bpr_terms(tiny_dataset, tmp_path)
 
     # a teacher (only t) leaves out the masked modality's constant term
     _, train, teacher = build("FREEDOM", tiny_dataset["root"], tmp_path, active_modalities=["t"], mm_bpr_weight=0.3)
-    assert set(teacher.feature_offset) == {"t"}
+    assert set(teacher.feature_table) == {"t"}
     teacher.calculate_loss(batch).backward()
     assert teacher.projection["v"].weight.grad is None and teacher.projection["t"].weight.grad is not None
 
@@ -226,14 +226,14 @@ def test_ckd_students_accept_both_backbones(tiny_dataset, tmp_path):
         _, _, student = build(name, tiny_dataset["root"], tmp_path)  # its check that masking changes scores passes
         assert student.is_ckd_student
     # FREEDOM's student has no auxiliary terms, hence no projections and no feature tables
-    assert not hasattr(student, "projection") and not hasattr(student, "feature_offset")
+    assert not hasattr(student, "projection") and not hasattr(student, "feature_table")
 
 
 # ----------------------------------------------------------------------------- LATTICE's learned graph
 def graph_grads(model):
     return {
         "projection": [model.projection[m].weight.grad for m in model.modalities],
-        "offset": [model.feature_offset[m].grad for m in model.modalities],
+        "offset": [model.feature_table[m].grad for m in model.modalities],
         "modal_weight": model.modal_weight.grad,
     }
 

@@ -4,6 +4,7 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 
@@ -82,6 +83,27 @@ class MultimodalRecommender(GeneralRecommender):
 
     def feature_dim(self, name):
         return self.feature(name).shape[1]
+
+    def init_trained_features(self, config, modalities=None):
+        """``train_features``: fine-tune the feature tables of ``modalities`` (MMRec's backbones
+        load them with ``freeze=False``) as trained copies, part of the model's checkpoints."""
+        self.train_features = bool(config["train_features"])
+        if self.train_features:
+            names = self.modalities if modalities is None else modalities
+            self.feature_table = nn.ParameterDict({m: nn.Parameter(self.feature(m).clone()) for m in names})
+
+    def trained_feature(self, name, items=None):
+        """Modality ``name``'s features as trained (the fixed ones without ``train_features``)."""
+        tables = getattr(self, "feature_table", None)
+        table = tables[name] if tables is not None and name in tables else self.feature(name)
+        return table if items is None else table[items]
+
+    def trained_feature_mean(self, name):
+        """Mean of :meth:`trained_feature` over all items, ``[1, dim]``."""
+        tables = getattr(self, "feature_table", None)
+        if tables is not None and name in tables:
+            return tables[name][1:].mean(dim=0, keepdim=True)
+        return self.feature_mean(name)
 
     @staticmethod
     def user_mean(weight):

@@ -76,7 +76,6 @@ class BM3(MultimodalRecommender):
         self.n_layers = int(config["n_layers"])
         self.dropout = float(config["dropout"])
         self.cl_weight = float(config["cl_weight"])
-        self.train_features = bool(config["train_features"])
         if self.n_layers < 0:
             raise ValueError(f"n_layers must be >= 0, got {self.n_layers}.")
         if not 0.0 <= self.dropout < 1.0:
@@ -91,11 +90,7 @@ class BM3(MultimodalRecommender):
         self.projection = nn.ModuleDict({m: nn.Linear(self.feature_dim(m), dim) for m in self.modalities})
         for layer in self.projection.values():
             nn.init.xavier_normal_(layer.weight)
-        if self.train_features:
-            # a trained copy of the features: part of the model, saved in its checkpoints
-            self.feature_table = nn.ParameterDict(
-                {m: nn.Parameter(self.feature(m).clone()) for m in self.modalities}
-            )
+        self.init_trained_features(config)
         self.register_buffer("graph", self.bipartite_adjacency(dataset, "sym"), persistent=False)
         self.last_loss_terms = {}
         self._stats = {}
@@ -118,11 +113,9 @@ class BM3(MultimodalRecommender):
 
     def projected_features(self, m, items, masked=frozenset()):
         """Projected features ``W_m f_i^m`` of ``items``; a masked modality's are its projected mean."""
-        table = self.feature_table[m] if self.train_features else self.feature(m)
         if m in masked:
-            mean = table[1:].mean(dim=0, keepdim=True) if self.train_features else self.feature_mean(m)
-            return self.projection[m](mean).expand(len(items), -1)
-        return self.projection[m](table[items])
+            return self.projection[m](self.trained_feature_mean(m)).expand(len(items), -1)
+        return self.projection[m](self.trained_feature(m, items))
 
     def target_view(self, values, index, n_rows):
         """``values`` (rows ``index`` of an ``n_rows`` table) detached, with dropout; the mask is

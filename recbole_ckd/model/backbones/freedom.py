@@ -58,8 +58,8 @@ class FREEDOM(MultimodalRecommender):
     Choices where the paper is silent, taken from the reference code: Xavier-uniform ID
     embeddings, PyTorch's default Linear initialisation, the self loop in every kNN row, the
     feature tables fine-tuned (``train_features``; the reference loads them with
-    ``freeze=False``; here a trained offset, zero at the start, is added to the fixed features,
-    which trains exactly as the reference's table; only the modalities the model uses get one)
+    ``freeze=False``: a trained copy, see ``MultimodalRecommender.init_trained_features``; only
+    the modalities the model uses get one)
     while the frozen graph keeps the raw features' structure. This implementation's own
     choices: the padding item (row 0) has no kNN neighbours and no edges; a repeated
     interaction is one edge; at least one edge is kept; any number of modalities, weighted as
@@ -76,7 +76,6 @@ class FREEDOM(MultimodalRecommender):
         self.n_ui_layers = int(config["n_ui_layers"])
         self.dropout = float(config["dropout"])
         self.mm_bpr_weight = float(config["mm_bpr_weight"])
-        self.train_features = bool(config["train_features"])
         if self.n_mm_layers < 0 or self.n_ui_layers < 0 or self.knn_k < 1:
             raise ValueError("FREEDOM needs n_mm_layers >= 0, n_ui_layers >= 0 and knn_k >= 1.")
         if self.feat_embed_dim != dim:
@@ -98,11 +97,7 @@ class FREEDOM(MultimodalRecommender):
             self.projection = nn.ModuleDict(
                 {m: nn.Linear(self.feature_dim(m), self.feat_embed_dim) for m in self.modalities}
             )
-            if self.train_features:
-                used = [m for m in self.modalities if m not in self.default_masked]
-                self.feature_offset = nn.ParameterDict(
-                    {m: nn.Parameter(torch.zeros_like(self.feature(m))) for m in used}
-                )
+            self.init_trained_features(config, [m for m in self.modalities if m not in self.default_masked])
 
         self.graph_cache_dir = os.path.join(config["checkpoint_dir"], "graphs")
         self.build_frozen_graphs()
@@ -219,13 +214,6 @@ class FREEDOM(MultimodalRecommender):
         }
 
     # ------------------------------------------------------------ training
-    def item_features(self, m, items):
-        """Rows ``items`` of modality ``m``'s feature table as trained (fixed features plus offset)."""
-        features = self.feature(m)[items]
-        if self.train_features and m in self.feature_offset:
-            features = features + self.feature_offset[m][items]
-        return features
-
     def calculate_loss(self, interaction):
         users = interaction[self.USER_ID]
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
@@ -235,7 +223,7 @@ class FREEDOM(MultimodalRecommender):
         for m in self.modalities:
             if m in self.default_masked:
                 continue  # the mean features give a constant term (see the class docstring)
-            projected = self.projection[m](self.item_features(m, torch.cat([pos, neg])))
+            projected = self.projection[m](self.trained_feature(m, torch.cat([pos, neg])))
             pos_m, neg_m = projected.split(len(pos))
             loss = loss + self.mm_bpr_weight * plain_bpr(user_reps, pos_m, neg_m)
         return loss

@@ -54,9 +54,9 @@ class LATTICE(MultimodalRecommender):
     Choices where the paper is silent, taken from the reference code: Xavier-uniform ID
     embeddings, PyTorch's default Linear initialisation, the self loop in every kNN row, the
     ``D^-1 (R + I)`` user-item graph, the L2-normalised item-graph term, the feature tables
-    fine-tuned (``train_features``; the reference loads them with ``freeze=False``; here a
-    trained offset, zero at the start, is added to the fixed features, which trains exactly as
-    the reference's table does; only the modalities the model uses get one). This
+    fine-tuned (``train_features``; the reference loads them with ``freeze=False``: a
+    trained copy, see ``MultimodalRecommender.init_trained_features``; only the modalities the
+    model uses get one). This
     implementation's own choices: the padding item (row 0) has no kNN neighbours; the L2 term
     is divided by the actual batch size (the reference divides by the configured one, which
     differs only on the last, smaller batch); any number of modalities; the reference's
@@ -73,7 +73,6 @@ class LATTICE(MultimodalRecommender):
         self.n_layers = int(config["n_layers"])
         self.n_ui_layers = int(config["n_ui_layers"])
         self.cf_model = config["cf_model"]
-        self.train_features = bool(config["train_features"])
         if self.cf_model not in ("lightgcn", "mf"):
             raise ValueError(f"LATTICE's cf_model must be 'lightgcn' or 'mf', got {self.cf_model!r}.")
         if self.n_layers < 0 or self.n_ui_layers < 0 or self.knn_k < 1:
@@ -90,11 +89,7 @@ class LATTICE(MultimodalRecommender):
         )
         # equal logits: [0.5, 0.5] for two modalities, as the reference
         self.modal_weight = nn.Parameter(torch.full((len(self.modalities),), 1.0 / len(self.modalities)))
-        if self.train_features:
-            used = [m for m in self.modalities if m not in self.default_masked]
-            self.feature_offset = nn.ParameterDict(
-                {m: nn.Parameter(torch.zeros_like(self.feature(m))) for m in used}
-            )
+        self.init_trained_features(config, [m for m in self.modalities if m not in self.default_masked])
 
         self.graph_cache_dir = os.path.join(config["checkpoint_dir"], "graphs")
         self.build_frozen_graphs()
@@ -129,15 +124,8 @@ class LATTICE(MultimodalRecommender):
         graph = graphs.normalized_adjacency(rows, cols, torch.ones(len(rows)), n, "row")
         return graph.to(self.device)
 
-    def item_features(self, m):
-        """Modality ``m``'s feature table as trained: the fixed features plus the learned offset."""
-        features = self.feature(m)
-        if self.train_features and m in self.feature_offset:
-            features = features + self.feature_offset[m]
-        return features
-
     def _knn(self, m):
-        return graphs.knn_neighbours_with_grad(self.projection[m](self.item_features(m)), self.knn_k)
+        return graphs.knn_neighbours_with_grad(self.projection[m](self.trained_feature(m)), self.knn_k)
 
     def _learned_consumed(self, grad):
         """Backward hook: the graph's gradient has been taken, the rest of the epoch reuses it

@@ -79,7 +79,6 @@ class MGCN(MultimodalRecommender):
         self.n_layers = int(config["n_layers"])
         self.cl_weight = float(config["cl_weight"])
         self.cl_temperature = float(config["cl_temperature"])
-        self.train_features = bool(config["train_features"])
         if self.n_ui_layers < 0 or self.n_layers < 0:
             raise ValueError(f"n_ui_layers and n_layers must be >= 0, got {self.n_ui_layers} and {self.n_layers}.")
 
@@ -103,9 +102,7 @@ class MGCN(MultimodalRecommender):
         adjacency = self.bipartite_adjacency(dataset, "sym")
         self.register_buffer("norm_adj", adjacency, persistent=False)
         self.register_buffer("user_item", self._user_item_block(adjacency), persistent=False)
-        if self.train_features:
-            # a trained copy of the features: part of the model, saved in its checkpoints
-            self.feature_table = nn.ParameterDict({m: nn.Parameter(self.feature(m).clone()) for m in self.modalities})
+        self.init_trained_features(config)
 
     def _user_item_block(self, adjacency):
         """``R``: the user rows and item columns of the normalised bipartite graph, ``[n_users, n_items]``."""
@@ -121,11 +118,9 @@ class MGCN(MultimodalRecommender):
     # ------------------------------------------------------------ representations
     def modality_features(self, m, is_masked):
         """Projected features ``W_m f^m + b_m``: ``[n_items, d]``, or ``[1, d]`` (the projected mean) when masked."""
-        table = self.feature_table[m] if self.train_features else self.feature(m)
         if is_masked:
-            mean = table[1:].mean(dim=0, keepdim=True) if self.train_features else self.feature_mean(m)
-            return self.projection[m](mean)
-        return self.projection[m](table)
+            return self.projection[m](self.trained_feature_mean(m))
+        return self.projection[m](self.trained_feature(m))
 
     def user_item_view(self):
         """``h``: LightGCN over the ID embeddings, the mean of layers ``0..n_ui_layers``."""
