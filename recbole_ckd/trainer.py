@@ -72,6 +72,11 @@ def file_lock(path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def default_run_dir(config):
+    """Where a run with this config keeps its checkpoints: the same config finds them again."""
+    return os.path.join(config["checkpoint_dir"], str(config["dataset"]), f"{config['model']}-{config_key(config)[:12]}")
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or Inf."""
 
@@ -180,9 +185,7 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
 
     def __init__(self, config, model, run_dir=None):
         super().__init__(config, model)
-        self.run_dir = run_dir or os.path.join(
-            config["checkpoint_dir"], str(config["dataset"]), f"{config['model']}-{config_key(config)[:12]}"
-        )
+        self.run_dir = run_dir or default_run_dir(config)
         self.saved_model_file = os.path.join(self.run_dir, "best.pth")
         self.best_valid_result = None
         self.finished = False
@@ -349,6 +352,7 @@ class CKDTrainer(ResumableTrainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.teacher_trainers = {}
+        self.backbone_trainer = None
 
     def teacher_config(self, modality):
         config = copy.deepcopy(self.config)
@@ -394,7 +398,24 @@ class CKDTrainer(ResumableTrainer):
             self.teacher_trainers[modality] = self._train_teacher(modality, train_data, valid_data, verbose, show_progress)
         return self.teacher_trainers
 
+    def _plain_backbone(self, train_data):
+        """The trainer of a plain run of the backbone under the same config, if one finished."""
+        config = copy.deepcopy(self.config)
+        config["model"] = self.model.backbone.__name__
+        run_dir = default_run_dir(config)
+        if not os.path.isfile(os.path.join(run_dir, "best.pth")):
+            return None
+        trainer = ResumableTrainer(config, self.model.backbone(config, train_data.dataset).to(config["device"]), run_dir)
+        trainer.eval_collector.data_collect(train_data)
+        try:
+            trainer._load_model_state(trainer.saved_model_file)
+        except CheckpointError as err:
+            self.logger.warning(f"Plain {config['model']} run in {run_dir} is unreadable ({err}); not reported.")
+            return None
+        return trainer
+
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self.backbone_trainer = self._plain_backbone(train_data)
         tables = {}
         for modality, trainer in self.prepare_teachers(train_data, valid_data, verbose, show_progress).items():
             teacher = trainer.model.eval().requires_grad_(False)
@@ -414,7 +435,13 @@ class CKDTrainer(ResumableTrainer):
                 "valid": dict(trainer.evaluate(valid_data, load_best_model=False)),
                 "test": dict(trainer.evaluate(test_data, load_best_model=False)),
             }
+        if self.backbone_trainer is not None:  # a plain run of the backbone under the same config
+            plain = self.backbone_trainer.mode_results(valid_data, test_data, load_best_model=False)
+            results.update({f"backbone {name}": value for name, value in plain.items()})
         return results
 
     def checkpoint_dirs(self):
-        return {"student": self.run_dir, **{f"teacher {m}": t.run_dir for m, t in self.teacher_trainers.items()}}
+        dirs = {"student": self.run_dir, **{f"teacher {m}": t.run_dir for m, t in self.teacher_trainers.items()}}
+        if self.backbone_trainer is not None:
+            dirs["backbone"] = self.backbone_trainer.run_dir
+        return dirs

@@ -323,3 +323,14 @@ def test_a_student_whose_scores_ignore_a_modality_is_refused(tiny_dataset):
     train, _, _ = data_preparation(config, create_dataset(config))
     with pytest.raises(ValueError, match="IDOnly cannot be a CKD student: masking modality 'v' does not change"):
         student_class(config, train.dataset)
+
+
+def test_report_includes_the_plain_backbone_when_it_was_run(tiny_dataset, tmp_path):
+    settings = ckd_config(tiny_dataset, tmp_path, epochs=2)
+    without = run("VBPR_CKD", "tiny", config_dict=settings)
+    assert not any(name.startswith("backbone") for name in without["modes"])
+    plain = run("VBPR", "tiny", config_dict=settings)
+    report = run("VBPR_CKD", "tiny", config_dict=settings)
+    assert report["modes"]["backbone joint"]["test"] == plain["test_result"]
+    assert {"backbone only_v", "backbone only_t"} <= set(report["modes"])
+    assert report["checkpoints"]["backbone"] == os.path.dirname(plain["checkpoint"])
