@@ -17,6 +17,7 @@ import sys
 
 def build_parser():
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # --seed=7 is a config key, not an abbreviation of --seeds
         description="Multimodal recommendation and CKD on RecBole.",
         epilog="Any other --key=value overrides that config key (e.g. --epochs=5 --learning_rate=0.01).",
     )

@@ -277,8 +277,9 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
              "", "## Experimental setting", "",
              f"- Split: {stats.get('split', 'see the dataset')}",
              f"- Evaluation: full ranking over all items; {PROTOCOL_TEXT.get(protocol, protocol)}.",
-             f"- Selection: validation {first['valid_metric']}, every epoch, stop after the configured number of "
-             "validations without improvement; test reported at the selected epoch.",
+             f"- Selection: validation {first['valid_metric']} every {first.get('eval_step', 1)} epoch(s), stop after "
+             f"{first.get('stopping_step', '?')} + 1 validations without improvement (RecBole's rule); test reported at "
+             "the selected epoch.",
              "- Counterfactual masking: a masked modality's item features are replaced by their mean over items and its "
              "user-side parameters by their mean over users; item-item graph terms of a masked modality are dropped.",
              "", "## Dataset statistics", "", stats["table"], "", "## Properties used", "",

@@ -66,6 +66,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         "seed": config["seed"],
         "test_masking": config["test_masking"],
         "valid_metric": config["valid_metric"],
+        "eval_step": config["eval_step"],
+        "stopping_step": config["stopping_step"],
         "best_valid_score": float(best_valid_score),
         "valid_result": {k: float(v) for k, v in (best_valid_result or {}).items()},
         "test_result": {k: float(v) for k, v in (test_result or {}).items()},

@@ -26,7 +26,7 @@ RUNTIME_KEYS = {
     "show_progress", "state", "checkpoint_dir", "data_path", "device", "gpu_id", "use_gpu", "worker",
     "eval_batch_size", "log_wandb", "wandb_project", "save_dataset", "dataset_save_path", "save_dataloaders",
     "dataloaders_save_path", "resume", "retrain_teachers", "local_rank", "single_spec", "nproc", "world_size",
-    "offset", "ip", "port", "config_files", "benchmark_filename", "tensorboard",
+    "offset", "ip", "port", "config_files", "tensorboard",
 }
 
 
@@ -215,7 +215,8 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
         if not (self.config["resume"] and os.path.isfile(self.last_file)):
             return False
         try:
-            state = load_checkpoint(self.last_file, map_location=self.device)
+            # on the CPU: the random states must stay there; load_state_dict moves the rest
+            state = load_checkpoint(self.last_file, map_location="cpu")
         except CheckpointError as err:
             self.logger.warning(f"{err}\nStarting this stage from scratch.")
             return False
@@ -358,6 +359,7 @@ class CKDTrainer(ResumableTrainer):
         config = copy.deepcopy(self.config)
         config["model"] = self.model.backbone.__name__
         config["active_modalities"] = [modality]
+        config["resume"] = True  # the cache is shared: only retrain_teachers rebuilds a teacher
         config["learning_rate"] = self.config["teacher_learning_rate"] or self.config["learning_rate"]
         return config
 
@@ -403,7 +405,10 @@ class CKDTrainer(ResumableTrainer):
         config = copy.deepcopy(self.config)
         config["model"] = self.model.backbone.__name__
         run_dir = default_run_dir(config)
-        if not os.path.isfile(os.path.join(run_dir, "best.pth")):
+        try:
+            if not load_checkpoint(os.path.join(run_dir, "last.pth"))["finished"]:
+                return None  # still running, or interrupted: nothing to compare with yet
+        except (FileNotFoundError, CheckpointError):
             return None
         trainer = ResumableTrainer(config, self.model.backbone(config, train_data.dataset).to(config["device"]), run_dir)
         trainer.eval_collector.data_collect(train_data)

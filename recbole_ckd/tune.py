@@ -222,7 +222,7 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
     if is_ckd and "learning_rate" in params and not overrides["teacher_learning_rate"]:
         # the swept learning rate is the student's: keep the teachers at the configured one
         base_dict["teacher_learning_rate"] = overrides["learning_rate"]
-    if is_ckd and set(params) <= CKD_KEYS | {"learning_rate"}:
+    if is_ckd and set(params) <= (CKD_KEYS - {"teacher_learning_rate"}) | {"learning_rate"}:
         print("Training (or loading) the teachers once, before the trials ...", flush=True)
         teacher_dict = {**base_dict, "retrain_teachers": overrides["retrain_teachers"]}
         for name, path in train_teachers(model, dataset, config_files or None, teacher_dict).items():

@@ -334,3 +334,15 @@ def test_report_includes_the_plain_backbone_when_it_was_run(tiny_dataset, tmp_pa
     assert report["modes"]["backbone joint"]["test"] == plain["test_result"]
     assert {"backbone only_v", "backbone only_t"} <= set(report["modes"])
     assert report["checkpoints"]["backbone"] == os.path.dirname(plain["checkpoint"])
+
+
+def test_ckd_needs_two_modalities(tiny_dataset):
+    with pytest.raises(ValueError, match="needs at least two modalities"):
+        build_student(tiny_dataset["root"], modalities={"t": "text_feat.npy"})
+
+
+def test_resume_false_does_not_retrain_cached_teachers(tiny_dataset, tmp_path):
+    run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2))
+    stamps = {f: os.stat(f).st_mtime_ns for f in teacher_files(tmp_path)}
+    run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2, resume=False))
+    assert {f: os.stat(f).st_mtime_ns for f in teacher_files(tmp_path)} == stamps

@@ -84,3 +84,13 @@ def test_bad_arguments_are_refused(capsys):
     assert "--key=value" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run_recbole_ckd.main(["--model=VBPR"])
+
+
+def test_seed_is_a_config_key_not_an_abbreviation(tmp_path, monkeypatch):
+    import recbole_ckd.quick_start as qs
+
+    seen = {}
+    monkeypatch.setattr(qs, "run", lambda model, dataset, files, cmd_args: seen.update(cmd_args=cmd_args) or {})
+    monkeypatch.setattr(qs, "format_report", lambda result: "")
+    run_recbole_ckd.main(["--model=VBPR", "--dataset=x", "--seed=7"])
+    assert seen["cmd_args"] == ["--seed=7"]

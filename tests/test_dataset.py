@@ -182,3 +182,9 @@ def test_non_integer_item_ids_cannot_be_aligned(tmp_path):
     for f in ("image_feat.npy", "text_feat.npy"):
         np.save(path / f, np.zeros((3, 2), np.float32))
     expect_error(str(tmp_path), "must be the integers", name="named")
+
+
+def test_trailing_feature_rows_of_unused_items_are_ignored(tmp_path):
+    write_tiny_mmrec(str(tmp_path), features={"v": np.ones((33, 4), np.float32), "t": np.zeros((30, 4), np.float32)})
+    config, data = load(str(tmp_path))
+    assert data.modality_features["v"].shape == (data.item_num, 4)

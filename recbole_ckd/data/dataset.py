@@ -127,10 +127,15 @@ class MultimodalDataset(Dataset):
                     f"{path} (modality '{name}'): dtype {matrix.dtype} is not a float type; save it as float32."
                 )
             n_rows = matrix.shape[0]
-            if raw_ids.max() >= n_rows or n_rows != raw_ids.max() + 1 and n_rows != len(raw_ids):
+            if raw_ids.max() >= n_rows:
                 raise DatasetError(
                     f"{path} (modality '{name}'): has {n_rows} rows, but the item ids of {self.dataset_name}.inter run "
                     f"from 0 to {raw_ids.max()}; the file needs one row per raw item id ({raw_ids.max() + 1} rows)."
+                )
+            if n_rows > raw_ids.max() + 1:
+                self.logger.warning(
+                    f"{path} (modality '{name}'): {n_rows - raw_ids.max() - 1} trailing row(s) belong to item ids that "
+                    f"{self.dataset_name}.inter never uses; they are ignored."
                 )
             aligned = np.zeros((self.item_num, matrix.shape[1]), dtype=np.float32)
             aligned[1:] = matrix[raw_ids]

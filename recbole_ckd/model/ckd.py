@@ -65,6 +65,10 @@ class CKDStudentMixin:
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
+        if len(self.modalities) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs at least two modalities to balance; the dataset has {list(self.modalities)}."
+            )
         if self.default_masked:
             raise ValueError(f"{type(self).__name__} is a student over all modalities; do not set active_modalities.")
         self.kd_weight = config["kd_weight"]
@@ -86,6 +90,14 @@ class CKDStudentMixin:
     @torch.no_grad()
     def check_masking_changes_scores(self):
         """CKD needs scores that depend on every modality at inference (spec section 2)."""
+        was_training = self.training
+        self.eval()  # no dropout: two forwards must differ only through the mask
+        try:
+            self._check_masking_changes_scores()
+        finally:
+            self.train(was_training)
+
+    def _check_masking_changes_scores(self):
         users, items = self.forward()
         joint = users[1:65] @ items[1:].T
         for m in self.modalities:
