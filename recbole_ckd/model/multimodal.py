@@ -219,3 +219,21 @@ class MultimodalRecommender(GeneralRecommender):
             raise ValueError(f"normalization must be 'mean' or 'sym', got {normalization!r}")
         graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n)).coalesce()
         return graph.to(self.device)
+
+
+class ItemGraphRecommender(MultimodalRecommender):
+    """A backbone whose item representation is a collaborative part plus an item-item graph
+    term (LATTICE, FREEDOM): only the graph term depends on the mask, so the collaborative
+    part is computed once for all modes. Subclasses implement ``_collaborative()`` -> ``(user
+    table, item table)`` and ``_item_graph_term(masked)`` -> item table (or 0)."""
+
+    def forward(self, masked=frozenset()):
+        users, items = self._collaborative()
+        return users, items + self._item_graph_term(masked)
+
+    def batch_representations_modes(self, users, items, modes):
+        user_all, item_all = self._collaborative()
+        user_reps = user_all[users]
+        return {
+            name: (user_reps, (item_all + self._item_graph_term(masked))[items]) for name, masked in modes.items()
+        }

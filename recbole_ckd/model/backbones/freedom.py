@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_ckd.model import graphs
-from recbole_ckd.model.multimodal import MultimodalRecommender
+from recbole_ckd.model.multimodal import ItemGraphRecommender
 
 
 def plain_bpr(user_reps, pos_reps, neg_reps):
@@ -15,7 +15,7 @@ def plain_bpr(user_reps, pos_reps, neg_reps):
     return -F.logsigmoid((user_reps * (pos_reps - neg_reps)).sum(dim=-1)).mean()
 
 
-class FREEDOM(MultimodalRecommender):
+class FREEDOM(ItemGraphRecommender):
     """FREEDOM: LATTICE's item-item graph frozen at its initial kNN structure, plus a user-item
     graph pruned at random, in a degree-sensitive way, every epoch.
 
@@ -200,18 +200,6 @@ class FREEDOM(MultimodalRecommender):
         for _ in range(self.n_mm_layers):
             h = torch.sparse.mm(adjacency, h)
         return h
-
-    def forward(self, masked=frozenset()):
-        users, items = self._collaborative()
-        return users, items + self._item_graph_term(masked)
-
-    def batch_representations_modes(self, users, items, modes):
-        # the collaborative part does not depend on the mask: computed once for every mode
-        user_all, item_all = self._collaborative()
-        user_reps = user_all[users]
-        return {
-            name: (user_reps, (item_all + self._item_graph_term(masked))[items]) for name, masked in modes.items()
-        }
 
     # ------------------------------------------------------------ training
     def calculate_loss(self, interaction):

@@ -7,10 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_ckd.model import graphs
-from recbole_ckd.model.multimodal import MultimodalRecommender
+from recbole_ckd.model.multimodal import ItemGraphRecommender
 
 
-class LATTICE(MultimodalRecommender):
+class LATTICE(ItemGraphRecommender):
     """LATTICE: item ID embeddings propagated over a learned multimodal item-item graph, added
     to a LightGCN over the user-item graph.
 
@@ -204,18 +204,6 @@ class LATTICE(MultimodalRecommender):
             for _ in range(self.n_layers):
                 h = torch.sparse.mm(adjacency, h)
         return F.normalize(h, dim=1)
-
-    def forward(self, masked=frozenset()):
-        users, items = self._collaborative()
-        return users, items + self._item_graph_term(masked)
-
-    def batch_representations_modes(self, users, items, modes):
-        # the collaborative part does not depend on the mask: computed once for every mode
-        user_all, item_all = self._collaborative()
-        user_reps = user_all[users]
-        return {
-            name: (user_reps, (item_all + self._item_graph_term(masked))[items]) for name, masked in modes.items()
-        }
 
     # ------------------------------------------------------------ hooks
     def pre_epoch(self, epoch):
