@@ -257,39 +257,18 @@ def synthesize(
     return SyntheticData(inter, features, user_factors, item_factors, popularity, info)
 
 
-def generate_dataset(
-    root,
-    name,
-    *,
-    n_users=19445,
-    n_items=7050,
-    n_interactions=160792,
-    modalities=None,
-    latent_dim=32,
-    seed=2024,
-    temperature=0.7,
-    popularity_std=0.7,
-    overwrite=False,
-):
+def generate_dataset(root, name, *, overwrite=False, **params):
     """Generate a synthetic dataset and write it to ``<root>/<name>/`` in MMRec's format.
 
-    ``modalities`` maps a modality name to ``(file_name, dim, strength)``, default
-    ``DEFAULT_MODALITIES`` (v: image_feat.npy 4096-d 0.3, t: text_feat.npy 384-d 0.8).
+    ``params`` are :func:`synthesize`'s (shape, ``modalities`` as ``{name: (file_name, dim,
+    strength)}``, default ``DEFAULT_MODALITIES``: v image_feat.npy 4096-d 0.3, t
+    text_feat.npy 384-d 0.8; ``latent_dim``, ``seed``, ``temperature``, ``popularity_std``).
     Returns the dataset folder.
     """
     target = Path(root) / name
     if target.exists() and not overwrite:  # fail before minutes of work, not after
         raise FileExistsError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
-    data = synthesize(
-        n_users=n_users,
-        n_items=n_items,
-        n_interactions=n_interactions,
-        modalities=modalities,
-        latent_dim=latent_dim,
-        seed=seed,
-        temperature=temperature,
-        popularity_std=popularity_std,
-    )
+    data = synthesize(**params)
     path = write_mmrec_dataset(root, name, data.inter, data.features, info=data.info, overwrite=overwrite)
     logger.info("wrote %s", path)
     return path

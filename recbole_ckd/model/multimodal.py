@@ -201,6 +201,16 @@ class MultimodalRecommender(GeneralRecommender):
             self._eval_tables = None
 
     # ------------------------------------------------------------ graphs
+    def lightgcn(self, graph, user_weight, item_weight, n_layers):
+        """LightGCN: the mean of layers ``0..n_layers`` of ``graph``-propagated embeddings,
+        split into ``(users, items)``."""
+        ego = torch.cat([user_weight, item_weight])
+        total = ego
+        for _ in range(n_layers):
+            ego = torch.sparse.mm(graph, ego)
+            total = total + ego
+        return (total / (n_layers + 1)).split([self.n_users, self.n_items])
+
     def bipartite_adjacency(self, dataset, normalization="mean"):
         """The user-item training graph over ``n_users + n_items`` nodes (items after users),
         as a sparse tensor on the device: row-normalised (``mean``) or ``D^-1/2 A D^-1/2`` (``sym``)."""

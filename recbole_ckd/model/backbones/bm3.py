@@ -98,12 +98,7 @@ class BM3(MultimodalRecommender):
     # ------------------------------------------------------------ representations
     def propagate(self):
         """LightGCN tables before the predictor: ``(h_U [n_users, d], h_I [n_items, d])``."""
-        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        total = ego
-        for _ in range(self.n_layers):
-            ego = torch.sparse.mm(self.graph, ego)
-            total = total + ego
-        users, items = (total / (self.n_layers + 1)).split([self.n_users, self.n_items])
+        users, items = self.lightgcn(self.graph, self.user_embedding.weight, self.item_embedding.weight, self.n_layers)
         return users, items + self.item_embedding.weight
 
     def forward(self, masked=frozenset()):

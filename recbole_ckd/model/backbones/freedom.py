@@ -185,12 +185,7 @@ class FREEDOM(ItemGraphRecommender):
     def _collaborative(self):
         """``(x_U, x_I)``: LightGCN over the pruned graph in training, the full graph otherwise."""
         graph = self.pruned_graph if self.training and self.pruned_graph is not None else self.full_graph
-        ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight])
-        total = ego
-        for _ in range(self.n_ui_layers):
-            ego = torch.sparse.mm(graph, ego)
-            total = total + ego
-        return (total / (self.n_ui_layers + 1)).split([self.n_users, self.n_items])
+        return self.lightgcn(graph, self.user_embedding.weight, self.item_id_embedding.weight, self.n_ui_layers)
 
     def _item_graph_term(self, masked):
         adjacency = self.item_adjacency(masked)

@@ -188,12 +188,7 @@ class LATTICE(ItemGraphRecommender):
         users, items = self.user_embedding.weight, self.item_id_embedding.weight
         if self.cf_model == "mf":
             return users, items
-        ego = torch.cat([users, items])
-        total = ego
-        for _ in range(self.n_ui_layers):
-            ego = torch.sparse.mm(self.norm_adj, ego)
-            total = total + ego
-        return (total / (self.n_ui_layers + 1)).split([self.n_users, self.n_items])
+        return self.lightgcn(self.norm_adj, users, items, self.n_ui_layers)
 
     def _item_graph_term(self, masked):
         if all(m in masked for m in self.modalities):

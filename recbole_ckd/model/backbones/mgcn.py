@@ -124,12 +124,8 @@ class MGCN(MultimodalRecommender):
 
     def user_item_view(self):
         """``h``: LightGCN over the ID embeddings, the mean of layers ``0..n_ui_layers``."""
-        ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight])
-        total = ego
-        for _ in range(self.n_ui_layers):
-            ego = torch.sparse.mm(self.norm_adj, ego)
-            total = total + ego
-        return total / (self.n_ui_layers + 1)
+        return torch.cat(self.lightgcn(self.norm_adj, self.user_embedding.weight, self.item_id_embedding.weight,
+                                       self.n_ui_layers))
 
     def item_item_view(self, m, is_masked):
         """``z^m`` of every node: the purified item embeddings propagated over m's kNN graph (not
