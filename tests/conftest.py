@@ -66,6 +66,7 @@ def pytest_configure(config):
         "ignore::FutureWarning:recbole.*",
         "ignore:torch.sparse.SparseTensor:UserWarning",
         "ignore:Sparse invariant checks:UserWarning",
+        "ignore:Sparse CSR tensor support is in beta:UserWarning",
         "ignore::DeprecationWarning:ray.*",
         "ignore::DeprecationWarning:tensorboard.*",
     ):

@@ -183,3 +183,44 @@ def test_a_foreign_file_under_the_cache_name_is_rebuilt(tmp_path, monkeypatch):
     save_checkpoint({"something": torch.zeros(2)}, os.path.join(cache_dir, name))  # readable, wrong content
     rebuilt = graphs.knn_graph(x, 3, cache_dir=cache_dir)
     torch.testing.assert_close(rebuilt.to_dense(), first.to_dense())
+
+
+# ----------------------------------------------------------------------------- CSR products
+def random_edges(n_dst, n_src, n_edges, seed=0):
+    """Edges with repeated pairs, in no particular order."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(n_dst, (n_edges,), generator=generator), torch.randint(n_src, (n_edges,), generator=generator)
+
+
+def test_edge_product_equals_gather_and_index_add_and_its_gradients_check():
+    dst, src = random_edges(9, 7, 40)
+    product = graphs.EdgeProduct(dst, src, 9, 7)
+    weights = torch.rand(40, dtype=torch.float64, requires_grad=True)
+    x, y = torch.randn(7, 3, dtype=torch.float64), torch.randn(9, 3, dtype=torch.float64)
+    expected = torch.zeros(9, 3, dtype=torch.float64).index_add(0, dst, weights[:, None] * x[src])
+    torch.testing.assert_close(product.mm(weights, x), expected)
+    expected_t = torch.zeros(7, 3, dtype=torch.float64).index_add(0, src, weights[:, None] * y[dst])
+    torch.testing.assert_close(product.t().mm(weights, y), expected_t)
+    torch.testing.assert_close(product.edge_dots(y, x), (y[dst] * x[src]).sum(dim=1))
+    x.requires_grad_(), y.requires_grad_()
+    assert torch.autograd.gradcheck(product.mm, (weights, x))
+    assert torch.autograd.gradcheck(product.t().mm, (weights, y))
+    assert torch.autograd.gradcheck(product.edge_dots, (y, x))
+
+
+def test_spmm_equals_torch_sparse_mm_and_keeps_its_index_on_the_graph():
+    rows, cols = random_edges(8, 8, 30, seed=1)
+    values = torch.rand(30, dtype=torch.float64)
+    uncoalesced = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (8, 8))
+    x = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
+    for graph in (uncoalesced, uncoalesced.coalesce()):
+        torch.testing.assert_close(graphs.spmm(graph, x), torch.sparse.mm(graph, x.detach()))
+    graph = uncoalesced.coalesce()
+    graphs.spmm(graph, x)
+    assert graph._edge_product is not None  # built once, reused by the next product
+    assert torch.autograd.gradcheck(lambda x: graphs.spmm(graph, x), (x,))
+    learned = torch.rand(30, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: graphs.spmm(torch.sparse_coo_tensor(torch.stack([rows, cols]), v, (8, 8)), x), (learned,))
+    live = torch.sparse_coo_tensor(torch.stack([rows, cols]), learned, (8, 8)).coalesce()
+    graphs.spmm(live, x)
+    assert not hasattr(live, "_edge_product")  # learned values: the index is not kept

@@ -140,12 +140,12 @@ class CKDStudentMixin:
         g_users, g_a, g_b = self.generic_triples()
         # one call for the BPR triples and the generic triples, every mode at once
         margin, joint = self.triple_margins(
-            torch.cat([users, g_users]), torch.cat([pos, g_a]), torch.cat([neg, g_b]), self.modes()
+            torch.cat([users, g_users]), torch.cat([pos, g_a]), torch.cat([neg, g_b]), self.modes(), joint_rows=batch
         )
         batch_margin = {name: d[:batch] for name, d in margin.items()}
         gen_margin = {name: d[batch:] for name, d in margin.items()}
 
-        bpr = self.bpr_loss(*(reps[:batch] for reps in joint))
+        bpr = self.bpr_loss(*joint)
         effects, specific, generic = [], [], []
         for m in self.modalities:
             t_users, t_items = self.teacher_tables[m]

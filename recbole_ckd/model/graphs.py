@@ -8,6 +8,7 @@ determine them.
 
 import hashlib
 import os
+import warnings
 
 import torch
 
@@ -110,6 +111,109 @@ def sparse_sum(parts, n):
     indices = torch.cat([indices for indices, _ in parts], dim=1)
     values = torch.cat([values for _, values in parts])
     return torch.sparse_coo_tensor(indices, values, (n, n))
+
+
+# ----------------------------------------------------------------------------- products
+# PyTorch marks CSR tensors as beta; these are the two kernels used (SpMM and SDDMM), covered by tests.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+
+class _CSRIndex:
+    """The CSR index arrays of edges ``(row, col)``, sorted once; ``order`` maps CSR positions to edges."""
+
+    def __init__(self, rows, cols, n_rows, n_cols):
+        self.order = torch.argsort(rows * n_cols + cols)
+        self.inverse = torch.argsort(self.order)
+        self.crow = torch.zeros(n_rows + 1, dtype=torch.long, device=rows.device)
+        self.crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), dim=0)
+        self.col = cols[self.order]
+        self.shape = (n_rows, n_cols)
+
+    def matrix(self, edge_values):
+        return torch.sparse_csr_tensor(self.crow, self.col, edge_values[self.order], self.shape, check_invariants=False)
+
+    def dots(self, a, b):
+        """``<a[row_e], b[col_e]>`` of every edge, in edge order (a sampled dense product)."""
+        pattern = torch.sparse_csr_tensor(self.crow, self.col, a.new_zeros(len(self.col)), self.shape,
+                                          check_invariants=False)
+        return torch.sparse.sampled_addmm(pattern, a, b.T, beta=0.0).values()[self.inverse]
+
+
+class EdgeProduct:
+    """Products over a fixed list of edges ``e = (dst, src)`` whose weights may change and carry
+    gradient: ``mm`` (``out[dst] += w_e * x[src]``) and ``edge_dots`` (``<a[dst_e], b[src_e]>``).
+
+    Both are CSR kernels (SpMM, SDDMM) forwards and backwards, with the index arrays of the
+    matrix and of its transpose sorted once. A gather, multiply and ``index_add`` materialises
+    ``[edges, dim]`` tensors several times per call, and ``torch.sparse.mm`` on a CSR tensor
+    transposes it again in every backward pass.
+    """
+
+    def __init__(self, dst, src, n_dst, n_src):
+        self._index = _CSRIndex(dst, src, n_dst, n_src)
+        self._index_t = _CSRIndex(src, dst, n_src, n_dst)
+
+    def mm(self, weights, x):
+        """``W x`` with ``W[dst_e, src_e] = weights[e]``, differentiable in both."""
+        return _EdgeMM.apply(weights, x, self._index, self._index_t)
+
+    def edge_dots(self, a, b):
+        """``<a[dst_e], b[src_e]>`` for every edge, differentiable in both."""
+        return _EdgeDots.apply(a, b, self._index, self._index_t)
+
+    def t(self):
+        """The same edges the other way round, sharing the index arrays."""
+        flipped = object.__new__(EdgeProduct)
+        flipped._index, flipped._index_t = self._index_t, self._index
+        return flipped
+
+
+class _EdgeMM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weights, x, index, index_t):
+        ctx.save_for_backward(weights, x)
+        ctx.index, ctx.index_t = index, index_t
+        return index.matrix(weights) @ x
+
+    @staticmethod
+    def backward(ctx, grad):
+        weights, x = ctx.saved_tensors
+        grad_weights = ctx.index.dots(grad, x) if ctx.needs_input_grad[0] else None
+        grad_x = ctx.index_t.matrix(weights) @ grad if ctx.needs_input_grad[1] else None
+        return grad_weights, grad_x, None, None
+
+
+class _EdgeDots(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, index, index_t):
+        ctx.save_for_backward(a, b)
+        ctx.index, ctx.index_t = index, index_t
+        return index.dots(a, b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        grad_a = ctx.index.matrix(grad) @ b if ctx.needs_input_grad[0] else None
+        grad_b = ctx.index_t.matrix(grad) @ a if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b, None, None
+
+
+def spmm(graph, x):
+    """``graph @ x`` for a sparse COO ``graph``, through :class:`EdgeProduct`.
+
+    The index arrays are built once per graph tensor and kept on it (a graph is a buffer that
+    lives as long as its model, or a per-epoch sample); a graph whose values carry gradient is
+    coalesced and indexed on every call.
+    """
+    product = getattr(graph, "_edge_product", None)
+    if product is None:
+        if not graph.is_coalesced():
+            graph = graph.coalesce()
+        rows, cols = graph.indices()
+        product = EdgeProduct(rows, cols, graph.shape[0], graph.shape[1])
+        if not graph.requires_grad:
+            graph._edge_product = product
+    return product.mm(graph.values(), x)
 
 
 def interaction_edges(dataset):

@@ -8,6 +8,8 @@ from torch import nn
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 
+from recbole_ckd.model.graphs import spmm
+
 
 class MultimodalRecommender(GeneralRecommender):
     """A backbone that scores with dot products of user and item representations.
@@ -133,11 +135,11 @@ class MultimodalRecommender(GeneralRecommender):
         """
         return {name: self.batch_representations(users, items, masked) for name, masked in modes.items()}
 
-    def triple_margins(self, users, pos, neg, modes):
+    def triple_margins(self, users, pos, neg, modes, joint_rows=None):
         """``({name: d(u, pos, neg)}, joint)`` for every ``{name: masked}`` in ``modes``.
 
-        ``joint`` is ``(U[users], I[pos], I[neg])`` of the joint mode (for the L2 term), or
-        None without a "joint" mode. Backbones whose score is a sum over branches override
+        ``joint`` is ``(U[users], I[pos], I[neg])`` of the joint mode (for the L2 term) for
+        the first ``joint_rows`` triples (all when None), or None without a "joint" mode. Backbones whose score is a sum over branches override
         this to add branch margins instead of building every mode's representations.
         """
         reps = self.batch_representations_modes(users, torch.cat([pos, neg]), modes)
@@ -146,7 +148,7 @@ class MultimodalRecommender(GeneralRecommender):
             pos_reps, neg_reps = item_reps.split(len(pos))
             margins[name] = (user_reps * (pos_reps - neg_reps)).sum(dim=-1)
             if name == "joint":
-                joint = (user_reps, pos_reps, neg_reps)
+                joint = tuple(reps[:joint_rows] for reps in (user_reps, pos_reps, neg_reps))
         return margins, joint
 
     # ------------------------------------------------------------ training
@@ -207,7 +209,7 @@ class MultimodalRecommender(GeneralRecommender):
         ego = torch.cat([user_weight, item_weight])
         total = ego
         for _ in range(n_layers):
-            ego = torch.sparse.mm(graph, ego)
+            ego = spmm(graph, ego)
             total = total + ego
         return (total / (n_layers + 1)).split([self.n_users, self.n_items])
 

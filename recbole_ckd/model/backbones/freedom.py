@@ -193,7 +193,7 @@ class FREEDOM(ItemGraphRecommender):
             return 0.0
         h = self.item_id_embedding.weight
         for _ in range(self.n_mm_layers):
-            h = torch.sparse.mm(adjacency, h)
+            h = graphs.spmm(adjacency, h)
         return h
 
     # ------------------------------------------------------------ training

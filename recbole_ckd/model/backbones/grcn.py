@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_ckd.model import graphs
 from recbole_ckd.model.multimodal import MultimodalRecommender
 
 
@@ -14,11 +15,6 @@ def segment_softmax(scores, index, n_segments):
     exp = (scores - shift[index]).exp()
     total = scores.new_zeros(n_segments).index_add(0, index, exp)
     return exp / total[index]
-
-
-def scatter_sum(values, index, n_rows):
-    """``out[r] = sum of values[e] over the edges e with index[e] == r``, ``[n_rows, dim]``."""
-    return values.new_zeros(n_rows, values.shape[1]).index_add(0, index, values)
 
 
 class GRCN(MultimodalRecommender):
@@ -93,6 +89,7 @@ class GRCN(MultimodalRecommender):
         inter = dataset.inter_matrix(form="coo")
         self.register_buffer("edge_users", torch.from_numpy(inter.row).long(), persistent=False)
         self.register_buffer("edge_items", torch.from_numpy(inter.col).long(), persistent=False)
+        self._edge_product = None
 
         self.id_embedding = nn.Parameter(nn.init.xavier_normal_(torch.empty(self.n_users + self.n_items, dim)))
         self.preference = nn.ParameterDict(
@@ -106,29 +103,53 @@ class GRCN(MultimodalRecommender):
             nn.init.xavier_normal_(torch.empty(self.n_users + self.n_items, len(self.modalities)))
         )
 
+    @property
+    def edges(self):
+        """The training edges (user <- item) as CSR products, built on the buffers' device."""
+        if self._edge_product is None or self._edge_product[0] != self.edge_users.device:
+            product = graphs.EdgeProduct(self.edge_users, self.edge_items, self.n_users, self.n_items)
+            self._edge_product = (self.edge_users.device, product)
+        return self._edge_product[1]
+
     # ------------------------------------------------------------ graph refining layer
     def refine(self, m, is_masked):
         """Modality ``m``: content representations ``[n_users + n_items, latent_dim]`` and the
         affinities of every training edge, ``(a_{i->u}, a_{u->i})``."""
-        users, items = self.edge_users, self.edge_items
         if is_masked:
-            content = F.leaky_relu(self.projection[m](self.feature_mean(m))).expand(self.n_items, -1)
-            preference = self.user_mean(self.preference[m]).expand(self.n_users, -1)
-        else:
-            content = F.leaky_relu(self.projection[m](self.feature(m)))
-            preference = self.preference[m]
-        content, preference = F.normalize(content, dim=1), F.normalize(preference, dim=1)
-        item_side = content[items]
+            return self._refine_masked(m)
+        users, items, edges = self.edge_users, self.edge_items, self.edges
+        content = F.normalize(F.leaky_relu(self.projection[m](self.feature(m))), dim=1)
+        preference = F.normalize(self.preference[m], dim=1)
         for _ in range(self.n_routing):
-            scores = (preference[users] * item_side).sum(dim=1)
-            weights = segment_softmax(scores, users, self.n_users)
-            preference = F.normalize(preference + scatter_sum(weights[:, None] * item_side, users, self.n_users), dim=1)
-        user_side = preference[users]
-        scores = (user_side * item_side).sum(dim=1)
+            weights = segment_softmax(edges.edge_dots(preference, content), users, self.n_users)
+            preference = F.normalize(preference + edges.mm(weights, content), dim=1)
+        scores = edges.edge_dots(preference, content)  # <p_u, f_i> of every edge
         to_user = segment_softmax(scores, users, self.n_users)  # a_{i->u}: over the user's items
         to_item = segment_softmax(scores, items, self.n_items)  # a_{u->i}: over the item's users
-        user_rep = preference + scatter_sum(to_user[:, None] * item_side, users, self.n_users)
-        item_rep = content + scatter_sum(to_item[:, None] * user_side, items, self.n_items)
+        user_rep = preference + edges.mm(to_user, content)
+        item_rep = content + edges.t().mm(to_item, preference)
+        return torch.cat([user_rep, item_rep]), to_user, to_item
+
+    def _refine_masked(self, m):
+        """:meth:`refine` of a masked modality in closed form. Every item has the same content
+        ``c`` and every user the same prototype ``p``, so every affinity is uniform over its
+        neighbourhood (``1/deg``), routing moves every user with items to the same prototype
+        ``p'`` (``p <- normalize(p + c)``, ``n_routing`` times), and the representations are
+        ``p' + c`` for users with items and ``c + p'`` for items with users (``p`` and ``c`` for
+        the others)."""
+        users, items = self.edge_users, self.edge_items
+        content = F.normalize(F.leaky_relu(self.projection[m](self.feature_mean(m))), dim=1)
+        prototype = F.normalize(self.user_mean(self.preference[m]), dim=1)
+        routed = prototype
+        for _ in range(self.n_routing):
+            routed = F.normalize(routed + content, dim=1)
+        user_degree = torch.bincount(users, minlength=self.n_users)
+        item_degree = torch.bincount(items, minlength=self.n_items)
+        has_items, has_users = (user_degree > 0)[:, None], (item_degree > 0)[:, None]
+        user_rep = torch.where(has_items, routed + content, prototype)
+        item_rep = torch.where(has_users, content + routed, content)
+        to_user = 1.0 / user_degree[users].to(content.dtype)
+        to_item = 1.0 / item_degree[items].to(content.dtype)
         return torch.cat([user_rep, item_rep]), to_user, to_item
 
     def edge_weights(self, affinities, masked):
@@ -167,17 +188,11 @@ class GRCN(MultimodalRecommender):
             affinities.append((to_user, to_item))
         w_user, w_item = self.edge_weights(affinities, masked)
 
-        users, items = self.edge_users, self.edge_items
         x = F.normalize(self.id_embedding, dim=1)
         id_rep, layer = x, x
         for _ in range(self.id_layers):
             layer_users, layer_items = layer.split([self.n_users, self.n_items])
-            layer = torch.cat(
-                [
-                    scatter_sum(w_user[:, None] * layer_items[items], users, self.n_users),
-                    scatter_sum(w_item[:, None] * layer_users[users], items, self.n_items),
-                ]
-            )
+            layer = torch.cat([self.edges.mm(w_user, layer_items), self.edges.t().mm(w_item, layer_users)])
             id_rep = id_rep + layer
         return torch.cat([id_rep] + contents, dim=1)
 

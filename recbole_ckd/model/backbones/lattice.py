@@ -197,7 +197,7 @@ class LATTICE(ItemGraphRecommender):
         if self.n_layers:
             adjacency = self.item_adjacency(masked)
             for _ in range(self.n_layers):
-                h = torch.sparse.mm(adjacency, h)
+                h = graphs.spmm(adjacency, h)
         return F.normalize(h, dim=1)
 
     # ------------------------------------------------------------ hooks

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_ckd.model.graphs import knn_graph
+from recbole_ckd.model.graphs import knn_graph, spmm
 from recbole_ckd.model.multimodal import MultimodalRecommender
 
 
@@ -134,8 +134,8 @@ class MGCN(MultimodalRecommender):
         if not is_masked:
             graph = self.item_graph(m)
             for _ in range(self.n_layers):
-                items = torch.sparse.mm(graph, items)
-        return torch.cat([torch.sparse.mm(self.user_item, items), items])
+                items = spmm(graph, items)
+        return torch.cat([spmm(self.user_item, items), items])
 
     def propagate(self, masked=frozenset(), memo=None):
         """``(h + s, s, h)`` over all ``n_users + n_items`` nodes: representation, side, content.

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_ckd.model.graphs import spmm
 from recbole_ckd.model.multimodal import MultimodalRecommender
 
 
@@ -38,7 +39,7 @@ class ModalityGraphBranch(nn.Module):
             users = self.user_preference
         x = F.normalize(torch.cat([users, items], dim=0), dim=1)
         for conv, linear, gate in zip(self.conv, self.linear, self.gate):
-            h = F.leaky_relu(torch.sparse.mm(graph, x @ conv))
+            h = F.leaky_relu(spmm(graph, x @ conv))
             x_hat = F.leaky_relu(linear(x)) + id_embedding
             x = F.leaky_relu(gate(h) + x_hat)
         return x

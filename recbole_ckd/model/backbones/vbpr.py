@@ -74,12 +74,13 @@ class VBPR(MultimodalRecommender):
         parts = self._parts(users, items, frozenset().union(*modes.values()))
         return {name: self._assemble(parts, self.modalities, masked) for name, masked in modes.items()}
 
-    def triple_margins(self, users, pos, neg, modes):
+    def triple_margins(self, users, pos, neg, modes, joint_rows=None):
         """Margins as sums of branch margins, every branch computed once for all modes.
 
         A masked branch contributes exactly nothing to a margin (its item part is the same
         vector for both items), so a mode's margin is the ID margin plus the margins of its
-        unmasked branches; the joint representations come from the same parts.
+        unmasked branches; the joint representations come from the same parts, assembled for
+        the first ``joint_rows`` triples only.
         """
         n = len(pos)
         parts = self._parts(users, torch.cat([pos, neg]), frozenset())
@@ -92,5 +93,10 @@ class VBPR(MultimodalRecommender):
         margins = {
             name: id_margin + sum(branch[m] for m in self.modalities if m not in masked) for name, masked in modes.items()
         }
-        user_reps, item_reps = self._assemble(parts, self.modalities, frozenset())
-        return margins, (user_reps, item_reps[:n], item_reps[n:])
+        k = n if joint_rows is None else joint_rows
+        rows = {
+            key: part[:k] if key == "user_id" or key[0] == "user" else torch.cat([part[:k], part[n : n + k]])
+            for key, part in parts.items()
+        }
+        user_reps, item_reps = self._assemble(rows, self.modalities, frozenset())
+        return margins, (user_reps, item_reps[:k], item_reps[k:])
