@@ -88,7 +88,11 @@ def main(argv=None):
 
         if not args.dataset or not args.models:
             build_parser().error("--leaderboard needs --dataset and --models")
-        return run_leaderboard(args.dataset, args.models.split(","), parse_seeds(args.seeds), args.output or "results",
+        try:
+            seeds = parse_seeds(args.seeds)
+        except ValueError as error:
+            build_parser().error(str(error))
+        return run_leaderboard(args.dataset, args.models.split(","), seeds, args.output or "results",
                                split_config_files(args.config_files), rest, args.sweeps)
     if not args.model or not args.dataset:
         build_parser().error("--model and --dataset are required to train (or use --download / --generate)")

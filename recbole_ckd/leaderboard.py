@@ -368,10 +368,19 @@ def run_leaderboard(dataset, models, seeds, output="results", config_files=None,
     return page
 
 
+MAX_SEED_COUNT = 100
+
+
 def parse_seeds(text, base=2020):
-    """``3`` -> [2020, 2021, 2022]; ``1,5,9`` -> [1, 5, 9]."""
+    """``3`` -> [2020, 2021, 2022]; ``1,5,9`` -> [1, 5, 9]; ``7,`` -> [7]."""
     text = str(text)
     if "," in text:
         return [int(s) for s in text.split(",") if s.strip()]
-    return [base + k for k in range(int(text))]
+    count = int(text)
+    if not 0 < count <= MAX_SEED_COUNT:
+        raise ValueError(
+            f"--seeds={text} asks for {count} seeds (a number is a count, at most {MAX_SEED_COUNT}); "
+            f"for the single seed {text} write --seeds={text},"
+        )
+    return [base + k for k in range(count)]
 

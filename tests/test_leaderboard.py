@@ -109,3 +109,15 @@ def test_leaderboard_command_end_to_end(tiny_dataset, tmp_path):
     assert "| VBPR_CKD | recall@20 |" in text
     png_size(tmp_path / "res" / "tiny-modalities.png")
     png_size(tmp_path / "res" / "tiny-weights.png")
+
+
+def test_seeds_are_a_count_or_a_list_and_a_huge_count_is_refused(capsys):
+    import run_recbole_ckd
+
+    parse_seeds = lb.parse_seeds
+    assert parse_seeds("3") == [2020, 2021, 2022]
+    assert parse_seeds("1,5,9") == [1, 5, 9]
+    assert parse_seeds("2020,") == [2020]
+    with pytest.raises(SystemExit):
+        run_recbole_ckd.main(["--leaderboard", "--dataset=tiny", "--models=BPR", "--seeds=2020"])
+    assert "for the single seed 2020 write --seeds=2020," in capsys.readouterr().err
