@@ -1,21 +1,27 @@
-"""Seconds per epoch of a backbone, its teacher and its CKD student, and evaluation time.
+"""Seconds per epoch, evaluation seconds and peak memory of every backbone, its teacher and its CKD student.
 
-On a baby-shaped generated dataset (19,445 users, 7,050 items, ~160k interactions, 4096-d and
-384-d features; ``--scale`` shrinks users, items and interactions together), for each
-backbone: the median training seconds per epoch of the plain backbone, of a teacher (the
+On a generated dataset of a published shape (``--shape``: Baby 19,445 users / 7,050 items /
+160,792 interactions, Clothing 39,387 / 23,033 / 278,677, Elec 192,403 / 63,001 / 1,689,188;
+4096-d and 384-d features; ``--scale`` shrinks users, items and interactions together), for
+each backbone: the median training seconds per epoch of the plain backbone, of a teacher (the
 backbone in its "only m" mode) and of the CKD student (with teacher tables in place), the
-median seconds of one full evaluation pass, and the ratios to the plain backbone measured in
-the same run. Writes JSON and markdown into benchmarks/results/.
+median seconds of one full evaluation pass (all validation users, all items, every metric of
+the config), the peak memory of each part (GPU: ``max_memory_allocated``; host: the peak
+resident set size sampled while the part runs) and the ratios to the plain backbone measured
+in the same run. A backbone that does not rank with its modalities (BM3) has no CKD parts.
+Writes JSON and markdown into benchmarks/results/, with the machine it ran on.
 
-    python benchmarks/bench_ckd.py --scale 0.25 --repeats 3 --models VBPR,MMGCN
+    python benchmarks/bench_ckd.py --shape baby --scale 0.25 --repeats 3 --models VBPR,LATTICE
 """
 
 import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -30,27 +36,69 @@ from recbole_ckd.data.synthetic import generate_dataset  # noqa: E402
 from recbole_ckd.model import MODELS  # noqa: E402
 from recbole_ckd.registry import create_dataset, get_trainer  # noqa: E402
 
-BABY = {"n_users": 19445, "n_items": 7050, "n_interactions": 160792}
+# published shapes (reference/published.md)
+SHAPES = {
+    "baby": {"n_users": 19445, "n_items": 7050, "n_interactions": 160792},
+    "clothing": {"n_users": 39387, "n_items": 23033, "n_interactions": 278677},
+    "elec": {"n_users": 192403, "n_items": 63001, "n_interactions": 1689188},
+}
+BACKBONES = "VBPR,MMGCN,GRCN,LATTICE,FREEDOM,MGCN,BM3"
+MIB = 2**20
 
 
-def dataset_for(scale, root, seed):
-    shape = {k: max(50, int(v * scale)) for k, v in BABY.items()}
-    name = f"baby-x{scale:g}-s{seed}"
+def dataset_for(shape_name, scale, root, seed):
+    shape = {k: max(50, int(v * scale)) for k, v in SHAPES[shape_name].items()}
+    name = f"{shape_name}-x{scale:g}-s{seed}"
     if not os.path.isfile(os.path.join(root, name, f"{name}.inter")):
+        print(f"generating {name} {shape} ...", flush=True)
         generate_dataset(root, name, seed=seed, **shape)
     return name, shape
 
 
-def timed(fn, repeats, warmup=1):
+class PeakMemory:
+    """Peak host RSS (sampled every 5 ms from /proc) and peak GPU allocation inside a ``with`` block."""
+
+    def __init__(self, device):
+        self.device, self.host_mib, self.gpu_mib = device, None, None
+
+    @staticmethod
+    def _rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self._peak = max(self._peak, self._rss())
+
+    def __enter__(self):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        self._peak, self._stop = self._rss(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.host_mib = max(self._peak, self._rss()) / MIB
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.gpu_mib = torch.cuda.max_memory_allocated() / MIB
+
+
+def timed(fn, repeats, device, warmup=1):
+    """Median seconds of ``repeats`` calls after ``warmup`` calls, all of them."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        if torch.cuda.is_available():
+        if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         fn()
-        if torch.cuda.is_available():
+        if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times), times
@@ -59,30 +107,42 @@ def timed(fn, repeats, warmup=1):
 def bench_backbone(backbone, dataset, root, args):
     base = {"data_path": root, "state": "ERROR", "show_progress": False, "use_gpu": args.device == "cuda",
             "checkpoint_dir": os.path.join(root, ".bench-saved"), "seed": 2024}
-    config = Config(f"{backbone}_CKD", dataset, config_dict=base)
-    train_data, valid_data, _ = data_preparation(config, create_dataset(config))
     model_class = MODELS[backbone]
-    modality = config["modalities"] and next(iter(config["modalities"]))
+    with_ckd = model_class.ranks_with_modalities
+    config = Config(f"{backbone}_CKD" if with_ckd else backbone, dataset, config_dict=base)
+    train_data, valid_data, _ = data_preparation(config, create_dataset(config))
+    device = config["device"]
     rows = {}
 
-    def measure(label, model_config, model):
-        trainer = get_trainer(model_config["MODEL_TYPE"], model_config["model"])(model_config, model)
-        trainer.eval_collector.data_collect(train_data)
-        epoch, epochs = timed(lambda: trainer._train_epoch(train_data, 0), args.repeats)
-        evaluation, evals = timed(lambda: trainer.evaluate(valid_data, load_best_model=False), args.repeats)
-        rows[label] = {"train_s_per_epoch": epoch, "train_runs": epochs, "eval_s": evaluation, "eval_runs": evals}
-        print(f"  {label:<10} train {epoch:8.3f} s/epoch   eval {evaluation:8.3f} s", flush=True)
+    def measure(label, model_config, build):
+        with PeakMemory(args.device) as memory:
+            model = build()
+            trainer = get_trainer(model_config["MODEL_TYPE"], model_config["model"])(model_config, model)
+            trainer.eval_collector.data_collect(train_data)
+            epoch, epochs = timed(lambda: trainer._train_epoch(train_data, 0), args.repeats, args.device)
+            evaluation, evals = timed(lambda: trainer.evaluate(valid_data, load_best_model=False), args.repeats, args.device)
+        rows[label] = {"train_s_per_epoch": epoch, "train_runs": epochs, "eval_s": evaluation, "eval_runs": evals,
+                       "peak_host_mib": memory.host_mib, "peak_gpu_mib": memory.gpu_mib}
+        gpu = f"   gpu {memory.gpu_mib:8.0f} MiB" if memory.gpu_mib is not None else ""
+        print(f"  {label:<8} train {epoch:8.3f} s/epoch   eval {evaluation:8.3f} s   host {memory.host_mib:8.0f} MiB{gpu}",
+              flush=True)
+        return model
 
     plain_config = Config(backbone, dataset, config_dict=base)
-    measure("plain", plain_config, model_class(plain_config, train_data.dataset).to(config["device"]))
+    measure("plain", plain_config, lambda: model_class(plain_config, train_data.dataset).to(device))
+    if not with_ckd:
+        return rows
+    modality = next(iter(config["modalities"]))
     teacher_config = Config(backbone, dataset, config_dict={**base, "active_modalities": [modality]})
-    teacher = model_class(teacher_config, train_data.dataset).to(config["device"])
-    measure("teacher", teacher_config, teacher)
-    student = MODELS[f"{backbone}_CKD"](config, train_data.dataset).to(config["device"])
-    with torch.no_grad():
-        tables = {m: teacher.eval().forward(student.only(m)) for m in student.modalities}
-    student.set_teacher_tables(tables)
-    measure("student", config, student)
+    teacher = measure("teacher", teacher_config, lambda: model_class(teacher_config, train_data.dataset).to(device))
+
+    def build_student():
+        student = MODELS[f"{backbone}_CKD"](config, train_data.dataset).to(device)
+        with torch.no_grad():  # one teacher stands in for every modality's: the cost is the same
+            student.set_teacher_tables({m: teacher.eval().forward(student.only(m)) for m in student.modalities})
+        return student
+
+    measure("student", config, build_student)
     plain = rows["plain"]["train_s_per_epoch"]
     for label in ("teacher", "student"):
         rows[label]["train_ratio_to_plain"] = rows[label]["train_s_per_epoch"] / plain
@@ -90,45 +150,72 @@ def bench_backbone(backbone, dataset, root, args):
     return rows
 
 
+def machine_info(device):
+    return {
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "device": device, "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+    }
+
+
+def write_results(record, base):
+    with open(base + ".json", "w") as f:
+        json.dump(record, f, indent=2)
+
+    def number(value, digits):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    lines = [f"# bench_ckd, {record['machine']['device']}, {record['dataset']} {record['shape']}", "",
+             f"machine: {record['machine']}", "", f"median of {record['repeats']} runs after one warm-up", "",
+             "peak host MiB: resident set of the benchmark process while the part ran (it includes the dataset and "
+             "what earlier parts left); peak GPU MiB: torch.cuda.max_memory_allocated during the part", "",
+             "| model | part | train s/epoch | ratio to plain | eval s | peak host MiB | peak GPU MiB |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for backbone, rows in record["results"].items():
+        if "error" in rows:
+            lines.append(f"| {backbone} | failed: {rows['error']} | | | | | |")
+            continue
+        for label, row in rows.items():
+            lines.append(
+                f"| {backbone} | {label} | {row['train_s_per_epoch']:.3f} | {row.get('train_ratio_to_plain', 1.0):.2f} "
+                f"| {row['eval_s']:.3f} | {row['peak_host_mib']:.0f} | {number(row['peak_gpu_mib'], 0)} |"
+            )
+    with open(base + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the Baby shape (default 1.0)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="baby", help="published dataset shape (default baby)")
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the shape (default 1.0)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions after one warm-up (median reported)")
-    parser.add_argument("--models", default="VBPR,MMGCN", help="comma-separated backbones")
+    parser.add_argument("--models", default=BACKBONES, help=f"comma-separated backbones (default {BACKBONES})")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data_root", default=os.path.join(HERE, ".data"))
     parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--output", default=os.path.join(HERE, "results"), help="folder of the JSON and markdown")
     args = parser.parse_args(argv)
 
-    dataset, shape = dataset_for(args.scale, args.data_root, args.seed)
-    machine = {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "device": args.device,
-        "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
-    }
+    dataset, shape = dataset_for(args.shape, args.scale, args.data_root, args.seed)
+    machine = machine_info(args.device)
     print(f"dataset {dataset}: {shape}; {machine}", flush=True)
-    results = {}
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    os.makedirs(args.output, exist_ok=True)
+    base = os.path.join(args.output, f"bench_ckd-{args.device}-{args.shape}-x{args.scale:g}-{stamp}")
+    record = {"benchmark": "bench_ckd", "time": stamp, "dataset": dataset, "shape": shape, "machine": machine,
+              "repeats": args.repeats, "results": {}}
     for backbone in args.models.split(","):
         print(backbone, flush=True)
-        results[backbone] = bench_backbone(backbone, dataset, args.data_root, args)
-
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out_dir = os.path.join(HERE, "results")
-    os.makedirs(out_dir, exist_ok=True)
-    record = {"benchmark": "bench_ckd", "time": stamp, "dataset": dataset, "shape": shape, "machine": machine,
-              "repeats": args.repeats, "results": results}
-    base = os.path.join(out_dir, f"bench_ckd-{args.device}-x{args.scale:g}-{stamp}")
-    with open(base + ".json", "w") as f:
-        json.dump(record, f, indent=2)
-    lines = [f"# bench_ckd, {args.device}, {dataset} {shape}", "", f"machine: {machine}", "",
-             "| model | part | train s/epoch (median) | ratio to plain | eval s (median) |", "| --- | --- | --- | --- | --- |"]
-    for backbone, rows in results.items():
-        for label, row in rows.items():
-            ratio = row.get("train_ratio_to_plain", 1.0)
-            lines.append(f"| {backbone} | {label} | {row['train_s_per_epoch']:.3f} | {ratio:.2f} | {row['eval_s']:.3f} |")
-    with open(base + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        try:
+            record["results"][backbone] = bench_backbone(backbone, dataset, args.data_root, args)
+        except (RuntimeError, MemoryError) as error:  # out of memory on a big shape: record it, go on
+            print(f"  failed: {error}", flush=True)
+            record["results"][backbone] = {"error": str(error).splitlines()[0][:200]}
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+        write_results(record, base)  # after every backbone: an interrupted run keeps what it measured
+    print("\n".join(write_results(record, base)))
     print(f"written: {base}.json, {base}.md")
     return record
 
