@@ -9,6 +9,8 @@ from recbole.data.dataset import Dataset
 from recbole.data.utils import data_preparation as recbole_data_preparation
 from recbole.utils import FeatureSource, FeatureType, set_color
 
+from recbole_ckd.data.device_sampling import DeviceTrainDataLoader
+
 SPLIT_NAMES = ("train", "valid", "test")
 
 
@@ -203,13 +205,17 @@ class MultimodalDataset(Dataset):
 
 
 def data_preparation(config, dataset):
-    """RecBole's dataloaders, with the test-time masking protocol the config asks for.
+    """RecBole's dataloaders, with the test-time masking protocol the config asks for and, with
+    ``device_sampling`` (the default), training batches built on the device
+    (:mod:`recbole_ckd.data.device_sampling`).
 
     ``test_masking: train`` (MMRec and the CKD reference code) removes only training items
     from each user's test ranking; ``train_valid`` (RecBole) removes training and validation
     items.
     """
     train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
+    if config["device_sampling"] and DeviceTrainDataLoader.supports(config):
+        train_data = DeviceTrainDataLoader(config, train_data._dataset, train_data._sampler, shuffle=train_data.shuffle)
     protocol = config["test_masking"]
     if protocol == "train":
         history = train_data.dataset.history_item_matrix()[0].numpy()

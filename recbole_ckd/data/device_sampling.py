@@ -1,0 +1,84 @@
+"""Training batches built on the model's device, negatives sampled in one vectorised pass per epoch.
+
+RecBole's ``TrainDataLoader`` gathers each batch from the dataset in Python, samples its
+negatives with numpy and copies it to the device: on a GPU at Baby scale that costs about as
+much as the training step itself. :class:`DeviceTrainDataLoader` keeps the training pairs on the
+device, shuffles them with a permutation, draws every negative of the epoch at once (uniform
+over items ``1..n_items-1``, as RecBole's uniform sampler) and redraws only those that hit a
+training item of their user (a sorted-key ``searchsorted`` test), then yields slices.
+
+The random draws come from the loader's own CPU generator (RecBole's ``generator``, seeded
+from ``seed`` and saved in every checkpoint), so a run is reproducible from its seed and
+resumes bit-identically on the same device. The stream differs from RecBole's numpy sampler:
+``device_sampling: False`` restores RecBole's loader.
+"""
+
+import torch
+from recbole.data.dataloader.general_dataloader import TrainDataLoader
+from recbole.data.interaction import Interaction
+from recbole.utils import InputType
+
+MAX_REDRAW_ROUNDS = 1000
+
+
+class DeviceTrainDataLoader(TrainDataLoader):
+    """RecBole's training loader for pairwise models with one uniform negative per pair (or none)."""
+
+    @staticmethod
+    def supports(config):
+        """True for the setups this loader reproduces: pairwise input, one uniform negative or none."""
+        args = config["train_neg_sample_args"]
+        if args is None or args.get("distribution", "none") == "none" or args.get("sample_num", "none") == "none":
+            return True
+        return config["MODEL_INPUT_TYPE"] == InputType.PAIRWISE and args["distribution"] == "uniform" and args["sample_num"] == 1
+
+    def __init__(self, config, dataset, sampler, shuffle=False):
+        super().__init__(config, dataset, sampler, shuffle=shuffle)
+        self.device = torch.device(config["device"])
+        self.with_negatives = self.neg_sample_args["distribution"] != "none"
+        self.n_items = dataset.item_num
+        users = dataset.inter_feat[self.uid_field].long()
+        items = dataset.inter_feat[self.iid_field].long()
+        self.users, self.items = users.to(self.device), items.to(self.device)
+        # every training (user, item) pair as one sorted key: a negative must not be among them
+        self.used_keys = torch.unique(users * self.n_items + items).to(self.device)
+
+    def __len__(self):
+        return (len(self.users) + self.step - 1) // self.step
+
+    def __iter__(self):
+        n = len(self.users)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator).to(self.device)
+            users, items = self.users[order], self.items[order]
+        else:
+            users, items = self.users, self.items
+        fields = {self.uid_field: users, self.iid_field: items}
+        if self.with_negatives:
+            fields[self.neg_item_id] = self.sample_negatives(users)
+        for start in range(0, n, self.step):
+            yield Interaction({name: values[start : start + self.step] for name, values in fields.items()})
+
+    def sample_negatives(self, users):
+        """One item per user, uniform over the items the user has no training interaction with."""
+        negatives = self._draw(len(users))
+        pending = torch.arange(len(users), device=self.device)
+        for _ in range(MAX_REDRAW_ROUNDS):
+            hit = self._is_used(users[pending], negatives[pending])
+            pending = pending[hit]
+            if len(pending) == 0:
+                return negatives
+            negatives[pending] = self._draw(len(pending))
+        stuck = torch.unique(users[pending])[:10].tolist()
+        raise RuntimeError(
+            f"No negative item found for users {stuck} after {MAX_REDRAW_ROUNDS} draws: they interacted with "
+            f"(nearly) every item. Remove them from the dataset or set device_sampling: False."
+        )
+
+    def _draw(self, count):
+        return torch.randint(1, self.n_items, (count,), generator=self.generator).to(self.device)
+
+    def _is_used(self, users, items):
+        keys = users * self.n_items + items
+        position = torch.searchsorted(self.used_keys, keys).clamp(max=len(self.used_keys) - 1)
+        return self.used_keys[position] == keys

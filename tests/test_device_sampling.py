@@ -1,0 +1,98 @@
+"""Training batches built on the device: every pair once per epoch, valid negatives, uniform, reproducible."""
+
+from collections import Counter
+
+import pytest
+import torch
+from conftest import FAST, write_tiny_mmrec
+from recbole.data.dataloader.general_dataloader import TrainDataLoader
+
+from recbole_ckd.config import Config
+from recbole_ckd.data.dataset import data_preparation
+from recbole_ckd.data.device_sampling import DeviceTrainDataLoader
+from recbole_ckd.registry import create_dataset
+
+
+def loaders(root, model="VBPR", **extra):
+    config = Config(model, "tiny", config_dict={**FAST, "data_path": root, "train_batch_size": 16, **extra})
+    return config, data_preparation(config, create_dataset(config))
+
+
+def epoch(train):
+    """The batches, and the epoch's ``user``, ``item`` (and ``neg``) columns concatenated."""
+    batches = list(train)
+    names = {"user": train.uid_field, "item": train.iid_field}
+    if train.with_negatives:
+        names["neg"] = train.neg_item_id
+    return batches, {short: torch.cat([b[name] for b in batches]) for short, name in names.items()}
+
+
+def training_pairs(train):
+    inter = train._dataset.inter_feat
+    return inter[train.uid_field], inter[train.iid_field]
+
+
+def test_every_training_pair_once_per_epoch_with_a_negative_outside_the_users_items(tiny_dataset):
+    config, (train, _, _) = loaders(tiny_dataset["root"])
+    assert isinstance(train, DeviceTrainDataLoader)
+    users, items = training_pairs(train)
+    batches, data = epoch(train)
+    assert len(batches) == len(train) == -(-len(users) // 16)
+    assert all(len(b) == 16 for b in batches[:-1])
+    assert Counter(zip(data["user"].tolist(), data["item"].tolist())) == Counter(zip(users.tolist(), items.tolist()))
+    used = set(zip(users.tolist(), items.tolist()))
+    negatives = data["neg"]
+    assert negatives.min() >= 1 and negatives.max() < train._dataset.item_num
+    assert not any((u, j) in used for u, j in zip(data["user"].tolist(), negatives.tolist()))
+    assert data["user"].tolist() != users.tolist()  # shuffled
+
+
+def test_same_seed_same_batches_and_the_generator_state_resumes_the_stream(tiny_dataset):
+    _, (first, _, _) = loaders(tiny_dataset["root"])
+    _, (second, _, _) = loaders(tiny_dataset["root"])
+    epoch(first)
+    state = first.generator.get_state()
+    _, one = epoch(first)
+    epoch(second)
+    second.generator.set_state(state)
+    _, two = epoch(second)
+    for name in one:
+        assert torch.equal(one[name], two[name])
+    _, (other_seed, _, _) = loaders(tiny_dataset["root"], seed=7)
+    assert not torch.equal(epoch(other_seed)[1]["neg"], one["neg"])
+
+
+def test_negatives_are_uniform_over_the_allowed_items(tmp_path):
+    # one user with items 1..5 of 20; the negatives of its pairs, many epochs, hit each of the 15 others equally
+    rows = [(0, i, 1.0, 1000 + i, 0) for i in range(1, 6)] + [(1, i, 1.0, 2000 + i, 0) for i in range(8, 20)]
+    rows += [(0, 6, 1.0, 3000, 1), (0, 7, 1.0, 3001, 2), (1, 0, 1.0, 3002, 1), (1, 1, 1.0, 3003, 2)]
+    write_tiny_mmrec(str(tmp_path), n_items=20, rows=rows)
+    config, (train, _, _) = loaders(str(tmp_path))
+    user = train._dataset.token2id(train.uid_field, "0")
+    users, items = training_pairs(train)
+    allowed = set(range(1, train._dataset.item_num)) - set(items[users == user].tolist())
+    counts = Counter()
+    for _ in range(400):
+        data = epoch(train)[1]
+        counts.update(data["neg"][data["user"] == user].tolist())
+    assert set(counts) == allowed
+    total, expected = sum(counts.values()), sum(counts.values()) / len(allowed)
+    chi2 = sum((counts[j] - expected) ** 2 / expected for j in allowed)
+    assert total == 400 * 5 and chi2 < 36.1  # chi-square, 14 degrees of freedom, p = 0.001
+
+
+def test_no_negatives_for_bm3_and_recboles_loader_when_switched_off(tiny_dataset):
+    _, (train, _, _) = loaders(tiny_dataset["root"], model="BM3")
+    assert isinstance(train, DeviceTrainDataLoader)
+    assert not train.with_negatives and set(epoch(train)[1]) == {"user", "item"}
+    assert len(list(train)[0].interaction) == 2
+    _, (train, _, _) = loaders(tiny_dataset["root"], device_sampling=False)
+    assert type(train) is TrainDataLoader
+
+
+def test_a_user_with_every_item_is_named(tiny_dataset):
+    _, (train, _, _) = loaders(tiny_dataset["root"])
+    n_items = train._dataset.item_num
+    train.used_keys = torch.arange(1 * n_items, 2 * n_items)  # user 1 "interacted with" every item
+    with pytest.raises(RuntimeError, match=r"No negative item found for users \[1\]"):
+        train.sample_negatives(torch.tensor([1, 2]))
