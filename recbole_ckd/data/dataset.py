@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import torch
 from recbole.data.dataset import Dataset
-from recbole.data.utils import data_preparation as recbole_data_preparation
 from recbole.utils import FeatureSource, FeatureType, set_color
 
-from recbole_ckd.data.device_sampling import DeviceTrainDataLoader
+from recbole_ckd.data.loaders import build_dataloaders
 
 SPLIT_NAMES = ("train", "valid", "test")
 
@@ -205,17 +204,17 @@ class MultimodalDataset(Dataset):
 
 
 def data_preparation(config, dataset):
-    """RecBole's dataloaders, with the test-time masking protocol the config asks for and, with
-    ``device_sampling`` (the default), training batches built on the device
-    (:mod:`recbole_ckd.data.device_sampling`).
+    """RecBole's split into training, validation and test loaders (the fast loaders of
+    :mod:`recbole_ckd.data.loaders`), with the test-time masking protocol the config asks for.
 
     ``test_masking: train`` (MMRec and the CKD reference code) removes only training items
     from each user's test ranking; ``train_valid`` (RecBole) removes training and validation
     items.
     """
-    train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
-    if config["device_sampling"] and DeviceTrainDataLoader.supports(config):
-        train_data = DeviceTrainDataLoader(config, train_data._dataset, train_data._sampler, shuffle=train_data.shuffle)
+    if config["save_dataloaders"]:
+        raise ValueError("save_dataloaders is not supported by recbole_ckd (its loaders are rebuilt in seconds); "
+                         "set save_dataloaders: False.")
+    train_data, valid_data, test_data = build_dataloaders(config, dataset)
     protocol = config["test_masking"]
     if protocol == "train":
         history = train_data.dataset.history_item_matrix()[0].numpy()
@@ -224,6 +223,8 @@ def data_preparation(config, dataset):
             items = items[items > 0]
             positives = set(test_data.uid2positive_item[uid].tolist())
             test_data.uid2history_item[uid] = torch.tensor([i for i in items if i not in positives], dtype=torch.int64)
+        if hasattr(test_data, "repack"):
+            test_data.repack()
     elif protocol != "train_valid":
         raise ValueError(f"test_masking must be 'train' or 'train_valid', got {protocol!r}.")
     return train_data, valid_data, test_data

@@ -5,11 +5,11 @@ from collections import Counter
 import pytest
 import torch
 from conftest import FAST, write_tiny_mmrec
-from recbole.data.dataloader.general_dataloader import TrainDataLoader
+from recbole.data.dataloader.general_dataloader import FullSortEvalDataLoader, TrainDataLoader
 
 from recbole_ckd.config import Config
 from recbole_ckd.data.dataset import data_preparation
-from recbole_ckd.data.device_sampling import DeviceTrainDataLoader
+from recbole_ckd.data.loaders import DeviceTrainDataLoader, FullSortEvalLoader
 from recbole_ckd.registry import create_dataset
 
 
@@ -96,3 +96,22 @@ def test_a_user_with_every_item_is_named(tiny_dataset):
     train.used_keys = torch.arange(1 * n_items, 2 * n_items)  # user 1 "interacted with" every item
     with pytest.raises(RuntimeError, match=r"No negative item found for users \[1\]"):
         train.sample_negatives(torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("masking", ["train", "train_valid"])
+def test_evaluation_batches_equal_recboles(tiny_dataset, masking):
+    _, (_, valid, test) = loaders(tiny_dataset["root"], test_masking=masking, eval_batch_size=31 * 7)
+    for loader in (valid, test):
+        assert isinstance(loader, FullSortEvalLoader) and len(list(loader)) > 1  # several batches of 7 users
+        users = torch.arange(len(loader.user_df))
+        for start in range(0, len(users), loader.step):
+            index = users[start : start + loader.step].tolist()
+            ours, recboles = loader.collate_fn(index), FullSortEvalDataLoader.collate_fn(loader, index)
+            assert torch.equal(ours[0][loader.uid_field], recboles[0][loader.uid_field])
+            for mine, theirs in zip([*ours[1], *ours[2:]], [*recboles[1], *recboles[2:]]):
+                assert torch.equal(mine, theirs)
+
+
+def test_save_dataloaders_is_refused_by_name(tiny_dataset):
+    with pytest.raises(ValueError, match="save_dataloaders: False"):
+        loaders(tiny_dataset["root"], save_dataloaders=True)

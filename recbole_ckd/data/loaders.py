@@ -1,5 +1,6 @@
-"""Training batches built on the model's device, negatives sampled in one vectorised pass per epoch.
+"""Fast loaders: training batches built on the device, evaluation batches gathered vectorised.
 
+Training. 
 RecBole's ``TrainDataLoader`` gathers each batch from the dataset in Python, samples its
 negatives with numpy and copies it to the device: on a GPU at Baby scale that costs about as
 much as the training step itself. :class:`DeviceTrainDataLoader` keeps the training pairs on the
@@ -14,7 +15,7 @@ resumes bit-identically on the same device. The stream differs from RecBole's nu
 """
 
 import torch
-from recbole.data.dataloader.general_dataloader import TrainDataLoader
+from recbole.data.dataloader.general_dataloader import FullSortEvalDataLoader, TrainDataLoader
 from recbole.data.interaction import Interaction
 from recbole.utils import InputType
 
@@ -82,3 +83,71 @@ class DeviceTrainDataLoader(TrainDataLoader):
         keys = users * self.n_items + items
         position = torch.searchsorted(self.used_keys, keys).clamp(max=len(self.used_keys) - 1)
         return self.used_keys[position] == keys
+
+
+class FullSortEvalLoader(FullSortEvalDataLoader):
+    """RecBole's full-ranking evaluation loader with a vectorised ``collate_fn``.
+
+    RecBole's builds each batch's history and positive index pairs with a Python loop over
+    the batch's users (two ``full_like`` calls per user): about half of an evaluation pass at
+    Baby scale. Here every user's history and positive items are packed once into flat
+    arrays with offsets, and a batch gathers its ranges with ``repeat_interleave``. The batch
+    tuple is RecBole's, in the same order. Call :meth:`repack` after changing
+    ``uid2history_item`` or ``uid2positive_item``.
+    """
+
+    def __init__(self, config, dataset, sampler, shuffle=False):
+        super().__init__(config, dataset, sampler, shuffle=shuffle)
+        self.repack()
+
+    def repack(self):
+        if not self.is_sequential:
+            self._history = _pack(self.uid2history_item)
+            self._positive = _pack(self.uid2positive_item)
+
+    def collate_fn(self, index):
+        if self.is_sequential:
+            return super().collate_fn(index)
+        user_df = self.user_df[torch.as_tensor(index)]
+        uids = user_df[self.uid_field]
+        history_u, history_i = _gather(*self._history, uids)
+        positive_u, positive_i = _gather(*self._positive, uids)
+        return user_df, (history_u, history_i), positive_u, positive_i
+
+
+def _pack(per_user):
+    """``(offsets, values)``: user u's items are ``values[offsets[u]:offsets[u + 1]]`` (None: no items)."""
+    lists = [torch.as_tensor(items if items is not None else [], dtype=torch.long) for items in per_user]
+    counts = torch.tensor([len(items) for items in lists], dtype=torch.long)
+    offsets = torch.zeros(len(lists) + 1, dtype=torch.long)
+    offsets[1:] = torch.cumsum(counts, dim=0)
+    return offsets, torch.cat(lists) if lists else torch.zeros(0, dtype=torch.long)
+
+
+def _gather(offsets, values, uids):
+    """``(rows, items)`` of the users ``uids``: row k (the k-th user of the batch) once per item."""
+    starts, counts = offsets[uids], offsets[uids + 1] - offsets[uids]
+    rows = torch.repeat_interleave(torch.arange(len(uids)), counts)
+    first_of_row = torch.repeat_interleave(torch.cumsum(counts, dim=0) - counts, counts)
+    return rows, values[torch.repeat_interleave(starts, counts) + torch.arange(len(rows)) - first_of_row]
+
+
+def build_dataloaders(config, dataset):
+    """RecBole's split and samplers (``dataset.build``, ``create_samplers``) with this module's loaders:
+    :class:`DeviceTrainDataLoader` when ``device_sampling`` is on and supports the model's
+    sampling, :class:`FullSortEvalLoader` for full-ranking evaluation; RecBole's otherwise."""
+    from recbole.data.utils import create_samplers, get_dataloader
+
+    built = dataset.build()
+    samplers = create_samplers(config, dataset, built)
+    if config["device_sampling"] and DeviceTrainDataLoader.supports(config):
+        train_class = DeviceTrainDataLoader
+    else:
+        train_class = get_dataloader(config, "train")
+    loaders = [train_class(config, built[0], samplers[0], shuffle=config["shuffle"])]
+    for phase, part, sampler in (("valid", built[1], samplers[1]), ("test", built[2], samplers[2])):
+        eval_class = get_dataloader(config, phase)
+        if eval_class is FullSortEvalDataLoader:
+            eval_class = FullSortEvalLoader
+        loaders.append(eval_class(config, part, sampler, shuffle=False))
+    return tuple(loaders)
