@@ -128,13 +128,20 @@ def bench_backbone(backbone, dataset, root, args):
               flush=True)
         return model
 
+    parts = args.parts.split(",")
     plain_config = Config(backbone, dataset, config_dict=base)
-    measure("plain", plain_config, lambda: model_class(plain_config, train_data.dataset).to(device))
-    if not with_ckd:
+    if "plain" in parts:
+        measure("plain", plain_config, lambda: model_class(plain_config, train_data.dataset).to(device))
+    if not with_ckd or not {"teacher", "student"} & set(parts):
         return rows
     modality = next(iter(config["modalities"]))
     teacher_config = Config(backbone, dataset, config_dict={**base, "active_modalities": [modality]})
-    teacher = measure("teacher", teacher_config, lambda: model_class(teacher_config, train_data.dataset).to(device))
+    if "teacher" in parts:
+        teacher = measure("teacher", teacher_config, lambda: model_class(teacher_config, train_data.dataset).to(device))
+    else:  # the student only needs a teacher's tables, not its timing
+        teacher = model_class(teacher_config, train_data.dataset).to(device)
+    if "student" not in parts:
+        return rows
 
     def build_student():
         student = MODELS[f"{backbone}_CKD"](config, train_data.dataset).to(device)
@@ -143,10 +150,11 @@ def bench_backbone(backbone, dataset, root, args):
         return student
 
     measure("student", config, build_student)
-    plain = rows["plain"]["train_s_per_epoch"]
-    for label in ("teacher", "student"):
-        rows[label]["train_ratio_to_plain"] = rows[label]["train_s_per_epoch"] / plain
-    print(f"  student / plain epoch: {rows['student']['train_ratio_to_plain']:.2f}x", flush=True)
+    if "plain" in rows:
+        plain = rows["plain"]["train_s_per_epoch"]
+        for row in rows.values():
+            row["train_ratio_to_plain"] = row["train_s_per_epoch"] / plain
+        print(f"  student / plain epoch: {rows['student']['train_ratio_to_plain']:.2f}x", flush=True)
     return rows
 
 
@@ -177,7 +185,7 @@ def write_results(record, base):
             continue
         for label, row in rows.items():
             lines.append(
-                f"| {backbone} | {label} | {row['train_s_per_epoch']:.3f} | {row.get('train_ratio_to_plain', 1.0):.2f} "
+                f"| {backbone} | {label} | {row['train_s_per_epoch']:.3f} | {number(row.get('train_ratio_to_plain'), 2)} "
                 f"| {row['eval_s']:.3f} | {row['peak_host_mib']:.0f} | {number(row['peak_gpu_mib'], 0)} |"
             )
     with open(base + ".md", "w") as f:
@@ -191,6 +199,8 @@ def main(argv=None):
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the shape (default 1.0)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions after one warm-up (median reported)")
     parser.add_argument("--models", default=BACKBONES, help=f"comma-separated backbones (default {BACKBONES})")
+    parser.add_argument("--parts", default="plain,teacher,student",
+                        help="which of plain, teacher, student to measure (default all; ratios need plain)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data_root", default=os.path.join(HERE, ".data"))
     parser.add_argument("--seed", type=int, default=2024)

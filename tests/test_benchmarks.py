@@ -24,3 +24,11 @@ def test_bench_ckd_records_times_memory_and_ratios(tmp_path):
     assert json.loads(json_file.read_text())["machine"]["device"] == "cpu"
     table = json_file.with_suffix(".md").read_text()
     assert "| VBPR | student |" in table and "| BM3 | plain |" in table
+
+
+def test_bench_ckd_measures_only_the_parts_asked_for(tmp_path):
+    record = bench_ckd.main(["--scale", "0.005", "--repeats", "1", "--models", "VBPR", "--parts", "student",
+                             "--device", "cpu", "--data_root", str(tmp_path / "data"), "--output", str(tmp_path / "out")])
+    (row,) = record["results"]["VBPR"].values()
+    assert list(record["results"]["VBPR"]) == ["student"] and "train_ratio_to_plain" not in row
+    assert "| VBPR | student |" in next((tmp_path / "out").glob("*.md")).read_text()
