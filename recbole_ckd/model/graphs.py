@@ -201,14 +201,14 @@ class _EdgeDots(torch.autograd.Function):
 def spmm(graph, x):
     """``graph @ x`` for a sparse COO ``graph``, through :class:`EdgeProduct`.
 
-    The index arrays are built once per graph tensor and kept on it (a graph is a buffer that
-    lives as long as its model, or a per-epoch sample); a graph whose values carry gradient is
-    coalesced and indexed on every call.
+    The index arrays are built once per coalesced graph tensor and kept on it (a graph is a
+    buffer that lives as long as its model, or a per-epoch sample); a graph whose values carry
+    gradient, or an uncoalesced one, is coalesced and indexed on every call.
     """
+    if not graph.is_coalesced():
+        graph = graph.coalesce()
     product = getattr(graph, "_edge_product", None)
     if product is None:
-        if not graph.is_coalesced():
-            graph = graph.coalesce()
         rows, cols = graph.indices()
         product = EdgeProduct(rows, cols, graph.shape[0], graph.shape[1])
         if not graph.requires_grad:
