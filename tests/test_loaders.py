@@ -81,12 +81,15 @@ def test_negatives_are_uniform_over_the_allowed_items(tmp_path):
     assert total == 400 * 5 and chi2 < 36.1  # chi-square, 14 degrees of freedom, p = 0.001
 
 
-def test_no_negatives_for_bm3_and_recboles_loader_when_switched_off(tiny_dataset):
+def test_no_negatives_for_bm3_and_recboles_loader_when_switched_off_or_unsupported(tiny_dataset):
     _, (train, _, _) = loaders(tiny_dataset["root"], model="BM3")
     assert isinstance(train, DeviceTrainDataLoader)
     assert not train.with_negatives and set(epoch(train)[1]) == {"user", "item"}
     assert len(list(train)[0].interaction) == 2
     _, (train, _, _) = loaders(tiny_dataset["root"], device_sampling=False)
+    assert type(train) is TrainDataLoader
+    two_negatives = {"distribution": "uniform", "sample_num": 2, "alpha": 1.0, "dynamic": False, "candidate_num": 0}
+    _, (train, _, _) = loaders(tiny_dataset["root"], train_neg_sample_args=two_negatives)
     assert type(train) is TrainDataLoader
 
 

@@ -1,7 +1,6 @@
 """Fast loaders: training batches built on the device, evaluation batches gathered vectorised.
 
-Training. 
-RecBole's ``TrainDataLoader`` gathers each batch from the dataset in Python, samples its
+Training: RecBole's ``TrainDataLoader`` gathers each batch from the dataset in Python, samples its
 negatives with numpy and copies it to the device: on a GPU at Baby scale that costs about as
 much as the training step itself. :class:`DeviceTrainDataLoader` keeps the training pairs on the
 device, shuffles them with a permutation, draws every negative of the epoch at once (uniform
@@ -11,27 +10,31 @@ training item of their user (a sorted-key ``searchsorted`` test), then yields sl
 The random draws come from the loader's own CPU generator (RecBole's ``generator``, seeded
 from ``seed`` and saved in every checkpoint), so a run is reproducible from its seed and
 resumes bit-identically on the same device. The stream differs from RecBole's numpy sampler:
-``device_sampling: False`` restores RecBole's loader.
+``device_sampling: False`` restores RecBole's loader. Evaluation: :class:`FullSortEvalLoader`.
 """
 
 import torch
 from recbole.data.dataloader.general_dataloader import FullSortEvalDataLoader, TrainDataLoader
 from recbole.data.interaction import Interaction
-from recbole.utils import InputType
+from recbole.utils import InputType, ModelType
 
 MAX_REDRAW_ROUNDS = 1000
 
 
 class DeviceTrainDataLoader(TrainDataLoader):
-    """RecBole's training loader for pairwise models with one uniform negative per pair (or none)."""
+    """RecBole's training loader for general pairwise models with one uniform negative per pair
+    (or none); its batches hold the user, item and negative item fields only."""
 
     @staticmethod
     def supports(config):
-        """True for the setups this loader reproduces: pairwise input, one uniform negative or none."""
-        args = config["train_neg_sample_args"]
-        if args is None or args.get("distribution", "none") == "none" or args.get("sample_num", "none") == "none":
+        """True for the setups this loader reproduces: a general pairwise model, one static uniform
+        negative per pair or none."""
+        if config["MODEL_TYPE"] != ModelType.GENERAL or config["MODEL_INPUT_TYPE"] != InputType.PAIRWISE:
+            return False
+        args = config["train_neg_sample_args"] or {}
+        if args.get("distribution", "none") == "none" or args.get("sample_num", "none") == "none":
             return True
-        return config["MODEL_INPUT_TYPE"] == InputType.PAIRWISE and args["distribution"] == "uniform" and args["sample_num"] == 1
+        return args["distribution"] == "uniform" and args["sample_num"] == 1 and not args.get("dynamic", False)
 
     def __init__(self, config, dataset, sampler, shuffle=False):
         super().__init__(config, dataset, sampler, shuffle=shuffle)
