@@ -139,8 +139,9 @@ class MultimodalRecommender(GeneralRecommender):
         """``({name: d(u, pos, neg)}, joint)`` for every ``{name: masked}`` in ``modes``.
 
         ``joint`` is ``(U[users], I[pos], I[neg])`` of the joint mode (for the L2 term) for
-        the first ``joint_rows`` triples (all when None), or None without a "joint" mode. Backbones whose score is a sum over branches override
-        this to add branch margins instead of building every mode's representations.
+        the first ``joint_rows`` triples (all when None), or None without a "joint" mode.
+        Backbones whose score is a sum over branches override this to add branch margins
+        instead of building every mode's representations.
         """
         reps = self.batch_representations_modes(users, torch.cat([pos, neg]), modes)
         margins, joint = {}, None

@@ -63,6 +63,10 @@ class GRCN(MultimodalRecommender):
       their mean);
     - ``segment_softmax`` shifts by each group's maximum (the reference does not; the softmax is
       the same, and the shift keeps it finite for any input).
+    - every sum over edges and every per-edge dot product is a CSR product
+      (:class:`~recbole_ckd.model.graphs.EdgeProduct`), and a masked modality's refining layer
+      is computed in closed form (:meth:`_refine_masked`): the same values, without
+      ``[edges x dim]`` intermediates.
 
     Masking modality m (spec section 2): m's features are replaced by their mean over items
     (projected once) and m's preferences ``P_m`` by their mean over users, so every item has the
