@@ -8,7 +8,7 @@
 #   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=600)
 # Stages are chosen with STAGES (default "1 2 3 4"); each has its own time limit so the ones
 # before it always report. Results (JSON, markdown, logs) go to $OUT, else benchmarks/results.
-set -u
+set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
 STAGES=${STAGES:-1 2 3 4}
