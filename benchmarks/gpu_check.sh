@@ -1,13 +1,16 @@
 #!/bin/bash
-# Issue 7's GPU measurements in one command, for a session lent a GPU (about 8 minutes on an H200):
+# Issue 7's GPU measurements, for a session lent a GPU (two calls, about 13 minutes of device time):
 #   1. bench_ckd at Baby shape, every backbone, plain / teacher / student (median of 3 epochs),
 #   2. bench_ckd at Clothing shape, every backbone, one timed epoch each (peak GPU memory),
 #   3. bench_ckd at Elec shape, VBPR and FREEDOM students (do they train and evaluate),
 #   4. the whole LATTICE_CKD pipeline at Baby shape (two teachers, the student, early stopping).
-# Prepare here: bash benchmarks/device_wheels.sh. Then, with the device tool:
-#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=600)
-# Stages are chosen with STAGES (default "1 2 3 4"); each has its own time limit so the ones
-# before it always report. Results (JSON, markdown, logs) go to $OUT, else benchmarks/results.
+# Prepare here: bash benchmarks/device_wheels.sh. Then, with the device tool, two calls on the
+# same (warm) machine, since one call may run 600 s:
+#   run(command="STAGES='1 2 4' bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=600)
+#   run(command="STAGES=3 bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=300)
+# Each stage has its own time limit (generating the data included), so the ones before it
+# always report; a stopped stage 4 resumes from its checkpoints when run again on the same
+# machine. Results (JSON, markdown, logs) go to $OUT, else benchmarks/results.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
@@ -21,11 +24,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 bench() { timeout "$1" python3 benchmarks/bench_ckd.py --device cuda --output "$OUT" "${@:2}"; }
 for stage in $STAGES; do
     case $stage in
-        1) bench 170 --shape baby --repeats 3 2>&1 | grep -v Warning > "$OUT/gpu_check-1-baby.log" ;;
+        1) bench 180 --shape baby --repeats 3 2>&1 | grep -v Warning > "$OUT/gpu_check-1-baby.log" ;;
         2) bench 150 --shape clothing --repeats 1 2>&1 | grep -v Warning > "$OUT/gpu_check-2-clothing.log" ;;
-        3) bench 120 --shape elec --repeats 1 --models VBPR,FREEDOM --parts student 2>&1 | grep -v Warning > "$OUT/gpu_check-3-elec.log" ;;
+        3) bench 200 --shape elec --repeats 1 --models VBPR,FREEDOM --parts student 2>&1 | grep -v Warning > "$OUT/gpu_check-3-elec.log" ;;
         4) python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import bench_ckd; bench_ckd.dataset_for('baby', 1.0, 'benchmarks/.data', 2024)"
-           { time timeout 150 python3 run_recbole_ckd.py --model=LATTICE_CKD --dataset=baby-x1-s2024 \
+           { time timeout 240 python3 run_recbole_ckd.py --model=LATTICE_CKD --dataset=baby-x1-s2024 \
                  --data_path=benchmarks/.data --checkpoint_dir=/tmp/gpu-saved --show_progress=False ; } \
                > "$OUT/gpu_check-4-lattice-pipeline.log" 2>&1 ;;
     esac
