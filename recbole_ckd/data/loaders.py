@@ -47,9 +47,6 @@ class DeviceTrainDataLoader(TrainDataLoader):
         # every training (user, item) pair as one sorted key: a negative must not be among them
         self.used_keys = torch.unique(users * self.n_items + items).to(self.device)
 
-    def __len__(self):
-        return (len(self.users) + self.step - 1) // self.step
-
     def __iter__(self):
         n = len(self.users)
         if self.shuffle:
