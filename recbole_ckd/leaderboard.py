@@ -103,7 +103,12 @@ def _write_json(record, path):
 
 
 def run_cells(dataset, models, seeds, output, config_files=None, config_dict=None, tuned=None, log=None):
-    """Every (model, seed) result, from the cache where present; returns ``{model: [records]}``."""
+    """Every (model, seed) result, from the cache where present; returns ``{model: [records]}``.
+
+    A cached cell is reused only while it still describes what a run would compute now: its run
+    key (every resolved config key, properties files included, and the dataset files' digests)
+    must equal the current one; otherwise the cell is stale and runs again.
+    """
     from recbole_ckd.quick_start import run
 
     log = log or (lambda message: print(message, flush=True))
@@ -115,16 +120,45 @@ def run_cells(dataset, models, seeds, output, config_files=None, config_dict=Non
             settings = {**(config_dict or {}), "seed": seed, "show_progress": False}
             path = os.path.join(output, dataset, "cells", f"{model}-seed{seed}-{cell_key(model, dataset, seed, files, settings)}.json")
             done += 1
-            if os.path.isfile(path):
-                with open(path) as f:
-                    record = json.load(f)
-                log(f"[{done}/{total}] {model} seed {seed}: cached ({path})")
-            else:
+            record = _cached_cell(path, model, dataset, files, settings, log, f"[{done}/{total}] {model} seed {seed}")
+            if record is None:
                 log(f"[{done}/{total}] {model} seed {seed}: running ...")
                 record = run(model, dataset, files or None, settings)
                 _write_json(record, path)
             cells.setdefault(model, []).append(record)
     return cells
+
+
+def _cached_cell(path, model, dataset, config_files, settings, log, label):
+    """The cell at ``path`` if it exists and its run key is the current one, else None."""
+    from recbole_ckd.config import Config
+    from recbole_ckd.trainer import config_key
+
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        record = json.load(f)
+    current = config_key(Config(model, dataset, config_files or None, settings))[:RUN_KEY_LENGTH]
+    recorded = recorded_run_key(record)
+    if recorded == current:
+        log(f"{label}: cached ({path})")
+        return record
+    log(f"{label}: stale cache ({path}: run key {recorded}, now {current}: the properties, the config or the "
+        "dataset files changed since); running it again")
+    return None
+
+
+RUN_KEY_LENGTH = 12  # as in checkpoint folder names
+
+
+def recorded_run_key(record):
+    """The run key of a cell; cells written before they stored it carry it in their checkpoint
+    folder's name (``<model>-<key>``)."""
+    if record.get("run_key"):
+        return record["run_key"][:RUN_KEY_LENGTH]
+    if record.get("checkpoint"):
+        return os.path.basename(os.path.dirname(record["checkpoint"])).rsplit("-", 1)[-1]
+    return None
 
 
 # ----------------------------------------------------------------------------- tables
@@ -283,6 +317,7 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
              f"- Selection: validation {first['valid_metric']} every {rule['eval_step']} epoch(s), stop after "
              f"{rule['stopping_step']} + 1 validations without improvement (RecBole's rule); test reported at "
              "the selected epoch.",
+             f"- Code: {_code_versions(cells)}.",
              "- Counterfactual masking: a masked modality's item features are replaced by their mean over items and its "
              "user-side parameters by their mean over users; item-item graph terms of a masked modality are dropped.",
              "", "## Dataset statistics", "", stats["table"], "", "## Properties used", "",
@@ -317,6 +352,18 @@ PROTOCOL_TEXT = {
     "train": "training items removed from every ranking (MMRec's and the CKD reference's protocol)",
     "train_valid": "training and validation items removed from test rankings (RecBole's protocol)",
 }
+
+
+def _code_versions(cells):
+    """The plugin versions (and commits) that computed the cells, for the page's provenance line."""
+    versions = {}
+    for records in cells.values():
+        for record in records:
+            code = record.get("code")
+            label = "not recorded (cells written before it was)" if not code else \
+                f"recbole-ckd {code['recbole_ckd']}" + (f" at commit {code['commit']}" if code.get("commit") else "")
+            versions[label] = versions.get(label, 0) + 1
+    return "; ".join(f"{label} ({count} cells)" for label, count in sorted(versions.items()))
 
 
 def _dataset_statistics(record, dataset):

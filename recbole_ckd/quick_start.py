@@ -1,5 +1,7 @@
 """One training run through RecBole's machinery, and its report."""
 
+import os
+import subprocess
 from logging import getLogger
 
 from recbole.utils import init_logger, init_seed, set_color
@@ -7,6 +9,7 @@ from recbole.utils import init_logger, init_seed, set_color
 from recbole_ckd.config import Config
 from recbole_ckd.data.dataset import data_preparation
 from recbole_ckd.registry import create_dataset, get_model, get_trainer
+from recbole_ckd.trainer import config_key
 
 PROTOCOLS = {
     "train": "full ranking; training items masked at validation and test (MMRec, CKD reference)",
@@ -72,6 +75,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         "valid_result": {k: float(v) for k, v in (best_valid_result or {}).items()},
         "test_result": {k: float(v) for k, v in (test_result or {}).items()},
         "checkpoint": trainer.saved_model_file if saved else None,
+        "run_key": config_key(config),
+        "code": code_version(),
         "dataset_statistics": dataset_statistics(train_data, valid_data, test_data),
     }
     if hasattr(trainer, "epoch_stats"):
@@ -80,6 +85,25 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     if evaluate_test and hasattr(trainer, "mode_results"):  # each modality alone; CKD: and each teacher
         result["modes"] = trainer.mode_results(valid_data, test_data, load_best_model=saved)
     return result
+
+
+def code_version():
+    """The plugin's version and, in a git checkout, its commit (``+dirty``: uncommitted changes to the
+    code or the properties)."""
+    import recbole_ckd
+
+    version = {"recbole_ckd": recbole_ckd.__version__, "commit": None}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(recbole_ckd.__file__)))
+    if os.path.isdir(os.path.join(root, ".git")):
+        try:
+            git = ["git", "-C", root]
+            commit = subprocess.run(git + ["rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True)
+            dirty = subprocess.run(git + ["status", "--porcelain", "--", "recbole_ckd", "properties"],
+                                   capture_output=True, text=True)
+            version["commit"] = commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+        except (OSError, subprocess.CalledProcessError):
+            pass  # no git on this machine: the version alone
+    return version
 
 
 def dataset_statistics(train_data, valid_data, test_data):

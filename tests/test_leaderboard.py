@@ -70,7 +70,7 @@ def test_page_and_plots_render(tmp_path):
     }
     page = lb.write_page("baby", cells, str(tmp_path))
     text = open(page).read()
-    for part in ("## Experimental setting", "## Dataset statistics", "## Properties used", "## Results (test)",
+    for part in ("Code: not recorded (cells written before it was) (2 cells)", "## Experimental setting", "## Dataset statistics", "## Properties used", "## Results (test)",
                  "## CKD against its backbone", "MMRec public leaderboard", "![modalities](baby-modalities.png)",
                  "![weights](baby-weights.png)", "train 7, valid 1, test 1", "kd_weight"):
         assert part in text, part
@@ -96,6 +96,45 @@ def test_cells_are_cached_and_only_missing_ones_run(tiny_dataset, tmp_path, monk
     assert again["BPR"][0]["test_result"] == first["BPR"][0]["test_result"]
     page = lb.write_page("tiny", again, out)
     assert "| BPR |" in open(page).read() and os.path.isfile(os.path.join(out, "tiny-modalities.png")) is False
+
+
+def test_a_cell_is_rerun_when_its_data_or_properties_changed(tiny_dataset, tmp_path, monkeypatch):
+    settings = {**FAST, "data_path": tiny_dataset["root"], "checkpoint_dir": str(tmp_path / "saved"), "epochs": 1}
+    out = str(tmp_path / "results")
+    (first,) = lb.run_cells("tiny", ["BPR"], [1], out, config_dict=settings, log=lambda *a: None)["BPR"]
+    assert first["run_key"][: lb.RUN_KEY_LENGTH] == os.path.basename(os.path.dirname(first["checkpoint"])).split("-")[-1]
+    assert first["code"]["recbole_ckd"] == __import__("recbole_ckd").__version__
+
+    import recbole_ckd.quick_start as qs
+
+    calls, messages = [], []
+    real_run = qs.run
+    monkeypatch.setattr(qs, "run", lambda *a, **k: calls.append(a[0]) or real_run(*a, **k))
+    (cell_file,) = (tmp_path / "results" / "tiny" / "cells").glob("BPR-seed1-*.json")
+    legacy = {k: v for k, v in first.items() if k != "run_key"}  # written before cells stored their key
+    cell_file.write_text(__import__("json").dumps(legacy))
+    lb.run_cells("tiny", ["BPR"], [1], out, config_dict=settings, log=messages.append)
+    assert calls == [] and "cached" in messages[-1]  # the key read from the checkpoint folder's name
+
+    inter = os.path.join(tiny_dataset["path"], "tiny.inter")
+    lines = open(inter).read().splitlines()
+    with open(inter, "w") as f:  # the dataset changed under the cached cell: one interaction fewer
+        f.write("\n".join(lines[:-1]) + "\n")
+    (again,) = lb.run_cells("tiny", ["BPR"], [1], out, config_dict=settings, log=messages.append)["BPR"]
+    assert calls == ["BPR"] and any("stale cache" in m for m in messages)
+    assert again["run_key"] != first["run_key"]
+
+    import shutil
+
+    import recbole_ckd.config
+
+    properties = tmp_path / "properties"  # a user edits a model's defaults
+    shutil.copytree(recbole_ckd.config.properties_dir(), properties)
+    with open(properties / "model" / "BPR.yaml", "a") as f:
+        f.write("\nembedding_size: 32\n")
+    monkeypatch.setattr(recbole_ckd.config, "properties_dir", lambda: properties)
+    (edited,) = lb.run_cells("tiny", ["BPR"], [1], out, config_dict=settings, log=messages.append)["BPR"]
+    assert calls == ["BPR", "BPR"] and edited["run_key"] != again["run_key"]
 
 
 def test_leaderboard_command_end_to_end(tiny_dataset, tmp_path):
