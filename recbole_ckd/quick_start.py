@@ -76,7 +76,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         "test_result": {k: float(v) for k, v in (test_result or {}).items()},
         "checkpoint": trainer.saved_model_file if saved else None,
         "run_key": config_key(config),
-        "code": code_version(),
+        "code": CODE_VERSION,
         "dataset_statistics": dataset_statistics(train_data, valid_data, test_data),
     }
     if hasattr(trainer, "epoch_stats"):
@@ -104,6 +104,11 @@ def code_version():
         except (OSError, subprocess.CalledProcessError):
             pass  # no git on this machine: the version alone
     return version
+
+
+# read once, when the code is imported: a long process (a leaderboard) keeps running the code it
+# imported even if the checkout changes under it
+CODE_VERSION = code_version()
 
 
 def dataset_statistics(train_data, valid_data, test_data):

@@ -309,6 +309,25 @@ def test_shared_mode_computation_equals_one_mode_at_a_time(tiny_dataset, model):
         torch.testing.assert_close(fast[name], generic[name], rtol=1e-5, atol=1e-5)
 
 
+def test_vbpr_projects_a_batch_the_same_whether_it_gathers_rows_or_projects_every_item(tiny_dataset, monkeypatch):
+    from recbole_ckd.model.backbones import vbpr
+
+    _, train, student, _ = build_student(tiny_dataset["root"], "VBPR_CKD")
+    batch = next(iter(train))
+    results = []
+    for fraction in (0.0, 1.0):  # every batch projects all items / every batch gathers its rows first
+        monkeypatch.setattr(vbpr, "PROJECT_ALL_FRACTION", fraction)
+        student.zero_grad()
+        margins, joint = student.triple_margins(batch["userID"], batch["itemID"], batch["neg_itemID"], student.modes())
+        sum(m.sum() for m in margins.values()).backward()
+        results.append((margins, joint, [p.grad.clone() for p in student.projection.parameters()]))
+    (margins_a, joint_a, grads_a), (margins_b, joint_b, grads_b) = results
+    for name in margins_a:
+        torch.testing.assert_close(margins_a[name], margins_b[name])
+    for a, b in zip(list(joint_a) + grads_a, list(joint_b) + grads_b):
+        torch.testing.assert_close(a, b)
+
+
 def test_a_student_whose_scores_ignore_a_modality_is_refused(tiny_dataset):
     from recbole_ckd.model import VBPR
     from recbole_ckd.model.ckd import make_ckd_model
