@@ -10,6 +10,7 @@ so on the pinned stack (numpy 1.26, scipy < 1.13, torch < 2.6) it is a no-op.
 | torch >= 2.6 | ``torch.load`` of RecBole's pickled checkpoints (``weights_only``) | :func:`save_checkpoint` / :func:`load_checkpoint`: tensors and plain metadata, loaded with ``weights_only=True``; the plugin's trainers use them for every model, RecBole's included |
 | ``Config`` reads ``sys.argv`` | breaks inside Ray workers and in library use | :class:`recbole_ckd.config.Config` takes the command line as an argument (``cmd_args``); ``None`` means no command line |
 | pandas 3 | RecBole's NaN filling silently does nothing | the multimodal dataset validates its inputs instead of relying on it |
+| pandas >= 2.2, torch >= 2.4 | every run prints FutureWarnings from RecBole's own code (chained ``fillna(inplace=True)``, ``torch.cuda.amp.GradScaler``) that its users cannot act on | those FutureWarnings, raised in RecBole's modules only, are not shown |
 """
 
 import os
@@ -51,10 +52,15 @@ def _patch_scipy():
         sp.dok_matrix._update = _dok_update
 
 
+def _quiet_recbole_future_warnings():
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
+
+
 def apply():
     """Apply every guarded patch; safe to call any number of times."""
     _patch_numpy()
     _patch_scipy()
+    _quiet_recbole_future_warnings()
 
 
 class CheckpointError(RuntimeError):

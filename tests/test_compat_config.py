@@ -27,6 +27,19 @@ def test_numpy_aliases_are_restored_when_missing(monkeypatch):
     assert np.float_ is np.float64 and np.unicode_ is np.str_
 
 
+def test_future_warnings_from_recbole_are_hidden_and_others_are_not():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()
+        warnings.simplefilter("always")
+        compat.apply()
+        for module in ("recbole.data.dataset.dataset", "recbole.trainer.trainer", "recbole_ckd.model", "pandas"):
+            warnings.warn_explicit("deprecated", FutureWarning, "file.py", 1, module=module)
+        warnings.warn_explicit("other", UserWarning, "file.py", 1, module="recbole.trainer.trainer")
+    assert sorted(str(w.message) for w in caught) == ["deprecated", "deprecated", "other"]
+
+
 def test_numpy_patch_is_a_no_op_where_names_exist(monkeypatch):
     sentinel = object()
     monkeypatch.setattr(np, "complex_", sentinel)
