@@ -360,7 +360,7 @@ def _code_versions(cells):
     for records in cells.values():
         for record in records:
             code = record.get("code")
-            label = "not recorded (cells written before it was)" if not code else \
+            label = "not recorded by cells older than that record" if not code else \
                 f"recbole-ckd {code['recbole_ckd']}" + (f" at commit {code['commit']}" if code.get("commit") else "")
             versions[label] = versions.get(label, 0) + 1
     return "; ".join(f"{label} ({count} cells)" for label, count in sorted(versions.items()))

@@ -70,7 +70,8 @@ def test_page_and_plots_render(tmp_path):
     }
     page = lb.write_page("baby", cells, str(tmp_path))
     text = open(page).read()
-    for part in ("Code: not recorded (cells written before it was) (2 cells)", "## Experimental setting", "## Dataset statistics", "## Properties used", "## Results (test)",
+    for part in ("Code: not recorded by cells older than that record (2 cells)",
+                 "## Experimental setting", "## Dataset statistics", "## Properties used", "## Results (test)",
                  "## CKD against its backbone", "MMRec public leaderboard", "![modalities](baby-modalities.png)",
                  "![weights](baby-weights.png)", "train 7, valid 1, test 1", "kd_weight"):
         assert part in text, part
