@@ -10,7 +10,7 @@ values next to their ranges, and diagnostic plots.
 """
 
 import csv
-import hashlib
+import glob
 import json
 import math
 import os
@@ -82,17 +82,6 @@ def paired_t_test(a, b):
 
 
 # ----------------------------------------------------------------------------- cells
-def cell_key(model, dataset, seed, config_files, config_dict):
-    text = json.dumps([model, dataset, seed, [_file_text(f) for f in config_files or []], config_dict],
-                      sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _file_text(path):
-    with open(path, "r", encoding="utf-8") as f:
-        return f.read()
-
-
 def _write_json(record, path):
     """Atomic: a cell file is either complete or absent."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -105,47 +94,53 @@ def _write_json(record, path):
 def run_cells(dataset, models, seeds, output, config_files=None, config_dict=None, tuned=None, log=None):
     """Every (model, seed) result, from the cache where present; returns ``{model: [records]}``.
 
-    A cached cell is reused only while it still describes what a run would compute now: its run
-    key (every resolved config key, properties files included, and the dataset files' digests)
-    must equal the current one; otherwise the cell is stale and runs again.
+    A cell is cached as ``<model>-seed<seed>-<run key>.json``, the run key being the digest of
+    everything that determines the run (every resolved config key, properties files included,
+    and the dataset files' contents; not runtime flags such as paths or logging). A cell is
+    reused only while its run key is the one the current config and data resolve to; after an
+    edit the cached cell is stale and the run happens again.
     """
+    from recbole_ckd.config import Config
     from recbole_ckd.quick_start import run
+    from recbole_ckd.trainer import config_key
 
     log = log or (lambda message: print(message, flush=True))
+    cell_dir = os.path.join(output, dataset, "cells")
     cells = {}
     total, done = len(models) * len(seeds), 0
     for model in models:
         files = list(config_files or []) + ([tuned[model]] if tuned and model in tuned else [])
         for seed in seeds:
             settings = {**(config_dict or {}), "seed": seed, "show_progress": False}
-            path = os.path.join(output, dataset, "cells", f"{model}-seed{seed}-{cell_key(model, dataset, seed, files, settings)}.json")
+            key = config_key(Config(model, dataset, files or None, settings))[:RUN_KEY_LENGTH]
             done += 1
-            record = _cached_cell(path, model, dataset, files, settings, log, f"[{done}/{total}] {model} seed {seed}")
-            if record is None:
-                log(f"[{done}/{total}] {model} seed {seed}: running ...")
+            label = f"[{done}/{total}] {model} seed {seed}"
+            path, record, stale = _find_cell(cell_dir, model, seed, key)
+            if record is not None:
+                log(f"{label}: cached ({path})")
+            else:
+                if stale:
+                    log(f"{label}: {len(stale)} cached cell(s) computed under another config or data "
+                        f"(run keys {', '.join(stale)}; now {key}): the properties, the config or the dataset changed")
+                log(f"{label}: running ...")
                 record = run(model, dataset, files or None, settings)
-                _write_json(record, path)
+                _write_json(record, os.path.join(cell_dir, f"{model}-seed{seed}-{recorded_run_key(record)}.json"))
             cells.setdefault(model, []).append(record)
     return cells
 
 
-def _cached_cell(path, model, dataset, config_files, settings, log, label):
-    """The cell at ``path`` if it exists and its run key is the current one, else None."""
-    from recbole_ckd.config import Config
-    from recbole_ckd.trainer import config_key
-
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        record = json.load(f)
-    current = config_key(Config(model, dataset, config_files or None, settings))[:RUN_KEY_LENGTH]
-    recorded = recorded_run_key(record)
-    if recorded == current:
-        log(f"{label}: cached ({path})")
-        return record
-    log(f"{label}: stale cache ({path}: run key {recorded}, now {current}: the properties, the config or the "
-        "dataset files changed since); running it again")
-    return None
+def _find_cell(cell_dir, model, seed, key):
+    """``(path, record, stale keys)``: the cached cell of ``model`` and ``seed`` whose run key is
+    ``key`` (record None if there is none) and the run keys of the other cells of that pair."""
+    stale = []
+    for path in sorted(glob.glob(os.path.join(glob.escape(cell_dir), f"{model}-seed{seed}-*.json"))):
+        with open(path) as f:
+            record = json.load(f)
+        recorded = recorded_run_key(record)
+        if recorded == key:
+            return path, record, stale
+        stale.append(str(recorded))
+    return None, None, stale
 
 
 RUN_KEY_LENGTH = 12  # as in checkpoint folder names
@@ -366,12 +361,20 @@ def _code_versions(cells):
     return "; ".join(f"{label} ({count} cells)" for label, count in sorted(versions.items()))
 
 
+STATISTICS_ORDER = ["users", "items", "interactions", "density", "train", "valid", "test"]
+
+
+def _in_order(items):
+    """Statistics in a fixed order (a cell read back from JSON has its keys sorted), others last."""
+    return sorted(items, key=lambda kv: (STATISTICS_ORDER.index(kv[0]) if kv[0] in STATISTICS_ORDER else 99, kv[0]))
+
+
 def _dataset_statistics(record, dataset):
     stats = record.get("dataset_statistics") or {}
-    rows = [("dataset", dataset)] + [(k, v) for k, v in stats.items() if k != "split"]
+    rows = [("dataset", dataset)] + _in_order((k, v) for k, v in stats.items() if k != "split")
     table = "| statistic | value |\n| --- | --- |\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     split = stats.get("split")
-    split = ", ".join(f"{k} {v}" for k, v in split.items()) if split else "as configured"
+    split = ", ".join(f"{k} {v}" for k, v in _in_order(split.items())) if split else "as configured"
     return {"table": table, "split": split}
 
 

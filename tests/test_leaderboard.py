@@ -112,9 +112,12 @@ def test_a_cell_is_rerun_when_its_data_or_properties_changed(tiny_dataset, tmp_p
     real_run = qs.run
     monkeypatch.setattr(qs, "run", lambda *a, **k: calls.append(a[0]) or real_run(*a, **k))
     (cell_file,) = (tmp_path / "results" / "tiny" / "cells").glob("BPR-seed1-*.json")
+    assert cell_file.name == f"BPR-seed1-{first['run_key'][: lb.RUN_KEY_LENGTH]}.json"
     legacy = {k: v for k, v in first.items() if k != "run_key"}  # written before cells stored their key
-    cell_file.write_text(__import__("json").dumps(legacy))
-    lb.run_cells("tiny", ["BPR"], [1], out, config_dict=settings, log=messages.append)
+    cell_file.rename(cell_file.with_name("BPR-seed1-0123456789ab.json"))  # and named by the command line
+    cell_file.with_name("BPR-seed1-0123456789ab.json").write_text(__import__("json").dumps(legacy))
+    runtime_only = {**settings, "state": "ERROR", "checkpoint_dir": str(tmp_path / "elsewhere")}  # not part of a run
+    lb.run_cells("tiny", ["BPR"], [1], out, config_dict=runtime_only, log=messages.append)
     assert calls == [] and "cached" in messages[-1]  # the key read from the checkpoint folder's name
 
     inter = os.path.join(tiny_dataset["path"], "tiny.inter")
@@ -122,7 +125,7 @@ def test_a_cell_is_rerun_when_its_data_or_properties_changed(tiny_dataset, tmp_p
     with open(inter, "w") as f:  # the dataset changed under the cached cell: one interaction fewer
         f.write("\n".join(lines[:-1]) + "\n")
     (again,) = lb.run_cells("tiny", ["BPR"], [1], out, config_dict=settings, log=messages.append)["BPR"]
-    assert calls == ["BPR"] and any("stale cache" in m for m in messages)
+    assert calls == ["BPR"] and any("computed under another config or data" in m for m in messages)
     assert again["run_key"] != first["run_key"]
 
     import shutil
