@@ -18,6 +18,8 @@ import tempfile
 
 import yaml
 
+from recbole_ckd.trainer import RUN_KEY_LENGTH
+
 TABLE_METRICS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "precision@20"]
 
 # MMRec's public leaderboard (evaluation/README.md of the MMRec repository): random per-user
@@ -141,9 +143,6 @@ def _find_cell(cell_dir, model, seed, key):
             return path, record, stale
         stale.append(str(recorded))
     return None, None, stale
-
-
-RUN_KEY_LENGTH = 12  # as in checkpoint folder names
 
 
 def recorded_run_key(record):

@@ -72,9 +72,13 @@ def file_lock(path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+RUN_KEY_LENGTH = 12  # hex digits of config_key in checkpoint folder and leaderboard cell names
+
+
 def default_run_dir(config):
     """Where a run with this config keeps its checkpoints: the same config finds them again."""
-    return os.path.join(config["checkpoint_dir"], str(config["dataset"]), f"{config['model']}-{config_key(config)[:12]}")
+    name = f"{config['model']}-{config_key(config)[:RUN_KEY_LENGTH]}"
+    return os.path.join(config["checkpoint_dir"], str(config["dataset"]), name)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -367,7 +371,7 @@ class CKDTrainer(ResumableTrainer):
         config = self.teacher_config(modality)
         key = config_key(config, exclude=CKD_KEYS | EVALUATION_KEYS)
         run_dir = os.path.join(
-            config["checkpoint_dir"], str(config["dataset"]), "teachers", f"{config['model']}-{modality}-{key[:12]}"
+            config["checkpoint_dir"], str(config["dataset"]), "teachers", f"{config['model']}-{modality}-{key[:RUN_KEY_LENGTH]}"
         )
         with file_lock(run_dir + ".lock"):  # concurrent sweep trials train a teacher once
             if self.config["retrain_teachers"] and os.path.isdir(run_dir):
