@@ -179,7 +179,7 @@ def test_epoch_statistics_report_the_weights(tiny_dataset):
     for batch in train:
         student.calculate_loss(batch)
     stats = student.pop_epoch_stats()
-    assert set(stats) == {"bpr", "specific", "generic", "loss", "r_v_mean", "r_v_std", "r_t_mean", "r_t_std"}
+    assert set(stats) == {"bpr", "l2", "distill", "specific", "generic", "loss", "r_v_mean", "r_v_std", "r_t_mean", "r_t_std"}
     assert stats["r_v_mean"] + stats["r_t_mean"] == pytest.approx(2.0, rel=1e-5)
     assert stats["r_v_std"] == pytest.approx(stats["r_t_std"], rel=1e-4)  # r_t = 2 - r_v
     assert student.pop_epoch_stats() == {}
@@ -285,7 +285,7 @@ def test_non_finite_loss_stops_with_epoch_term_and_checkpoint(tiny_dataset, tmp_
 
     real = ckd.specific_distillation
     monkeypatch.setattr(ckd, "specific_distillation", lambda t, s: real(t, s) * float("nan"))
-    with pytest.raises(NonFiniteLossError, match=r"epoch 0 \(bad term: specific, loss\). Last good checkpoint"):
+    with pytest.raises(NonFiniteLossError, match=r"epoch 0 \(bad term: distill, loss, specific\). Last good checkpoint"):
         run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path))
 
 
@@ -296,7 +296,7 @@ def test_shared_mode_computation_equals_one_mode_at_a_time(tiny_dataset, model):
     config, train, student, _ = build_student(tiny_dataset["root"], model)
     batch = next(iter(train))
     u, i, j = batch["userID"], batch["itemID"], batch["neg_itemID"]
-    fast, joint = student.triple_margins(u, i, j, student.modes())
+    fast, joint, _ = student.triple_margins(u, i, j, student.modes())
     for name, masked in student.modes().items():
         users, items = student.forward(masked)
         reference = (users[u] * (items[i] - items[j])).sum(-1)
@@ -304,7 +304,7 @@ def test_shared_mode_computation_equals_one_mode_at_a_time(tiny_dataset, model):
         if name == "joint":
             for got, expected in zip(joint, (users[u], items[i], items[j])):
                 torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    generic, _ = MultimodalRecommender.triple_margins(student, u, i, j, student.modes())
+    generic = MultimodalRecommender.triple_margins(student, u, i, j, student.modes()).margins
     for name in fast:
         torch.testing.assert_close(fast[name], generic[name], rtol=1e-5, atol=1e-5)
 
@@ -318,7 +318,7 @@ def test_vbpr_projects_a_batch_the_same_whether_it_gathers_rows_or_projects_ever
     for fraction in (0.0, 1.0):  # every batch projects all items / every batch gathers its rows first
         monkeypatch.setattr(vbpr, "PROJECT_ALL_FRACTION", fraction)
         student.zero_grad()
-        margins, joint = student.triple_margins(batch["userID"], batch["itemID"], batch["neg_itemID"], student.modes())
+        margins, joint, _ = student.triple_margins(batch["userID"], batch["itemID"], batch["neg_itemID"], student.modes())
         sum(m.sum() for m in margins.values()).backward()
         results.append((margins, joint, [p.grad.clone() for p in student.projection.parameters()]))
     (margins_a, joint_a, grads_a), (margins_b, joint_b, grads_b) = results

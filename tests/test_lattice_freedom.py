@@ -225,8 +225,8 @@ def test_ckd_students_accept_both_backbones(tiny_dataset, tmp_path):
     for name in ("LATTICE_CKD", "FREEDOM_CKD"):
         _, _, student = build(name, tiny_dataset["root"], tmp_path)  # its check that masking changes scores passes
         assert student.is_ckd_student
-    # FREEDOM's student has no auxiliary terms, hence no projections and no feature tables
-    assert not hasattr(student, "projection") and not hasattr(student, "feature_table")
+    # FREEDOM's student keeps its backbone's modality BPR terms: projections and fine-tuned features
+    assert set(student.projection) == set(student.feature_table) == {"v", "t"}
 
 
 # ----------------------------------------------------------------------------- LATTICE's learned graph

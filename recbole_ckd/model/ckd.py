@@ -1,20 +1,21 @@
 """The CKD student: any backbone with ``forward(masked)`` plus counterfactual distillation.
 
-Spec section 4. One generic mixin; ``<Backbone>_CKD`` classes are derived from it by
-:func:`make_ckd_model`, so no backbone carries a copy of the CKD code.
+The student's loss is its backbone's whole objective (``objective``, the same method the plain
+backbone trains with) plus ``kd_weight`` times the distillation term; nothing is removed. One
+generic mixin; ``<Backbone>_CKD`` classes are derived from it by :func:`make_ckd_model`, so no
+backbone carries a copy of the CKD code. The method is described in ``docs/method.md``.
 """
 
 import torch
 import torch.nn.functional as F
 
+from recbole_ckd.model.multimodal import EpochStats, TrainingPass
+from recbole_ckd.model.multimodal import margin as margins
+
 EPS = 1e-8
 
 
 # ----------------------------------------------------------------------------- loss pieces
-def margins(user_reps, pos_reps, neg_reps):
-    """``d(u, a, b) = <U[u], I[a]> - <U[u], I[b]>`` per row."""
-    return (user_reps * (pos_reps - neg_reps)).sum(dim=-1)
-
 
 def specific_distillation(teacher_margin, student_margin):
     """One-sided hinge: the teacher's margin is a floor the student may exceed (per triple)."""
@@ -80,8 +81,7 @@ class CKDStudentMixin:
         train_users = torch.unique(dataset.inter_feat[dataset.uid_field])
         self.register_buffer("_train_users", train_users, persistent=False)
         self.teacher_tables = {}
-        self.last_loss_terms = {}
-        self._stats = {}
+        self.weight_stats = EpochStats()
 
     @classmethod
     def config_names(cls):
@@ -132,20 +132,23 @@ class CKDStudentMixin:
         return f"without_{m}"
 
     def calculate_loss(self, interaction):
+        if self.kd_weight == 0:  # exactly the backbone: no distillation, no extra random draws
+            return super().calculate_loss(interaction)
         if not self.teacher_tables:
             raise RuntimeError("The CKD student has no teachers: train it with CKDTrainer.")
         users = interaction[self.USER_ID]
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
         batch = len(users)
         g_users, g_a, g_b = self.generic_triples()
-        # one call for the BPR triples and the generic triples, every mode at once
-        margin, joint = self.triple_margins(
+        # one forward for the BPR triples and the generic triples, every mode at once; the
+        # backbone's objective reads its joint part
+        step = self.triple_margins(
             torch.cat([users, g_users]), torch.cat([pos, g_a]), torch.cat([neg, g_b]), self.modes(), joint_rows=batch
         )
-        batch_margin = {name: d[:batch] for name, d in margin.items()}
-        gen_margin = {name: d[batch:] for name, d in margin.items()}
+        batch_margin = {name: d[:batch] for name, d in step.margins.items()}
+        gen_margin = {name: d[batch:] for name, d in step.margins.items()}
+        terms = self.objective(interaction, TrainingPass(batch_margin, step.joint, step.memo))
 
-        bpr = self.bpr_loss(*joint)
         effects, specific, generic = [], [], []
         for m in self.modalities:
             t_users, t_items = self.teacher_tables[m]
@@ -158,10 +161,14 @@ class CKDStudentMixin:
         weights = modality_weights(torch.stack(effects))  # [M, B], no gradient
         specific, generic = torch.stack(specific), torch.stack(generic)  # [M, B], [M]
         distill = (weights * (specific + self.gd_weight * generic[:, None])).sum(dim=0).mean()
-        loss = bpr + self.kd_weight * distill
-
-        self.last_loss_terms = {"bpr": bpr, "specific": specific.mean(dim=1).sum(), "generic": generic.sum(), "loss": loss}
-        self._accumulate(weights)
+        terms["distill"] = self.kd_weight * distill
+        loss = self.sum_terms(terms)
+        # diagnostics, not loss terms: the unweighted pieces (named in a NaN report too) and the weights r_m
+        pieces = {"specific": specific.mean(dim=1).sum(), "generic": generic.sum()}
+        self.last_loss_terms.update({name: value.detach() for name, value in pieces.items()})
+        for k, m in enumerate(self.modalities):
+            pieces[f"r_{m}_sum"], pieces[f"r_{m}_sq"] = weights[k].sum(), weights[k].pow(2).sum()
+        self.weight_stats.add({**pieces, "triples": batch})
         return loss
 
     def generic_triples(self):
@@ -177,27 +184,17 @@ class CKDStudentMixin:
         return users, items[0], items[1]
 
     # ------------------------------------------------------------------ epoch statistics
-    def _accumulate(self, weights):
-        """Sums on the device; read once per epoch, so no per-step synchronisation."""
-        stats = self._stats
-        for name, value in self.last_loss_terms.items():
-            stats[name] = stats.get(name, 0) + value.detach()
-        stats["steps"] = stats.get("steps", 0) + 1
-        for k, m in enumerate(self.modalities):
-            stats[f"r_{m}_sum"] = stats.get(f"r_{m}_sum", 0) + weights[k].sum()
-            stats[f"r_{m}_sq"] = stats.get(f"r_{m}_sq", 0) + weights[k].pow(2).sum()
-        stats["triples"] = stats.get("triples", 0) + weights.shape[1]
-
     def pop_epoch_stats(self):
-        """Mean loss terms per step and mean / standard deviation of each r_m over the epoch."""
-        stats, self._stats = self._stats, {}
-        if not stats:
-            return {}
-        steps, triples = stats["steps"], stats["triples"]
-        result = {name: float(stats[name]) / steps for name in self.last_loss_terms}
+        """Mean loss terms per step, the unweighted specific and generic terms, and the mean and
+        standard deviation of each r_m over the epoch's triples."""
+        result = super().pop_epoch_stats()
+        means = self.weight_stats.pop()  # per-step means: ratios of them are ratios of totals
+        if not means:
+            return result
+        result["specific"], result["generic"] = means["specific"], means["generic"]
         for m in self.modalities:
-            mean = float(stats[f"r_{m}_sum"]) / triples
-            var = max(float(stats[f"r_{m}_sq"]) / triples - mean**2, 0.0)
+            mean = means[f"r_{m}_sum"] / means["triples"]
+            var = max(means[f"r_{m}_sq"] / means["triples"] - mean**2, 0.0)
             result[f"r_{m}_mean"] = mean
             result[f"r_{m}_std"] = var**0.5
         return result

@@ -1,6 +1,7 @@
 """Base class of every multimodal backbone: features on the device, masking, scoring."""
 
 import contextlib
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -8,7 +9,52 @@ from torch import nn
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 
+from recbole_ckd.model import graphs
 from recbole_ckd.model.graphs import spmm
+
+
+def margin(user_reps, pos_reps, neg_reps):
+    """``d(u, a, b) = <U[u], I[a]> - <U[u], I[b]>`` per row."""
+    return (user_reps * (pos_reps - neg_reps)).sum(dim=-1)
+
+
+def bpr(margins):
+    """``mean(-log sigmoid(d))`` over the triples."""
+    return -F.logsigmoid(margins).mean()
+
+
+def l2_per_triple(user_reps, pos_reps, neg_reps):
+    """``0.5 (|U[u]|^2 + |I[i+]|^2 + |I[j-]|^2)`` summed over the triples, divided by their number."""
+    return 0.5 * (user_reps.pow(2).sum() + pos_reps.pow(2).sum() + neg_reps.pow(2).sum()) / user_reps.shape[0]
+
+
+class TrainingPass(NamedTuple):
+    """One training forward: ``margins`` ``{mode: d [triples]}``, the "joint" mode's batch
+    representations ``joint`` ``(U[u], I[pos], I[neg])``, and ``memo``, the intermediate
+    tables the backbone kept for its objective (so no term propagates twice)."""
+
+    margins: dict
+    joint: tuple
+    memo: dict
+
+
+class EpochStats:
+    """Per-step values summed on the device and read once per epoch (no per-step synchronisation)."""
+
+    def __init__(self):
+        self.sums, self.steps = {}, 0
+
+    def add(self, values):
+        for name, value in values.items():
+            value = value.detach() if torch.is_tensor(value) else value
+            self.sums[name] = self.sums.get(name, 0) + value
+        self.steps += 1
+
+    def pop(self):
+        """``{name: mean per step}`` since the last pop."""
+        sums, steps = self.sums, self.steps
+        self.sums, self.steps = {}, 0
+        return {name: float(value) / steps for name, value in sums.items()}
 
 
 class MultimodalRecommender(GeneralRecommender):
@@ -61,6 +107,8 @@ class MultimodalRecommender(GeneralRecommender):
         self.default_masked = frozenset(self.modalities) - frozenset(active)
         self.reg_weight = config["reg_weight"]
         self._eval_tables = None
+        self.last_loss_terms = {}
+        self.loss_stats = EpochStats()
 
     # ------------------------------------------------------------ plugin hooks
     @classmethod
@@ -126,46 +174,69 @@ class MultimodalRecommender(GeneralRecommender):
         user_reps, item_reps = self.forward(masked)
         return user_reps[users], item_reps[items]
 
-    def batch_representations_modes(self, users, items, modes):
+    def batch_representations_modes(self, users, items, modes, memo=None):
         """``{name: (user_reps, item_reps)}`` for every ``{name: masked}`` in ``modes``.
 
         The CKD student needs several modes per step; backbones override this to share the
         work the modes have in common (a late-fusion branch the mask does not touch is the
-        same computation in every mode).
+        same computation in every mode), keeping what their objective needs in ``memo``.
         """
         return {name: self.batch_representations(users, items, masked) for name, masked in modes.items()}
 
     def triple_margins(self, users, pos, neg, modes, joint_rows=None):
-        """``({name: d(u, pos, neg)}, joint)`` for every ``{name: masked}`` in ``modes``.
+        """One training forward: a :class:`TrainingPass` with ``d(u, pos, neg)`` in every
+        ``{name: masked}`` of ``modes``.
 
-        ``joint`` is ``(U[users], I[pos], I[neg])`` of the joint mode (for the L2 term) for
-        the first ``joint_rows`` triples (all when None), or None without a "joint" mode.
+        Its ``joint`` is ``(U[users], I[pos], I[neg])`` of the "joint" mode (for the L2 term)
+        for the first ``joint_rows`` triples (all when None), or None without a "joint" mode.
         Backbones whose score is a sum over branches override this to add branch margins
         instead of building every mode's representations.
         """
-        reps = self.batch_representations_modes(users, torch.cat([pos, neg]), modes)
+        memo = {}
+        reps = self.batch_representations_modes(users, torch.cat([pos, neg]), modes, memo)
         margins, joint = {}, None
         for name, (user_reps, item_reps) in reps.items():
             pos_reps, neg_reps = item_reps.split(len(pos))
-            margins[name] = (user_reps * (pos_reps - neg_reps)).sum(dim=-1)
+            margins[name] = margin(user_reps, pos_reps, neg_reps)
             if name == "joint":
                 joint = tuple(reps[:joint_rows] for reps in (user_reps, pos_reps, neg_reps))
-        return margins, joint
+        return TrainingPass(margins, joint, memo)
 
     # ------------------------------------------------------------ training
-    def bpr_loss(self, user_reps, pos_reps, neg_reps):
-        """BPR plus L2 on the batch representations (spec section 4, first line of L)."""
-        margin = (user_reps * (pos_reps - neg_reps)).sum(dim=-1)
-        bpr = -F.logsigmoid(margin).mean()
-        reg = 0.5 * (user_reps.pow(2).sum() + pos_reps.pow(2).sum() + neg_reps.pow(2).sum()) / user_reps.shape[0]
-        return bpr + self.reg_weight * reg
+    def objective(self, interaction, step):
+        """The backbone's whole training objective as named, weighted terms that sum to the loss.
 
-    def calculate_loss(self, interaction):
+        ``step`` is the :class:`TrainingPass` of the batch's triples, whose "joint" mode is the
+        model's own (the joint model; a teacher's "only m" mode). The plain model and its CKD
+        student both call this, so a student keeps every term. Here: BPR plus L2 on the batch
+        representations; backbones with other or more terms override it.
+        """
+        return {"bpr": bpr(step.margins["joint"]), "l2": self.reg_weight * l2_per_triple(*step.joint)}
+
+    def training_pass(self, interaction):
+        """The forward of a plain training step: the batch's triples in the model's own mode."""
         users = interaction[self.USER_ID]
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        user_reps, item_reps = self.batch_representations(users, torch.cat([pos, neg]), self.default_masked)
-        pos_reps, neg_reps = item_reps.split(len(pos))
-        return self.bpr_loss(user_reps, pos_reps, neg_reps)
+        return self.triple_margins(users, pos, neg, {"joint": self.default_masked})
+
+    def calculate_loss(self, interaction):
+        return self.sum_terms(self.objective(interaction, self.training_pass(interaction)))
+
+    def sum_terms(self, terms):
+        """The loss: the sum of ``terms``, kept as ``last_loss_terms`` (named in a NaN report) and
+        added to this epoch's statistics."""
+        loss = sum(terms.values())
+        self.record_terms({**terms, "loss": loss})
+        return loss
+
+    def record_terms(self, terms):
+        """Keep a step's named loss terms (detached) for the NaN report and the epoch statistics."""
+        self.last_loss_terms = {name: value.detach() for name, value in terms.items()}
+        self.loss_stats.add(self.last_loss_terms)
+
+    def pop_epoch_stats(self):
+        """Mean of every loss term per step over the epoch (read once per epoch)."""
+        return self.loss_stats.pop()
 
     # ------------------------------------------------------------ evaluation
     def train(self, mode=True):
@@ -214,24 +285,21 @@ class MultimodalRecommender(GeneralRecommender):
             total = total + ego
         return (total / (n_layers + 1)).split([self.n_users, self.n_items])
 
-    def bipartite_adjacency(self, dataset, normalization="mean"):
+    def bipartite_adjacency(self, dataset, normalization="mean", self_loops=False):
         """The user-item training graph over ``n_users + n_items`` nodes (items after users),
-        as a sparse tensor on the device: row-normalised (``mean``) or ``D^-1/2 A D^-1/2`` (``sym``)."""
-        inter = dataset.inter_matrix(form="coo")
-        # a repeated (user, item) row is one edge, as in MMRec's graphs
-        pairs = torch.unique(torch.stack([torch.from_numpy(inter.row).long(), torch.from_numpy(inter.col).long()]), dim=1)
-        users, items = pairs[0], pairs[1] + self.n_users
+        as a sparse tensor on the device: row-normalised (``mean``, ``D^-1 A``) or
+        ``D^-1/2 A D^-1/2`` (``sym``); with ``self_loops``, ``A + I`` (degrees include the loop)."""
+        users, items = graphs.interaction_edges(dataset)  # a repeated (user, item) row is one edge
+        items = items + self.n_users
         rows, cols = torch.cat([users, items]), torch.cat([items, users])
         n = self.n_users + self.n_items
-        degree = torch.bincount(rows, minlength=n).float().clamp(min=1)
-        if normalization == "mean":
-            values = 1.0 / degree[rows]
-        elif normalization == "sym":
-            values = degree[rows].rsqrt() * degree[cols].rsqrt()
-        else:
+        if self_loops:
+            loops = torch.arange(n)
+            rows, cols = torch.cat([rows, loops]), torch.cat([cols, loops])
+        if normalization not in ("mean", "sym"):
             raise ValueError(f"normalization must be 'mean' or 'sym', got {normalization!r}")
-        graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n)).coalesce()
-        return graph.to(self.device)
+        kind = "row" if normalization == "mean" else "sym"
+        return graphs.normalized_adjacency(rows, cols, torch.ones(len(rows)), n, kind).to(self.device)
 
 
 class ItemGraphRecommender(MultimodalRecommender):
@@ -244,7 +312,7 @@ class ItemGraphRecommender(MultimodalRecommender):
         users, items = self._collaborative()
         return users, items + self._item_graph_term(masked)
 
-    def batch_representations_modes(self, users, items, modes):
+    def batch_representations_modes(self, users, items, modes, memo=None):
         user_all, item_all = self._collaborative()
         user_reps = user_all[users]
         return {

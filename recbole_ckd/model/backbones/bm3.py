@@ -92,8 +92,6 @@ class BM3(MultimodalRecommender):
             nn.init.xavier_normal_(layer.weight)
         self.init_trained_features(config)
         self.register_buffer("graph", self.bipartite_adjacency(dataset, "sym"), persistent=False)
-        self.last_loss_terms = {}
-        self._stats = {}
 
     # ------------------------------------------------------------ representations
     def propagate(self):
@@ -141,21 +139,5 @@ class BM3(MultimodalRecommender):
             terms[f"mask_{m}"] = alignment_loss(online, self.target_view(h_m, items, self.n_items))
             multimodal = multimodal + terms[f"align_{m}"] + terms[f"mask_{m}"]
         loss = terms["ui"] + terms["iu"] + self.reg_weight * terms["reg"] + self.cl_weight * multimodal
-        terms["loss"] = loss
-        self.last_loss_terms = terms  # named terms for the trainer's NaN report
-        self._accumulate(terms)
+        self.record_terms({**terms, "loss": loss})
         return loss
-
-    # ------------------------------------------------------------ epoch statistics
-    def _accumulate(self, terms):
-        """Sums on the device, read once per epoch: no per-step synchronisation."""
-        for name, value in terms.items():
-            self._stats[name] = self._stats.get(name, 0) + value.detach()
-        self._stats["steps"] = self._stats.get("steps", 0) + 1
-
-    def pop_epoch_stats(self):
-        """Mean of every loss term per step over the epoch (a watch on collapse: identical
-        representations everywhere would drive every alignment term to 0)."""
-        stats, self._stats = self._stats, {}
-        steps = stats.pop("steps", 0)
-        return {name: float(value) / steps for name, value in stats.items()}

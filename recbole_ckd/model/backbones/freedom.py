@@ -3,16 +3,10 @@
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from recbole_ckd.model import graphs
-from recbole_ckd.model.multimodal import ItemGraphRecommender
-
-
-def plain_bpr(user_reps, pos_reps, neg_reps):
-    """``mean(-log sigmoid(<u, p> - <u, n>))``, without regularisation."""
-    return -F.logsigmoid((user_reps * (pos_reps - neg_reps)).sum(dim=-1)).mean()
+from recbole_ckd.model.multimodal import ItemGraphRecommender, bpr, margin
 
 
 class FREEDOM(ItemGraphRecommender):
@@ -39,8 +33,8 @@ class FREEDOM(ItemGraphRecommender):
     (``feat_embed_dim``, which must equal ``embedding_size``), over the same triples;
     ``mm_bpr_weight`` is what the reference calls ``reg_weight``. The reference has no L2 term,
     so ``reg_weight`` (this project's L2 on the batch representations, the base class's
-    :meth:`bpr_loss`) is 0 by default. A CKD student trains with BPR plus distillation only
-    (spec section 4): it has no projections and no feature tables.
+    ``objective``) is 0 by default. A CKD student keeps every term (:meth:`objective`), so its
+    projections and fine-tuned feature tables train as the plain model's do.
 
     Modality weights: ``modality_weights`` (a dict, normalised to sum 1) if given; otherwise the
     reference's ``mm_image_weight`` for the image modality ``v`` and ``1 - mm_image_weight``
@@ -91,13 +85,8 @@ class FREEDOM(ItemGraphRecommender):
         self.item_id_embedding = nn.Embedding(self.n_items, dim)
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_id_embedding.weight)
-        # the auxiliary modality BPR terms belong to the plain backbone (and to a teacher), not to a CKD student
-        self.auxiliary = not getattr(self, "is_ckd_student", False)
-        if self.auxiliary:
-            self.projection = nn.ModuleDict(
-                {m: nn.Linear(self.feature_dim(m), self.feat_embed_dim) for m in self.modalities}
-            )
-            self.init_trained_features(config, [m for m in self.modalities if m not in self.default_masked])
+        self.projection = nn.ModuleDict({m: nn.Linear(self.feature_dim(m), self.feat_embed_dim) for m in self.modalities})
+        self.init_trained_features(config, [m for m in self.modalities if m not in self.default_masked])
 
         self.graph_cache_dir = os.path.join(config["checkpoint_dir"], "graphs")
         self.build_frozen_graphs()
@@ -197,16 +186,18 @@ class FREEDOM(ItemGraphRecommender):
         return h
 
     # ------------------------------------------------------------ training
-    def calculate_loss(self, interaction):
-        users = interaction[self.USER_ID]
+    def objective(self, interaction, step):
+        """BPR (with ``reg_weight``'s L2, 0 by default) plus the modality BPR terms between the
+        batch users' representations and each unmasked modality's projected features."""
+        terms = super().objective(interaction, step)
+        user_reps = step.joint[0]
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        user_all, item_all = self.forward(self.default_masked)
-        user_reps = user_all[users]
-        loss = self.bpr_loss(user_reps, item_all[pos], item_all[neg])
+        modality_bpr = 0.0
         for m in self.modalities:
             if m in self.default_masked:
                 continue  # the mean features give a constant term (see the class docstring)
             projected = self.projection[m](self.trained_feature(m, torch.cat([pos, neg])))
             pos_m, neg_m = projected.split(len(pos))
-            loss = loss + self.mm_bpr_weight * plain_bpr(user_reps, pos_m, neg_m)
-        return loss
+            modality_bpr = modality_bpr + bpr(margin(user_reps, pos_m, neg_m))
+        terms["modality_bpr"] = self.mm_bpr_weight * modality_bpr
+        return terms

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_ckd.model import graphs
-from recbole_ckd.model.multimodal import MultimodalRecommender
+from recbole_ckd.model.multimodal import MultimodalRecommender, bpr
 
 
 def segment_softmax(scores, index, n_segments):
@@ -203,21 +203,19 @@ class GRCN(MultimodalRecommender):
     def forward(self, masked=frozenset()):
         return self.representation(masked).split([self.n_users, self.n_items])
 
-    def batch_representations_modes(self, users, items, modes):
+    def batch_representations_modes(self, users, items, modes, memo=None):
         """Every mode's batch rows; each modality's refining layer (masked or not) runs once for all modes."""
-        memo, result = {}, {}
+        memo, result = {} if memo is None else memo, {}
         for name, masked in modes.items():
             user_reps, item_reps = self.representation(masked, memo).split([self.n_users, self.n_items])
             result[name] = (user_reps[users], item_reps[items])
         return result
 
     # ------------------------------------------------------------ training
-    def calculate_loss(self, interaction):
+    def objective(self, interaction, step):
+        """BPR plus the authors' L2 (see the class docstring), on parameters, not representations."""
         users = interaction[self.USER_ID]
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        user_reps, item_reps = self.forward(self.default_masked)
-        margin = (user_reps[users] * (item_reps[pos] - item_reps[neg])).sum(dim=1)
-        bpr = -F.logsigmoid(margin).mean()
         # the reference's interleaved tensors: every user twice, its positive then its negative
         user_tensor = users.repeat_interleave(2)
         item_tensor = torch.stack([pos, neg], dim=1).reshape(-1) + self.n_users
@@ -225,4 +223,4 @@ class GRCN(MultimodalRecommender):
         for m in self.modalities:
             if m not in self.default_masked:
                 reg = reg + self.preference[m][user_tensor].pow(2).mean()
-        return bpr + self.reg_weight * reg
+        return {"bpr": bpr(step.margins["joint"]), "l2": self.reg_weight * reg}

@@ -32,7 +32,7 @@ class LATTICE(ItemGraphRecommender):
     - Representations ``u = x_u`` and ``i = x_i + h_i / |h_i|``, scored by dot product.
 
     Loss (the reference's): BPR with L2 on the batch representations (``reg_weight``; the base
-    class's :meth:`bpr_loss`).
+    class's ``objective``).
 
     Training schedule (the reference's, both the authors' code and MMRec): the learned graph is
     rebuilt once per epoch, at the first training step after :meth:`pre_epoch`, from the
@@ -59,9 +59,9 @@ class LATTICE(ItemGraphRecommender):
     model uses get one). This
     implementation's own choices: the padding item (row 0) has no kNN neighbours; the L2 term
     is divided by the actual batch size (the reference divides by the configured one, which
-    differs only on the last, smaller batch); any number of modalities; the reference's
-    learning-rate scheduler (``learning_rate_scheduler: [0.96, 50]`` in MMRec) is not applied,
-    because this project's trainer has none; NGCF as ``cf_model`` is not offered.
+    differs only on the last, smaller batch); any number of modalities; NGCF as ``cf_model`` is
+    not offered. MMRec's learning-rate schedule (``learning_rate_scheduler: [0.96, 50]``,
+    ``lr * 0.96^(epoch / 50)``) is the default in ``properties/model/LATTICE.yaml``.
     """
 
     def __init__(self, config, dataset):
@@ -94,7 +94,7 @@ class LATTICE(ItemGraphRecommender):
         self.graph_cache_dir = os.path.join(config["checkpoint_dir"], "graphs")
         self.build_frozen_graphs()
         if self.cf_model == "lightgcn":
-            self.register_buffer("norm_adj", self._user_item_graph(dataset), persistent=False)
+            self.register_buffer("norm_adj", self.bipartite_adjacency(dataset, "mean", self_loops=True), persistent=False)
         self._learned = {}  # modality -> (rows, cols, similarities) of this epoch's learned graph
         self._learned_stale = True  # rebuild at the next training step
         self._learned_live = False  # its similarities still carry gradient
@@ -113,16 +113,6 @@ class LATTICE(ItemGraphRecommender):
 
     def original_graph(self, m):
         return getattr(self, f"_original_graph_{m}")
-
-    def _user_item_graph(self, dataset):
-        """``D^-1 (R + I)`` over ``n_users + n_items`` nodes (items after users)."""
-        users, items = graphs.interaction_edges(dataset)
-        items = items + self.n_users
-        n = self.n_users + self.n_items
-        loops = torch.arange(n)
-        rows, cols = torch.cat([users, items, loops]), torch.cat([items, users, loops])
-        graph = graphs.normalized_adjacency(rows, cols, torch.ones(len(rows)), n, "row")
-        return graph.to(self.device)
 
     def _knn(self, m):
         return graphs.knn_neighbours_with_grad(self.projection[m](self.trained_feature(m)), self.knn_k)

@@ -30,8 +30,8 @@ class MGCN(MultimodalRecommender):
     - *User-item view*: LightGCN on the symmetric-normalised training graph ``A``, the mean of
       layers ``0..n_ui_layers``: ``h = mean_l A^l [e_U; e_I]`` (the "content" embedding).
     - *Item-item views*: per modality, ``n_layers`` propagations of ``x^m`` over the modality's
-      kNN item graph ``S_m`` (top-``knn_k`` cosine neighbours of the raw features, unweighted,
-      symmetric-normalised, built once, cached under ``<checkpoint_dir>/graphs``); users take
+      kNN item graph ``S_m`` (top-``knn_k`` cosine neighbours of the raw features, weighted by
+      their cosine similarity, ``D^-1/2 S D^-1/2`` with ``D`` the row sums, built once, cached under ``<checkpoint_dir>/graphs``); users take
       ``R x^m`` with ``R`` the user-item block of ``A``, giving ``z^m`` for every node.
     - *Behaviour-aware fuser*: attention ``w^m = softmax_m(q^T tanh(W_q z^m + b_q))`` gives the
       common part ``c = sum_m w^m z^m``; each modality's specific part ``z^m - c`` is gated by
@@ -39,8 +39,8 @@ class MGCN(MultimodalRecommender):
       ``s = (c + sum_m gate_m * (z^m - c)) / (M + 1)``.
     - Representation ``h + s`` for users and items; score ``<h_u + s_u, h_i + s_i>``.
 
-    Loss (the reference's): BPR with L2 on the batch representations (``reg_weight``, the base
-    class's :meth:`bpr_loss`), plus ``cl_weight * [InfoNCE(s_I[pos], h_I[pos]) +
+    Loss (the reference's, in :meth:`objective`, which a CKD student keeps): BPR with L2 on the
+    batch representations (``reg_weight``), plus ``cl_weight * [InfoNCE(s_I[pos], h_I[pos]) +
     InfoNCE(s_U[users], h_U[users])]``, temperature ``cl_temperature``, in-batch negatives.
 
     Choices where the paper is silent, taken from the authors' code (which MMRec ships):
@@ -52,8 +52,8 @@ class MGCN(MultimodalRecommender):
     part) to any number of modalities. This implementation's own choices: the L2 term is
     divided by the actual batch size (the reference divides by the configured batch size,
     which differs only on the last, smaller batch); the padding item (row 0) has no kNN
-    neighbours; the reference's learning-rate scheduler (x0.96 every 50 epochs) is not
-    applied, because this project's trainer has none.
+    neighbours. The reference's learning-rate schedule (``learning_rate_scheduler: [0.96, 50]``,
+    ``lr * 0.96^(epoch / 50)``) is the default in ``properties/model/MGCN.yaml``.
 
     Masking modality m (spec section 2):
 
@@ -96,7 +96,7 @@ class MGCN(MultimodalRecommender):
         # the graphs, from the raw features (built where the model will run, cached on disk)
         cache_dir = os.path.join(config["checkpoint_dir"], "graphs")
         for m in self.modalities:
-            graph = knn_graph(self.feature(m).to(self.device), int(config["knn_k"]), weighted=False,
+            graph = knn_graph(self.feature(m).to(self.device), int(config["knn_k"]), weighted=True,
                               normalization="sym", cache_dir=cache_dir)
             self.register_buffer(f"_item_graph_{m}", graph.to(self.device), persistent=False)
         adjacency = self.bipartite_adjacency(dataset, "sym")
@@ -165,25 +165,25 @@ class MGCN(MultimodalRecommender):
         representation, _, _ = self.propagate(masked)
         return representation.split([self.n_users, self.n_items])
 
-    def batch_representations_modes(self, users, items, modes):
+    def batch_representations_modes(self, users, items, modes, memo=None):
         """Every mode's batch rows; the user-item view and each modality's (masked or unmasked)
-        view are computed once for all modes."""
-        memo, result = {}, {}
+        view are computed once for all modes, and each mode's ``(h + s, s, h)`` is kept in
+        ``memo`` for the objective."""
+        memo, result = {} if memo is None else memo, {}
         for name, masked in modes.items():
-            user_reps, item_reps = self.propagate(masked, memo)[0].split([self.n_users, self.n_items])
+            memo[masked] = self.propagate(masked, memo)
+            user_reps, item_reps = memo[masked][0].split([self.n_users, self.n_items])
             result[name] = (user_reps[users], item_reps[items])
         return result
 
     # ------------------------------------------------------------ training
-    def calculate_loss(self, interaction):
-        users = interaction[self.USER_ID]
-        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        representation, side, content = self.propagate(self.default_masked)
-        user_reps, item_reps = representation.split([self.n_users, self.n_items])
-        loss = self.bpr_loss(user_reps[users], item_reps[pos], item_reps[neg])
+    def objective(self, interaction, step):
+        """BPR, L2 on the batch representations and the InfoNCE between side and content views."""
+        users, pos = interaction[self.USER_ID], interaction[self.ITEM_ID]
+        _, side, content = step.memo[self.default_masked]
         side_users, side_items = side.split([self.n_users, self.n_items])
         content_users, content_items = content.split([self.n_users, self.n_items])
         contrastive = info_nce(side_items[pos], content_items[pos], self.cl_temperature) + info_nce(
             side_users[users], content_users[users], self.cl_temperature
         )
-        return loss + self.cl_weight * contrastive
+        return {**super().objective(interaction, step), "contrastive": self.cl_weight * contrastive}

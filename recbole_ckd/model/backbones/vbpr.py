@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from recbole_ckd.model.multimodal import MultimodalRecommender
+from recbole_ckd.model.multimodal import MultimodalRecommender, TrainingPass
 
 # Above this fraction of all items in one batch, VBPR projects every item's features rather than
 # gathering the batch's rows first (the row copy then costs more than the extra projections:
@@ -17,8 +17,14 @@ class VBPR(MultimodalRecommender):
     Each modality m has its own user preference ``theta^m`` (``modality_embedding_size``) and
     its own affine projection ``E_m`` of the item features, so the representations are the
     concatenations ``[g_u; theta_u^v; theta_u^t]`` and ``[g_i; E_v f_i^v; E_t f_i^t]``.
-    Choices the paper leaves open: no bias terms (as in MMRec), projections with a bias, Xavier
-    initialisation.
+    Loss: BPR plus L2 on the batch representations (the base class's ``objective``).
+
+    As the CKD authors' VBPR (the reference for this backbone): every block has the same size
+    by default (``modality_embedding_size: ~`` means ``embedding_size``: 64 / 64 / 64, so
+    192-d vectors), no bias terms in the score, one projection with a bias per modality
+    (PyTorch's default initialisation), Xavier-uniform embeddings and user preferences, raw
+    features as they are. Differences: none in the model; ``modality_embedding_size`` may be
+    set to another size.
 
     Masking modality m puts the mean user preference and the projection of the mean feature in
     m's slot, so m then adds the same constant to every user-item score: it cancels in every
@@ -27,16 +33,15 @@ class VBPR(MultimodalRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        dim, modality_dim = config["embedding_size"], config["modality_embedding_size"]
+        dim = config["embedding_size"]
+        modality_dim = config["modality_embedding_size"] or dim
         self.user_id_embedding = nn.Embedding(self.n_users, dim)
         self.item_id_embedding = nn.Embedding(self.n_items, dim)
         self.user_preference = nn.ModuleDict({m: nn.Embedding(self.n_users, modality_dim) for m in self.modalities})
         self.projection = nn.ModuleDict({m: nn.Linear(self.feature_dim(m), modality_dim) for m in self.modalities})
         for module in self.modules():
-            if isinstance(module, (nn.Embedding, nn.Linear)):
-                nn.init.xavier_normal_(module.weight)
-            if isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
+            if isinstance(module, nn.Embedding):
+                nn.init.xavier_uniform_(module.weight)
 
     def _parts(self, users, items, masked_anywhere):
         """Every slot once: ID parts, and per modality its real and (where needed) mean parts."""
@@ -79,7 +84,7 @@ class VBPR(MultimodalRecommender):
     def batch_representations(self, users, items, masked=frozenset()):
         return self._assemble(self._parts(users, items, masked), self.modalities, masked)
 
-    def batch_representations_modes(self, users, items, modes):
+    def batch_representations_modes(self, users, items, modes, memo=None):
         parts = self._parts(users, items, frozenset().union(*modes.values()))
         return {name: self._assemble(parts, self.modalities, masked) for name, masked in modes.items()}
 
@@ -92,20 +97,25 @@ class VBPR(MultimodalRecommender):
         the first ``joint_rows`` triples only.
         """
         n = len(pos)
-        parts = self._parts(users, torch.cat([pos, neg]), frozenset())
+        joint_masked = modes.get("joint")
+        parts = self._parts(users, torch.cat([pos, neg]), joint_masked or frozenset())
 
-        def margin(user, item):
+        def branch_margin(user, item):
             return (user * (item[:n] - item[n:])).sum(dim=-1)
 
-        id_margin = margin(parts["user_id"], parts["item_id"])
-        branch = {m: margin(parts[("user", m)], parts[("item", m)]) for m in self.modalities}
+        id_margin = branch_margin(parts["user_id"], parts["item_id"])
+        branch = {m: branch_margin(parts[("user", m)], parts[("item", m)]) for m in self.modalities}
         margins = {
             name: id_margin + sum(branch[m] for m in self.modalities if m not in masked) for name, masked in modes.items()
         }
+        if joint_masked is None:
+            return TrainingPass(margins, None, {})
         k = n if joint_rows is None else joint_rows
-        rows = {
-            key: part[:k] if key == "user_id" or key[0] == "user" else torch.cat([part[:k], part[n : n + k]])
-            for key, part in parts.items()
-        }
-        user_reps, item_reps = self._assemble(rows, self.modalities, frozenset())
-        return margins, (user_reps, item_reps[:k], item_reps[k:])
+
+        def rows(key, part):  # user parts have a row per triple, item parts one per pos and per neg
+            user_side = (key if isinstance(key, str) else key[0]).startswith("user")
+            return part[:k] if user_side else torch.cat([part[:k], part[n : n + k]])
+
+        user_reps, item_reps = self._assemble({key: rows(key, part) for key, part in parts.items()}, self.modalities,
+                                              joint_masked)
+        return TrainingPass(margins, (user_reps, item_reps[:k], item_reps[k:]), {})
