@@ -17,7 +17,7 @@ setup(
     packages=find_packages(include=["recbole_ckd", "recbole_ckd.*"]) + ["recbole_ckd.properties"],
     package_dir={"recbole_ckd.properties": "properties"},
     package_data={
-        "recbole_ckd.properties": ["*.yaml", "dataset/*.yaml", "model/*.yaml"],
+        "recbole_ckd.properties": ["*.yaml", "dataset/*.yaml", "model/*.yaml", "protocol/*.yaml"],
         "recbole_ckd": ["datasets/*/*"],
     },
     py_modules=["run_recbole_ckd"],

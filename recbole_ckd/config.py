@@ -33,6 +33,18 @@ def properties_dir():
     )
 
 
+def resolve_config_file(path):
+    """``path`` as given, or, when it names one of the plugin's own files (``properties/protocol/
+    ckd_reference.yaml``) and no such file is here, that file of the installed package."""
+    if os.path.isfile(path):
+        return path
+    parts = Path(path).parts
+    shipped = properties_dir().joinpath(*parts[1:]) if parts and parts[0] == "properties" else None
+    if shipped is not None and shipped.is_file():
+        return str(shipped)
+    raise FileNotFoundError(f"--config_files: {path} does not exist.")
+
+
 def read_inter_header(path):
     """The columns of an interaction file's header, or None if there is no such file."""
     if not os.path.isfile(path):
@@ -53,6 +65,7 @@ class Config(RecBoleConfig):
 
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None):
         self._cmd_args = list(cmd_args or [])
+        config_file_list = [resolve_config_file(path) for path in config_file_list or []] or None
         super().__init__(model, dataset, config_file_list, config_dict)
 
     def _load_cmd_line(self):

@@ -178,6 +178,23 @@ def seed_stage(seed, train_data):
     train_data.generator.manual_seed(seed)
 
 
+# ----------------------------------------------------------------------------- learning-rate schedule
+def learning_rate_schedule(optimizer, setting):
+    """MMRec's ``learning_rate_scheduler: [a, b]``: the learning rate of epoch ``e`` is
+    ``learning_rate * a^(e / b)`` (stepped after every training epoch); None for ``~``."""
+    if setting is None:
+        return None
+    try:
+        factor, period = (float(x) for x in setting)
+    except (TypeError, ValueError):
+        factor = period = None
+    if factor is None or factor <= 0 or period <= 0:
+        raise ValueError(
+            f"learning_rate_scheduler must be [factor, epochs] with both > 0 (e.g. [0.96, 50]) or ~, got {setting!r}."
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: factor ** (epoch / period))
+
+
 # ----------------------------------------------------------------------------- resumable stage
 class ResumableTrainer(SafeCheckpointMixin, Trainer):
     """RecBole's training loop with a checkpoint per validation, so Ctrl-C loses nothing.
@@ -195,6 +212,7 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
         self.finished = False
         self.epoch_stats = []  # what the model measured per epoch (CKD: loss terms, weights r_m)
         self._epoch = None
+        self.lr_scheduler = learning_rate_schedule(self.optimizer, config["learning_rate_scheduler"])
 
     @property
     def last_file(self):
@@ -213,6 +231,8 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
             "optimizer": self.optimizer.state_dict(),
             "rng": _rng_state(train_data.generator),
         }
+        if self.lr_scheduler is not None:
+            state["lr_scheduler"] = self.lr_scheduler.state_dict()
         save_checkpoint(state, self.last_file)
 
     def _try_resume(self, train_data):
@@ -226,6 +246,8 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
             return False
         self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         _set_rng_state(state["rng"], train_data.generator)
         self.start_epoch = state["epoch"] + 1
         self.cur_step = state["cur_step"]
@@ -296,6 +318,8 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
             if hasattr(self.model, "pre_epoch"):  # e.g. FREEDOM re-samples its pruned graph
                 self.model.pre_epoch(epoch_idx)
             train_loss = self._train_epoch(train_data, epoch_idx, show_progress=show_progress)
+            if self.lr_scheduler is not None:
+                self.lr_scheduler.step()
             self.train_loss_dict[epoch_idx] = sum(train_loss) if isinstance(train_loss, tuple) else train_loss
             if verbose:
                 self.logger.info(self._generate_train_loss_output(epoch_idx, start, time(), train_loss))

@@ -7,6 +7,15 @@ device, shuffles them with a permutation, draws every negative of the epoch at o
 over items ``1..n_items-1``, as RecBole's uniform sampler) and redraws only those that hit a
 training item of their user (a sorted-key ``searchsorted`` test), then yields slices.
 
+Two ways to form an epoch's batches (``train_sampler``):
+
+- ``interactions`` (default, RecBole's and MMRec's): every training interaction once per epoch,
+  shuffled, in batches of ``train_batch_size``;
+- ``user_uniform`` (the CKD reference code's): ``n_train // B + 1`` batches per epoch, each of
+  ``B = train_batch_size`` distinct users drawn uniformly from the users with training data
+  (with replacement only when ``B`` exceeds their number), each with one of their training
+  items drawn uniformly and one uniform negative.
+
 The random draws come from the loader's own CPU generator (RecBole's ``generator``, seeded
 from ``seed`` and saved in every checkpoint), so a run is reproducible from its seed and
 resumes bit-identically on the same device. The stream differs from RecBole's numpy sampler:
@@ -19,6 +28,7 @@ from recbole.data.interaction import Interaction
 from recbole.utils import InputType, ModelType
 
 MAX_REDRAW_ROUNDS = 1000
+TRAIN_SAMPLERS = ("interactions", "user_uniform")
 
 
 class DeviceTrainDataLoader(TrainDataLoader):
@@ -46,8 +56,23 @@ class DeviceTrainDataLoader(TrainDataLoader):
         self.users, self.items = users.to(self.device), items.to(self.device)
         # every training (user, item) pair as one sorted key: a negative must not be among them
         self.used_keys = torch.unique(users * self.n_items + items).to(self.device)
+        self.user_uniform = config["train_sampler"] == "user_uniform"
+        if self.user_uniform:
+            if not self.with_negatives:
+                raise ValueError("train_sampler: user_uniform draws a negative for every user; this model samples none.")
+            # each user's distinct training items, contiguous: user u's are distinct_items[start[u]:start[u] + count[u]]
+            self.distinct_users, self.distinct_items = self.used_keys // self.n_items, self.used_keys % self.n_items
+            self.batch_users, self.user_counts = torch.unique_consecutive(self.distinct_users, return_counts=True)
+            self.user_starts = torch.cumsum(self.user_counts, dim=0) - self.user_counts
+            self.n_batches = len(self.users) // self.step + 1  # the reference's count
+
+    def __len__(self):
+        return self.n_batches if self.user_uniform else super().__len__()
 
     def __iter__(self):
+        if self.user_uniform:
+            yield from self._user_uniform_batches()
+            return
         n = len(self.users)
         if self.shuffle:
             order = torch.randperm(n, generator=self.generator).to(self.device)
@@ -59,6 +84,22 @@ class DeviceTrainDataLoader(TrainDataLoader):
             fields[self.neg_item_id] = self.sample_negatives(users)
         for start in range(0, n, self.step):
             yield Interaction({name: values[start : start + self.step] for name, values in fields.items()})
+
+    def _user_uniform_batches(self):
+        n_users, size = len(self.batch_users), self.step
+        for _ in range(self.n_batches):
+            if size <= n_users:
+                index = torch.randperm(n_users, generator=self.generator)[:size]
+            else:
+                index = torch.randint(n_users, (size,), generator=self.generator)
+            index = index.to(self.device)
+            # a training item of each user, uniform over the user's distinct items
+            offset = (torch.rand(size, generator=self.generator).to(self.device) * self.user_counts[index]).long()
+            users = self.batch_users[index]
+            positives = self.distinct_items[self.user_starts[index] + offset]
+            yield Interaction(
+                {self.uid_field: users, self.iid_field: positives, self.neg_item_id: self.sample_negatives(users)}
+            )
 
     def sample_negatives(self, users):
         """One item per user, uniform over the items the user has no training interaction with."""
@@ -140,8 +181,15 @@ def build_dataloaders(config, dataset):
 
     built = dataset.build()
     samplers = create_samplers(config, dataset, built)
+    if config["train_sampler"] not in TRAIN_SAMPLERS:
+        raise ValueError(f"train_sampler must be one of {list(TRAIN_SAMPLERS)}, got {config['train_sampler']!r}.")
     if config["device_sampling"] and DeviceTrainDataLoader.supports(config):
         train_class = DeviceTrainDataLoader
+    elif config["train_sampler"] == "user_uniform":
+        raise ValueError(
+            "train_sampler: user_uniform needs the device loader: set device_sampling: True (a general pairwise "
+            "model with one uniform negative per pair)."
+        )
     else:
         train_class = get_dataloader(config, "train")
     loaders = [train_class(config, built[0], samplers[0], shuffle=config["shuffle"])]
