@@ -44,6 +44,18 @@ def write_tiny_mmrec(root, name="tiny", n_users=24, n_items=30, dims=None, seed=
     return path, df, features
 
 
+def attach_random_teachers(student, dim=6, seed=1):
+    """Random frozen teacher tables for a CKD student built outside the trainer."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    student.set_teacher_tables(
+        {m: (torch.randn(student.n_users, dim, generator=generator), torch.randn(student.n_items, dim, generator=generator))
+         for m in student.modalities}
+    )
+    return student
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path):
     path, df, features = write_tiny_mmrec(str(tmp_path / "data"))

@@ -365,3 +365,33 @@ def test_resume_false_does_not_retrain_cached_teachers(tiny_dataset, tmp_path):
     stamps = {f: os.stat(f).st_mtime_ns for f in teacher_files(tmp_path)}
     run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2, resume=False))
     assert {f: os.stat(f).st_mtime_ns for f in teacher_files(tmp_path)} == stamps
+
+
+# ----------------------------------------------------------------------------- learning-rate schedule
+def test_learning_rate_schedule_values_per_epoch_and_after_resume(tiny_dataset, tmp_path, monkeypatch):
+    seen = []
+    original = ResumableTrainer._train_epoch
+
+    def record(self, train_data, epoch_idx, *args, **kwargs):
+        seen.append((epoch_idx, self.optimizer.param_groups[0]["lr"]))
+        if epoch_idx == 2 and len(seen) == 3:
+            raise KeyboardInterrupt
+        return original(self, train_data, epoch_idx, *args, **kwargs)
+
+    monkeypatch.setattr(ResumableTrainer, "_train_epoch", record)
+    settings = {**FAST, "epochs": 4, "stopping_step": 100, "data_path": tiny_dataset["root"],
+                "checkpoint_dir": str(tmp_path / "saved"), "learning_rate": 0.01, "learning_rate_scheduler": [0.5, 2]}
+    with pytest.raises(KeyboardInterrupt):
+        run("VBPR", "tiny", config_dict=settings)
+    run("VBPR", "tiny", config_dict=settings)  # resumes at epoch 2
+    # MMRec's schedule: lr * 0.5^(epoch / 2); epoch 2 is trained twice (interrupted, then resumed)
+    assert [e for e, _ in seen] == [0, 1, 2, 2, 3]
+    for epoch, lr in seen:
+        assert lr == pytest.approx(0.01 * 0.5 ** (epoch / 2))
+
+
+@pytest.mark.parametrize("value", [[0.96], [0.0, 50], [0.96, -1], "fast"])
+def test_bad_learning_rate_schedule_is_refused(tiny_dataset, tmp_path, value):
+    with pytest.raises(ValueError, match="learning_rate_scheduler must be"):
+        run("VBPR", "tiny", config_dict={**FAST, "data_path": tiny_dataset["root"],
+                                         "checkpoint_dir": str(tmp_path / "saved"), "learning_rate_scheduler": value})

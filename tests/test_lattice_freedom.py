@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAST, write_tiny_mmrec
+from conftest import FAST, attach_random_teachers, write_tiny_mmrec
 
 from recbole_ckd.compat import load_checkpoint
 from recbole_ckd.config import Config
@@ -394,3 +394,22 @@ def test_end_to_end_one_epoch(tiny_dataset, run_config, name):
     assert load_checkpoint(result["checkpoint"])["model"] == name
     if name.endswith("_CKD"):
         assert set(result["modes"]) == {"student joint", "student only_v", "student only_t", "teacher v", "teacher t"}
+
+
+def test_freedom_student_loss_has_the_modality_bpr_terms(tiny_dataset, tmp_path):
+    _, train, student = build("FREEDOM_CKD", tiny_dataset["root"], tmp_path, kd_weight=0.5, mm_bpr_weight=0.2)
+    attach_random_teachers(student.train())
+    batch = next(iter(train))
+    student.calculate_loss(batch)
+    u, i, j = batch["userID"], batch["itemID"], batch["neg_itemID"]
+    with torch.no_grad():
+        users, _ = student.forward()
+        expected = 0.0
+        for m in ("v", "t"):
+            projected = student.projection[m](student.feature_table[m])
+            expected += -F.logsigmoid((users[u] * (projected[i] - projected[j])).sum(1)).mean()
+    torch.testing.assert_close(student.last_loss_terms["modality_bpr"], 0.2 * expected)
+    # and the feature tables it fine-tunes get a gradient
+    student.zero_grad()
+    student.calculate_loss(batch).backward()
+    assert all(student.feature_table[m].grad.abs().sum() > 0 for m in ("v", "t"))

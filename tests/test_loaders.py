@@ -118,3 +118,55 @@ def test_evaluation_batches_equal_recboles(tiny_dataset, masking):
 def test_save_dataloaders_is_refused_by_name(tiny_dataset):
     with pytest.raises(ValueError, match="save_dataloaders: False"):
         loaders(tiny_dataset["root"], save_dataloaders=True)
+
+
+# ----------------------------------------------------------------------------- the CKD reference's batches
+def test_user_uniform_batches_are_distinct_users_with_their_items_and_valid_negatives(tiny_dataset):
+    config, (train, _, _) = loaders(tiny_dataset["root"], train_sampler="user_uniform")
+    users, items = training_pairs(train)
+    assert len(train) == len(users) // 16 + 1  # the reference's batch count
+    batches, data = epoch(train)
+    assert len(batches) == len(train)
+    used = set(zip(users.tolist(), items.tolist()))
+    for batch in batches:
+        batch_users = batch[train.uid_field].tolist()
+        assert len(batch_users) == 16 == len(set(batch_users))  # distinct users
+        assert all((u, i) in used for u, i in zip(batch_users, batch[train.iid_field].tolist()))
+        assert not any((u, j) in used for u, j in zip(batch_users, batch[train.neg_item_id].tolist()))
+    # users are uniform over the users with training data, not over interactions
+    counts = Counter(data["user"].tolist())
+    assert set(counts) <= set(users.tolist())
+    many = [b for _ in range(60) for b in epoch(train)[0]]
+    counts = Counter(u for b in many for u in b[train.uid_field].tolist())
+    expected = len(many) * 16 / len(set(users.tolist()))
+    chi2 = sum((counts.get(u, 0) - expected) ** 2 / expected for u in set(users.tolist()))
+    assert chi2 < 2 * len(counts)  # about its degrees of freedom under uniformity; far more if by interactions
+
+
+def test_user_uniform_batches_are_reproducible_and_resume_from_the_generator(tiny_dataset):
+    _, (first, _, _) = loaders(tiny_dataset["root"], train_sampler="user_uniform")
+    _, (second, _, _) = loaders(tiny_dataset["root"], train_sampler="user_uniform")
+    _, a = epoch(first)
+    _, b = epoch(second)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    state = first.generator.get_state()
+    _, one = epoch(first)
+    second.generator.set_state(state)
+    _, two = epoch(second)
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    assert not torch.equal(one["user"], a["user"])  # a new draw every epoch
+
+
+def test_user_uniform_batch_larger_than_the_users_draws_with_replacement(tiny_dataset):
+    _, (train, _, _) = loaders(tiny_dataset["root"], train_sampler="user_uniform", train_batch_size=100)
+    batches, _ = epoch(train)
+    assert all(len(b) == 100 for b in batches)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"train_sampler": "users"}, "train_sampler must be one of"),
+    ({"train_sampler": "user_uniform", "device_sampling": False}, "needs the device loader"),
+])
+def test_bad_train_sampler_settings_are_refused(tiny_dataset, extra, message):
+    with pytest.raises(ValueError, match=message):
+        loaders(tiny_dataset["root"], **extra)

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, write_tiny_mmrec
+from conftest import FAST, attach_random_teachers, write_tiny_mmrec
 
 from recbole_ckd.config import Config
 from recbole_ckd.data.dataset import data_preparation
@@ -187,3 +187,29 @@ def test_ckd_end_to_end(tiny_dataset, tmp_path, model):
                                              "checkpoint_dir": str(tmp_path / "saved")})
     assert set(result["modes"]) == {"student joint", "student only_v", "student only_t", "teacher v", "teacher t"}
     assert all(0.0 <= mode["test"]["recall@20"] <= 1.0 for mode in result["modes"].values())
+
+
+# ----------------------------------------------------------------------------- the students keep every term
+def test_mgcn_student_loss_has_mgcn_contrastive_term(tiny_dataset, tmp_path):
+    student, train = build("MGCN_CKD", tiny_dataset["root"], str(tmp_path / "saved"), kd_weight=0.5, cl_weight=0.3)
+    student = attach_random_teachers(student.train())
+    batch = next(iter(train))
+    student.calculate_loss(batch)
+    with torch.no_grad():
+        _, side, content = student.propagate()
+    users, pos = batch["userID"], batch["itemID"] + student.n_users
+    expected = 0.3 * (info_nce(side[pos], content[pos], 0.2) + info_nce(side[users], content[users], 0.2))
+    torch.testing.assert_close(student.last_loss_terms["contrastive"], expected)
+
+
+def test_grcn_student_loss_has_grcn_l2(tiny_dataset, tmp_path):
+    student, train = build("GRCN_CKD", tiny_dataset["root"], str(tmp_path / "saved"), kd_weight=0.5, reg_weight=0.1)
+    student = attach_random_teachers(student.train())
+    batch = next(iter(train))
+    student.calculate_loss(batch)
+    u, i, j = batch["userID"], batch["itemID"] + student.n_users, batch["neg_itemID"] + student.n_users
+    e = student.id_embedding.detach()
+    # the authors' mean squares over [2B, dim] interleaved tensors: each user twice
+    expected = (e[u].pow(2).mean() + (e[i].pow(2).mean() + e[j].pow(2).mean()) / 2
+                + sum(student.preference[m].detach()[u].pow(2).mean() for m in student.modalities))
+    torch.testing.assert_close(student.last_loss_terms["l2"], 0.1 * expected)

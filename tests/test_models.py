@@ -1,5 +1,6 @@
 """VBPR's masking invariant and one-epoch end-to-end runs through the entry point."""
 
+import pytest
 import torch
 from conftest import FAST
 
@@ -97,3 +98,79 @@ def test_shipped_dataset_runs_offline(tmp_path, monkeypatch):
         ["--model=VBPR", "--dataset=ml-100k-mm", "--epochs=1", "--show_progress=False", "--state=WARNING", "--use_gpu=False"]
     )
     assert result["test_result"]["recall@20"] > 0.02  # far above random ranking (about 0.012)
+
+
+# ----------------------------------------------------------------------------- the CKD reference's formulas
+def build_model(name, root, **extra):
+    config = Config(name, "tiny", config_dict={**FAST, "data_path": root, **extra})
+    train, _, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)
+    from recbole_ckd.model import MODELS
+
+    return MODELS[name](config, train.dataset).eval(), train.dataset
+
+
+def test_vbpr_is_the_reference_formula_with_equal_blocks(tiny_dataset):
+    model, _ = build_model("VBPR", tiny_dataset["root"])
+    f = {m: model.feature(m) for m in ("v", "t")}
+    P = {m: model.user_preference[m].weight.detach() for m in ("v", "t")}
+    W = {m: model.projection[m] for m in ("v", "t")}
+    for masked in (frozenset(), {"v"}, {"t"}):
+        with torch.no_grad():
+            users, items = model.forward(frozenset(masked))
+            user_blocks, item_blocks = [model.user_id_embedding.weight], [model.item_id_embedding.weight]
+            for m in ("v", "t"):
+                pref, feat = P[m], f[m]
+                if m in masked:  # the reference: mean preference over users, mean feature over items, tiled
+                    pref = pref[1:].mean(0, keepdim=True).expand_as(pref)
+                    feat = feat[1:].mean(0, keepdim=True).expand_as(feat)
+                user_blocks.append(pref)
+                item_blocks.append(W[m](feat))
+        assert users.shape == (model.n_users, 3 * 64) and items.shape == (model.n_items, 3 * 64)
+        torch.testing.assert_close(users, torch.cat(user_blocks, 1))
+        torch.testing.assert_close(items, torch.cat(item_blocks, 1))
+
+
+def dense_self_loop_mean(dataset, n_users, n_items):
+    """``D^-1 (A + I)`` of the user-item graph, dense."""
+    inter = dataset.inter_matrix(form="coo")
+    n = n_users + n_items
+    a = torch.zeros(n, n)
+    a[inter.row, inter.col + n_users] = 1.0
+    a[inter.col + n_users, inter.row] = 1.0
+    a += torch.eye(n)
+    return a / a.sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("masked", [frozenset(), frozenset({"v"}), frozenset({"t"})])
+def test_mmgcn_is_the_reference_formula(tiny_dataset, masked):
+    import torch.nn.functional as F
+
+    model, dataset = build_model("MMGCN", tiny_dataset["root"])
+    graph = dense_self_loop_mean(dataset, model.n_users, model.n_items)
+    outputs = []
+    with torch.no_grad():
+        for m in ("v", "t"):
+            branch = model.branches[m]
+            pref, feat = branch.user_preference, model.feature(m)
+            if m in masked:
+                pref = pref[1:].mean(0, keepdim=True).expand_as(pref)
+                feat = feat[1:].mean(0, keepdim=True).expand_as(feat)
+            x = F.normalize(torch.cat([pref, branch.projection(feat)]), dim=1)
+            assert len(branch.conv) == 3 and x.shape[1] == 64  # three layers over a 64-d projection
+            for conv, linear, gate in zip(branch.conv, branch.linear, branch.gate):
+                h = F.leaky_relu(graph @ conv(x))
+                x = F.leaky_relu(gate(h) + F.leaky_relu(linear(x)) + model.id_embedding)
+            outputs.append(x)
+        expected = ((outputs[0] + outputs[1]) / 2).split([model.n_users, model.n_items])
+        users, items = model.forward(masked)
+    torch.testing.assert_close(users, expected[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(items, expected[1], rtol=1e-5, atol=1e-6)
+
+
+def test_mmgcn_reference_preferences_are_fixed_but_kept_in_checkpoints(tiny_dataset):
+    trained, _ = build_model("MMGCN", tiny_dataset["root"])
+    fixed, _ = build_model("MMGCN", tiny_dataset["root"], train_preference=False)
+    assert "branches.v.user_preference" in dict(trained.named_parameters())
+    assert "branches.v.user_preference" not in dict(fixed.named_parameters())
+    assert "branches.v.user_preference" in fixed.state_dict()
