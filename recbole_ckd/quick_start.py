@@ -17,6 +17,23 @@ PROTOCOLS = {
 }
 
 
+def training_protocol(config):
+    """The training protocol of a run: its name (``protocol``) and the settings that define it."""
+    keys = ("train_batch_size", "train_sampler", "learning_rate", "learning_rate_scheduler", "eval_step", "stopping_step")
+    return {"name": config["protocol"], **{key: config[key] for key in keys}}
+
+
+def describe_protocol(protocol):
+    """One line, e.g. ``ckd_reference: batches of 1024 distinct uniform users, lr 0.0005, ...``."""
+    batches = {"user_uniform": f"batches of {protocol['train_batch_size']} distinct uniform users (one positive, "
+                               "one negative each)"}.get(protocol["train_sampler"],
+                                                         f"shuffled interactions in batches of {protocol['train_batch_size']}")
+    schedule = protocol["learning_rate_scheduler"]
+    rate = f"Adam lr {protocol['learning_rate']}" + (f" x {schedule[0]}^(epoch/{schedule[1]})" if schedule else "")
+    return (f"{protocol['name']}: {batches}, {rate}, validation every {protocol['eval_step']} epoch(s), stop after "
+            f"{protocol['stopping_step'] + 1} validations without improvement")
+
+
 def prepare(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None):
     """Config, data, model and trainer of a run, built through RecBole's machinery."""
     config = Config(model, dataset, config_file_list, config_dict, cmd_args=cmd_args)
@@ -68,6 +85,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         "dataset": config["dataset"],
         "seed": config["seed"],
         "test_masking": config["test_masking"],
+        "training_protocol": training_protocol(config),
         "valid_metric": config["valid_metric"],
         "eval_step": config["eval_step"],
         "stopping_step": config["stopping_step"],
@@ -129,7 +147,8 @@ def format_report(result):
     width = max([len(m) for m in metrics] + [6])
     lines = [
         set_color(f"{result['model']} on {result['dataset']} (seed {result['seed']})", "yellow"),
-        f"protocol: {PROTOCOLS.get(result['test_masking'], result['test_masking'])}",
+        f"training: {describe_protocol(result['training_protocol'])}",
+        f"evaluation: {PROTOCOLS.get(result['test_masking'], result['test_masking'])}",
         f"selection: best validation {result['valid_metric']}; test at that checkpoint",
         f"{'metric':<{width}}  {'valid':>8}  {'test':>8}",
     ]
