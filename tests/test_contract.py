@@ -40,7 +40,7 @@ def loss_and_grads(model, batch):
 
 
 def reference_distillation(student, batch, triples):
-    """The distillation term from the full tables of every mode (spec formula, two modalities)."""
+    """The distillation term from the full tables of every mode (docs/method.md, section 4, two modalities)."""
     with torch.no_grad():
         tables = {name: student.forward(masked) for name, masked in student.modes().items()}
     tables.update(student.teacher_tables)

@@ -200,7 +200,7 @@ def test_masked_outputs_ignore_the_masked_features(tiny_dataset, tmp_path, name,
     everything = scores(model, ("v", "t"))
     features = getattr(model, f"_feat_{modality}")
     features[1:] = features[1:][torch.randperm(model.n_items - 1, generator=torch.Generator().manual_seed(0))]
-    model.build_frozen_graphs()  # the precomputed graphs follow the new features
+    model.build_item_graphs(model.knn_k, weighted=model.__class__.__name__ == "LATTICE")  # the precomputed graphs follow the new features
     torch.testing.assert_close(scores(model, (modality,)), before[(modality,)])  # masked: unchanged
     assert not torch.allclose(scores(model, ()), before[()])  # joint: depends on the modality
     assert not torch.allclose(scores(model, (other,)), before[(other,)])  # only this modality: too
@@ -378,8 +378,7 @@ def test_models_reuse_the_cached_graphs(tiny_dataset, tmp_path, monkeypatch, nam
     _, _, second = build(name, tiny_dataset["root"], tmp_path)
     assert sorted(os.listdir(cache_dir)) == files
     for m in ("v", "t"):
-        getter = "original_graph" if name == "LATTICE" else "item_graph"
-        a, b = getattr(first, getter)(m), getattr(second, getter)(m)
+        a, b = first.item_graph(m), second.item_graph(m)
         assert torch.equal(a.indices(), b.indices()) and torch.equal(a.values(), b.values())
     monkeypatch.undo()
     build(name, tiny_dataset["root"], tmp_path, knn_k=5)  # another k: new graphs

@@ -54,7 +54,7 @@ def ckd_refusal(backbone, modality):
     return (
         f"{backbone} cannot be a CKD student: masking modality '{modality}' does not change its scores (it ranks "
         "with ID embeddings only at inference), so every counterfactual effect is zero and CKD's weights are "
-        "undefined (spec section 2). Use the plain backbone instead."
+        "undefined (docs/method.md, section 2). Use the plain backbone instead."
     )
 
 
@@ -89,7 +89,7 @@ class CKDStudentMixin:
 
     @torch.no_grad()
     def check_masking_changes_scores(self):
-        """CKD needs scores that depend on every modality at inference (spec section 2)."""
+        """CKD needs scores that depend on every modality at inference (docs/method.md, section 2)."""
         was_training = self.training
         self.eval()  # no dropout: two forwards must differ only through the mask
         try:
@@ -210,7 +210,7 @@ def make_ckd_model(backbone):
         {
             "backbone": backbone,
             "trainer_class": classmethod(lambda cls: CKDTrainer),
-            "__doc__": f"{backbone.__name__} trained as a CKD student (spec section 4).",
+            "__doc__": f"{backbone.__name__} trained as a CKD student (docs/method.md, section 4).",
             "__module__": __name__,
         },
     )

@@ -1,6 +1,7 @@
 """Base class of every multimodal backbone: features on the device, masking, scoring."""
 
 import contextlib
+import os
 from typing import NamedTuple
 
 import torch
@@ -61,7 +62,7 @@ class MultimodalRecommender(GeneralRecommender):
     """A backbone that scores with dot products of user and item representations.
 
     Subclasses implement :meth:`forward`, which takes the set of *masked* modalities
-    (spec section 2: a masked modality's item features are replaced by their mean over all
+    (docs/method.md, section 2: a masked modality's item features are replaced by their mean over all
     items, its user-side parameters by their mean over all users) and returns the tables of
     all user and all item representations. BPR training, full-ranking evaluation and CKD are
     built on that one method.
@@ -106,6 +107,7 @@ class MultimodalRecommender(GeneralRecommender):
             )
         self.default_masked = frozenset(self.modalities) - frozenset(active)
         self.reg_weight = config["reg_weight"]
+        self.graph_cache_dir = os.path.join(config["checkpoint_dir"], "graphs")  # kNN item graphs, by content
         self._eval_tables = None
         self.last_loss_terms = {}
         self.loss_stats = EpochStats()
@@ -275,6 +277,21 @@ class MultimodalRecommender(GeneralRecommender):
             self._eval_tables = None
 
     # ------------------------------------------------------------ graphs
+    def build_item_graphs(self, knn_k, weighted):
+        """(Re)build each modality's frozen kNN item graph of the raw features (top-``knn_k``
+        cosine neighbours, self included; cosine-weighted or unweighted edges, ``D^-1/2 S D^-1/2``),
+        built where the model runs and cached under ``<checkpoint_dir>/graphs``; read with
+        :meth:`item_graph`. Call it again after changing the features."""
+        for m in self.modalities:
+            graph = graphs.knn_graph(self.feature(m).to(self.device), int(knn_k), weighted=weighted,
+                                     normalization="sym", cache_dir=self.graph_cache_dir)
+            self.register_buffer(f"_item_graph_{m}", graph.to(self.device), persistent=False)
+        self._adjacency_cache = {}
+
+    def item_graph(self, m):
+        """Modality ``m``'s frozen kNN item graph (sparse ``[n_items, n_items]``)."""
+        return getattr(self, f"_item_graph_{m}")
+
     def lightgcn(self, graph, user_weight, item_weight, n_layers):
         """LightGCN: the mean of layers ``0..n_layers`` of ``graph``-propagated embeddings,
         split into ``(users, items)``."""
@@ -286,20 +303,25 @@ class MultimodalRecommender(GeneralRecommender):
         return (total / (n_layers + 1)).split([self.n_users, self.n_items])
 
     def bipartite_adjacency(self, dataset, normalization="mean", self_loops=False):
-        """The user-item training graph over ``n_users + n_items`` nodes (items after users),
-        as a sparse tensor on the device: row-normalised (``mean``, ``D^-1 A``) or
+        """The user-item training graph of ``dataset`` (see :meth:`user_item_graph`); a repeated
+        (user, item) row is one edge."""
+        return self.user_item_graph(*graphs.interaction_edges(dataset), normalization, self_loops)
+
+    def user_item_graph(self, users, items, normalization="mean", self_loops=False):
+        """The bipartite graph of the edges ``(users, items)`` over ``n_users + n_items`` nodes
+        (items after users), sparse, on the device: row-normalised (``mean``, ``D^-1 A``) or
         ``D^-1/2 A D^-1/2`` (``sym``); with ``self_loops``, ``A + I`` (degrees include the loop)."""
-        users, items = graphs.interaction_edges(dataset)  # a repeated (user, item) row is one edge
+        if normalization not in ("mean", "sym"):
+            raise ValueError(f"normalization must be 'mean' or 'sym', got {normalization!r}")
         items = items + self.n_users
         rows, cols = torch.cat([users, items]), torch.cat([items, users])
         n = self.n_users + self.n_items
         if self_loops:
-            loops = torch.arange(n)
+            loops = torch.arange(n, device=rows.device)
             rows, cols = torch.cat([rows, loops]), torch.cat([cols, loops])
-        if normalization not in ("mean", "sym"):
-            raise ValueError(f"normalization must be 'mean' or 'sym', got {normalization!r}")
         kind = "row" if normalization == "mean" else "sym"
-        return graphs.normalized_adjacency(rows, cols, torch.ones(len(rows)), n, kind).to(self.device)
+        values = torch.ones(len(rows), device=rows.device)
+        return graphs.normalized_adjacency(rows, cols, values, n, kind).to(self.device)
 
 
 class ItemGraphRecommender(MultimodalRecommender):

@@ -36,8 +36,8 @@ class BM3(MultimodalRecommender):
     Ranking, as in the reference's full-sort prediction: ``<p(h_u), p(h_i)>``, from ID
     embeddings only. :meth:`forward` therefore ignores ``masked``: no modality is used at
     inference, so every masking mode gives the same tables, every counterfactual effect is
-    zero, and ``BM3_CKD`` is refused when it is built (spec section 2). BM3 builds no
-    item-item graph, so the spec's graph-dropping rule does not apply to it.
+    zero, and ``BM3_CKD`` is refused when it is built (docs/method.md, section 2). BM3 builds no
+    item-item graph, so the graph-dropping rule of docs/method.md, section 2, does not apply to it.
 
     Negatives: ``properties/model/BM3.yaml`` sets ``train_neg_sample_args: ~``, which RecBole
     1.2.1 turns into ``distribution: none``; its training dataloader then yields the training
@@ -57,7 +57,7 @@ class BM3(MultimodalRecommender):
     as projecting all items and then indexing, at a fraction of the cost).
 
     Masking (``active_modalities``): a masked modality's auxiliary losses see the mean of its
-    feature table over all items (the spec's rule for every use of a masked modality's
+    feature table over all items (the rule of docs/method.md, section 2, for every use of a masked modality's
     features); scores are unaffected either way.
     """
 

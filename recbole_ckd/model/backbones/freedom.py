@@ -1,7 +1,5 @@
 """FREEDOM (Zhou and Shen, ACM MM 2023): a frozen multimodal item graph and a denoised user-item graph."""
 
-import os
-
 import torch
 from torch import nn
 
@@ -41,7 +39,7 @@ class FREEDOM(ItemGraphRecommender):
     shared equally by the others (``v: 0.1, t: 0.9`` with the default naming; equal weights
     when there is no ``v``, weight 1 for a single modality).
 
-    Masking modality m (spec section 2): ``S_m`` is dropped from ``S`` and the remaining weights
+    Masking modality m (docs/method.md, section 2): ``S_m`` is dropped from ``S`` and the remaining weights
     are renormalised to sum 1 (with only zero-weight modalities left there is no item-item
     term). The graph is the only place where the ranking uses features, and FREEDOM has no
     user-side parameter that belongs to one modality, so the outputs do not depend on m's
@@ -88,12 +86,11 @@ class FREEDOM(ItemGraphRecommender):
         self.projection = nn.ModuleDict({m: nn.Linear(self.feature_dim(m), self.feat_embed_dim) for m in self.modalities})
         self.init_trained_features(config, [m for m in self.modalities if m not in self.default_masked])
 
-        self.graph_cache_dir = os.path.join(config["checkpoint_dir"], "graphs")
-        self.build_frozen_graphs()
+        self.build_item_graphs(self.knn_k, weighted=False)
         users, items = graphs.interaction_edges(dataset)
         self.register_buffer("_edge_users", users.to(self.device), persistent=False)
         self.register_buffer("_edge_items", items.to(self.device), persistent=False)
-        self.register_buffer("full_graph", self._user_item_graph(users, items), persistent=False)
+        self.register_buffer("full_graph", self.user_item_graph(users, items, "sym"), persistent=False)
         degree_u = torch.bincount(users, minlength=self.n_users).float()
         degree_i = torch.bincount(items, minlength=self.n_items).float()
         probabilities = (degree_u[users] * degree_i[items]).rsqrt()
@@ -124,19 +121,6 @@ class FREEDOM(ItemGraphRecommender):
         return {m: w / total for m, w in raw.items()}
 
     # ------------------------------------------------------------ graphs
-    def build_frozen_graphs(self):
-        """(Re)build each modality's kNN graph ``S_m`` from the raw features (cached on disk)."""
-        for m in self.modalities:
-            graph = graphs.knn_graph(
-                self.feature(m).to(self.device), self.knn_k, weighted=False, normalization="sym",
-                cache_dir=self.graph_cache_dir,
-            )
-            self.register_buffer(f"_item_graph_{m}", graph.to(self.device), persistent=False)
-        self._adjacency_cache = {}
-
-    def item_graph(self, m):
-        return getattr(self, f"_item_graph_{m}")
-
     def item_adjacency(self, masked=frozenset()):
         """``S`` over the unmasked modalities, weights renormalised (sparse), or None."""
         active = tuple(m for m in self.modalities if m not in masked and self.modality_weight[m] > 0)
@@ -152,14 +136,6 @@ class FREEDOM(ItemGraphRecommender):
             self._adjacency_cache[key] = graphs.sparse_sum(parts, self.n_items).coalesce()
         return self._adjacency_cache[key]
 
-    def _user_item_graph(self, users, items):
-        """``D^-1/2 A D^-1/2`` of the bipartite graph with edges ``(users, items)``, on the device."""
-        n = self.n_users + self.n_items
-        items = items + self.n_users
-        rows, cols = torch.cat([users, items]), torch.cat([items, users])
-        graph = graphs.normalized_adjacency(rows, cols, torch.ones(len(rows), device=rows.device), n, "sym")
-        return graph.to(self.device)
-
     def pre_epoch(self, epoch):
         """Degree-sensitive edge pruning: a new pruned user-item graph for this epoch's training."""
         if self.dropout <= 0:
@@ -168,7 +144,7 @@ class FREEDOM(ItemGraphRecommender):
         n_edges = len(self._edge_probabilities)
         keep = max(int(n_edges * (1.0 - self.dropout)), 1)
         kept = torch.multinomial(self._edge_probabilities, keep, replacement=False)
-        self.pruned_graph = self._user_item_graph(self._edge_users[kept], self._edge_items[kept])
+        self.pruned_graph = self.user_item_graph(self._edge_users[kept], self._edge_items[kept], "sym")
 
     # ------------------------------------------------------------ representations
     def _collaborative(self):

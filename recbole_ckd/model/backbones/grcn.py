@@ -68,7 +68,7 @@ class GRCN(MultimodalRecommender):
       is computed in closed form (:meth:`_refine_masked`): the same values, without
       ``[edges x dim]`` intermediates.
 
-    Masking modality m (spec section 2): m's features are replaced by their mean over items
+    Masking modality m (docs/method.md, section 2): m's features are replaced by their mean over items
     (projected once) and m's preferences ``P_m`` by their mean over users, so every item has the
     same content and every user the same prototype in m (routing keeps them equal); m's
     content block is then one vector for every user with training items and one for every

@@ -1,7 +1,5 @@
 """LATTICE (Zhang et al., ACM MM 2021): a learned item-item graph on top of LightGCN."""
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,7 +42,7 @@ class LATTICE(ItemGraphRecommender):
     gradient) rebuilds the learned graph from the current parameters, as the reference does
     when it ranks.
 
-    Masking modality m (spec section 2): m's item-item terms, ``S_m`` in the learned graph and
+    Masking modality m (docs/method.md, section 2): m's item-item terms, ``S_m`` in the learned graph and
     ``O_m`` in the skip connection, are dropped, and the weights of the remaining modalities
     are renormalised (``alpha`` is the softmax over the unmasked modalities' ``a`` only). LATTICE
     uses modality features nowhere else and has no user-side parameter that belongs to one
@@ -91,8 +89,7 @@ class LATTICE(ItemGraphRecommender):
         self.modal_weight = nn.Parameter(torch.full((len(self.modalities),), 1.0 / len(self.modalities)))
         self.init_trained_features(config, [m for m in self.modalities if m not in self.default_masked])
 
-        self.graph_cache_dir = os.path.join(config["checkpoint_dir"], "graphs")
-        self.build_frozen_graphs()
+        self.build_item_graphs(self.knn_k, weighted=True)  # the initial graphs O_m
         if self.cf_model == "lightgcn":
             self.register_buffer("norm_adj", self.bipartite_adjacency(dataset, "mean", self_loops=True), persistent=False)
         self._learned = {}  # modality -> (rows, cols, similarities) of this epoch's learned graph
@@ -101,19 +98,6 @@ class LATTICE(ItemGraphRecommender):
         self._adjacency_cache = {}  # active modalities -> this epoch's detached item graph
 
     # ------------------------------------------------------------ graphs
-    def build_frozen_graphs(self):
-        """(Re)build the initial kNN graphs ``O_m`` from the raw features (cached on disk)."""
-        for m in self.modalities:
-            graph = graphs.knn_graph(
-                self.feature(m).to(self.device), self.knn_k, weighted=True, normalization="sym",
-                cache_dir=self.graph_cache_dir,
-            )
-            self.register_buffer(f"_original_graph_{m}", graph.to(self.device), persistent=False)
-        self._adjacency_cache = {}
-
-    def original_graph(self, m):
-        return getattr(self, f"_original_graph_{m}")
-
     def _knn(self, m):
         return graphs.knn_neighbours_with_grad(self.projection[m](self.trained_feature(m)), self.knn_k)
 
@@ -164,7 +148,7 @@ class LATTICE(ItemGraphRecommender):
         values = graphs.normalized_values(rows, cols, sims, self.n_items, "sym")
         parts = [(torch.stack([rows, cols]), (1.0 - self.lambda_coeff) * values)]
         for w, m in zip(weights, active):
-            original = self.original_graph(m)
+            original = self.item_graph(m)
             parts.append((original.indices(), self.lambda_coeff * w * original.values()))
         adjacency = graphs.sparse_sum(parts, self.n_items)
         if cacheable:

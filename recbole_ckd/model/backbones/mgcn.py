@@ -1,12 +1,10 @@
 """MGCN (Yu et al., ACM MM 2023): multi-view graph convolution with purified modality views."""
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_ckd.model.graphs import knn_graph, spmm
+from recbole_ckd.model.graphs import spmm
 from recbole_ckd.model.multimodal import MultimodalRecommender
 
 
@@ -55,7 +53,7 @@ class MGCN(MultimodalRecommender):
     neighbours. The reference's learning-rate schedule (``learning_rate_scheduler: [0.96, 50]``,
     ``lr * 0.96^(epoch / 50)``) is the default in ``properties/model/MGCN.yaml``.
 
-    Masking modality m (spec section 2):
+    Masking modality m (docs/method.md, section 2):
 
     - m's features are replaced by the mean feature vector over items (of the trained table
       when features are fine-tuned), projected once: the purifier gate of m is then one vector
@@ -93,12 +91,7 @@ class MGCN(MultimodalRecommender):
         )
         self.query_common = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1, bias=False))
 
-        # the graphs, from the raw features (built where the model will run, cached on disk)
-        cache_dir = os.path.join(config["checkpoint_dir"], "graphs")
-        for m in self.modalities:
-            graph = knn_graph(self.feature(m).to(self.device), int(config["knn_k"]), weighted=True,
-                              normalization="sym", cache_dir=cache_dir)
-            self.register_buffer(f"_item_graph_{m}", graph.to(self.device), persistent=False)
+        self.build_item_graphs(config["knn_k"], weighted=True)
         adjacency = self.bipartite_adjacency(dataset, "sym")
         self.register_buffer("norm_adj", adjacency, persistent=False)
         self.register_buffer("user_item", self._user_item_block(adjacency), persistent=False)
@@ -110,10 +103,6 @@ class MGCN(MultimodalRecommender):
         keep = rows < self.n_users
         indices = torch.stack([rows[keep], cols[keep] - self.n_users])
         return torch.sparse_coo_tensor(indices, adjacency.values()[keep], (self.n_users, self.n_items)).coalesce()
-
-    def item_graph(self, m):
-        """The normalised kNN item graph of modality ``m`` (sparse)."""
-        return getattr(self, f"_item_graph_{m}")
 
     # ------------------------------------------------------------ representations
     def modality_features(self, m, is_masked):
