@@ -166,9 +166,11 @@ def summarize(cells, metrics=TABLE_METRICS):
 
 def ckd_comparisons(summary, metrics=TABLE_METRICS):
     """Each ``X_CKD`` against ``X``: relative improvement of the means and the paired test."""
+    from recbole_ckd.model import ckd_backbone_name
+
     rows = []
     for model in summary:
-        backbone = model[: -len("_CKD")] if model.endswith("_CKD") else None
+        backbone = ckd_backbone_name(model)
         if backbone not in summary:
             continue
         for m in metrics:
@@ -218,12 +220,15 @@ def plot_modalities(cells, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from recbole_ckd.model import ckd_backbone_name
+
     groups = {}
     for model, records in cells.items():
-        if not model.endswith("_CKD"):
+        backbone = ckd_backbone_name(model)
+        if backbone is None:
             continue
         bars = {}
-        for label_prefix, source in (("", model), ("backbone ", model[:-4])):
+        for label_prefix, source in (("", model), ("backbone ", backbone)):
             for record in cells.get(source, []):
                 for mode, result in (record.get("modes") or {}).items():
                     label = mode if source == model else label_prefix + mode

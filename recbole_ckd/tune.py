@@ -206,6 +206,7 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
     from ray import air, tune
 
     from recbole_ckd.config import Config
+    from recbole_ckd.model import ckd_backbone_name
     from recbole_ckd.quick_start import format_report, run, train_teachers
 
     params = parse_hyper_file(hyper_file)
@@ -218,7 +219,7 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
     # absolute paths: Ray workers run in their own folders (Config's data_path ends in the dataset)
     base_dict.update(data_path=os.path.dirname(overrides["data_path"]), checkpoint_dir=overrides["checkpoint_dir"])
     base_dict.pop("retrain_teachers", None)  # trials must never delete the shared teachers
-    is_ckd = model.endswith("_CKD")
+    is_ckd = ckd_backbone_name(model) is not None
     if is_ckd and "learning_rate" in params and not overrides["teacher_learning_rate"]:
         # the swept learning rate is the student's: keep the teachers at the configured one
         base_dict["teacher_learning_rate"] = overrides["learning_rate"]

@@ -34,4 +34,10 @@ CKD_MODELS = tuple(make_ckd_model(backbone) for backbone in BACKBONES)
 MODELS = {cls.__name__: cls for cls in BACKBONES + CKD_MODELS}
 globals().update({cls.__name__: cls for cls in BACKBONES})
 
-__all__ = ["BACKBONES", "CKD_MODELS", "MODELS", "MultimodalRecommender"] + [cls.__name__ for cls in BACKBONES]
+
+def ckd_backbone_name(name):
+    """The backbone's name if ``name`` is a CKD student (``VBPR_CKD`` -> ``VBPR``), else None."""
+    backbone = getattr(MODELS.get(name), "backbone", None)
+    return None if backbone is None else backbone.__name__
+
+__all__ = ["BACKBONES", "CKD_MODELS", "MODELS", "MultimodalRecommender", "ckd_backbone_name"] + [cls.__name__ for cls in BACKBONES]
