@@ -306,7 +306,7 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
     stats = _dataset_statistics(first, dataset)
     props = properties_dir()
     # records written before they carried the stopping rule ran with the plugin's defaults
-    defaults = yaml.safe_load(open(os.path.join(props, "overall.yaml")))
+    defaults = _read_yaml(os.path.join(props, "overall.yaml"))
     rule = {key: first.get(key, (config_dict or {}).get(key, defaults[key])) for key in ("eval_step", "stopping_step")}
     protocols = {describe_protocol(_training_protocol(r, dataset, config_files, config_dict))
                  for records in cells.values() for r in records}
@@ -333,7 +333,7 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
     if tuned:
         lines += ["## Tuned values", "", "| model | key | tuned | range |", "| --- | --- | --- | --- |"]
         for model, path in tuned.items():
-            best = yaml.safe_load(open(path))
+            best = _read_yaml(path)
             for key, described in (spaces or {}).get(model, {}).items():
                 lines.append(f"| {model} | {key} | {best.get(key)} | {described} |")
         lines.append("")
@@ -386,6 +386,11 @@ def _dataset_statistics(record, dataset):
     return {"table": table, "split": split}
 
 
+def _read_yaml(path):
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
 def _training_protocol(record, dataset, config_files, config_dict):
     """A cell's training protocol; cells written before records carried it are resolved from the config."""
     if "training_protocol" in record:
@@ -418,7 +423,7 @@ def tuned_configs(sweeps_dir, dataset, models):
         if os.path.isfile(best):
             tuned[model] = best
             space = best.replace("-best.yaml", "-space.yaml")
-            spaces[model] = yaml.safe_load(open(space)) if os.path.isfile(space) else {}
+            spaces[model] = _read_yaml(space) if os.path.isfile(space) else {}
     return tuned, spaces
 
 
