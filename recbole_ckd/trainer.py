@@ -8,12 +8,11 @@ import json
 import os
 import random
 import shutil
-from time import time
 
 import numpy as np
 import torch
 from recbole.trainer import Trainer
-from recbole.utils import dict2str, early_stopping, set_color
+from recbole.utils import set_color
 
 from recbole_ckd.compat import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -212,6 +211,7 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
         self.finished = False
         self.epoch_stats = []  # what the model measured per epoch (CKD: loss terms, weights r_m)
         self._epoch = None
+        self._validating, self._train_data = True, None
         self.lr_scheduler = learning_rate_schedule(self.optimizer, config["learning_rate_scheduler"])
 
     @property
@@ -307,63 +307,43 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
         return {"run": self.run_dir}
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        self.eval_collector.data_collect(train_data)
+        """RecBole's own loop (dynamic negative sampling, W&B, hyper-parameter logging included),
+        resumed from ``last.pth`` or seeded, extended through its hooks: ``_train_epoch`` (the
+        model's ``pre_epoch``, the learning-rate schedule, the epoch statistics) and the
+        per-validation callback (``last.pth``)."""
         if not (saved and self._try_resume(train_data)):
             seed_stage(self.config["seed"], train_data)
         if self.finished:
             return self.best_valid_score, self.best_valid_result
-        for epoch_idx in range(self.start_epoch, self.epochs):
-            self._epoch = epoch_idx
-            start = time()
-            if hasattr(self.model, "pre_epoch"):  # e.g. FREEDOM re-samples its pruned graph
-                self.model.pre_epoch(epoch_idx)
-            train_loss = self._train_epoch(train_data, epoch_idx, show_progress=show_progress)
-            if self.lr_scheduler is not None:
-                self.lr_scheduler.step()
-            self.train_loss_dict[epoch_idx] = sum(train_loss) if isinstance(train_loss, tuple) else train_loss
-            if verbose:
-                self.logger.info(self._generate_train_loss_output(epoch_idx, start, time(), train_loss))
-            self._add_train_loss_to_tensorboard(epoch_idx, train_loss)
-            self._log_epoch_stats(epoch_idx)
-            if self.eval_step <= 0 or not valid_data:
-                if saved:  # nothing to select on: the latest model is the one kept
-                    self._save_checkpoint(epoch_idx, verbose=verbose)
-                    self._save_last(epoch_idx, train_data)
-                continue
-            if (epoch_idx + 1) % self.eval_step:
-                continue
-            start = time()
-            valid_score, valid_result = self._valid_epoch(valid_data, show_progress=show_progress)
-            self.best_valid_score, self.cur_step, stop, improved = early_stopping(
-                valid_score, self.best_valid_score, self.cur_step,
-                max_step=self.stopping_step, bigger=self.valid_metric_bigger,
-            )
-            if verbose:
-                self.logger.info(
-                    set_color(f"epoch {epoch_idx} evaluating", "green")
-                    + f" [time: {time() - start:.2f}s, valid_score: {valid_score:f}]\n"
-                    + set_color("valid result", "blue") + ": \n" + dict2str(valid_result)
-                )
-            self.tensorboard.add_scalar("Valid_score", valid_score, epoch_idx)
-            if improved:
-                self.best_valid_result = valid_result
-                if saved:
-                    self._save_checkpoint(epoch_idx, verbose=verbose)
+        self._train_data = train_data
+        self._validating = bool(valid_data) and self.eval_step > 0
+
+        def after_validation(epoch_idx, valid_score):
+            if saved:  # RecBole has updated the counters and written best.pth if it improved
+                self._save_last(epoch_idx, train_data)
             if callback_fn:
                 callback_fn(epoch_idx, valid_score)
-            self.finished = stop or epoch_idx + 1 >= self.epochs
-            if saved:
-                self._save_last(epoch_idx, train_data)
-            if stop:
-                if verbose:
-                    best_epoch = epoch_idx - self.cur_step * self.eval_step
-                    self.logger.info(f"Finished training, best eval result in epoch {best_epoch}")
-                break
-        if saved and not self.finished:
-            self.finished = True
-            self._save_last(self.epochs - 1, train_data)
-        return self.best_valid_score, self.best_valid_result
 
+        result = super().fit(train_data, valid_data, verbose, saved, show_progress, after_validation)
+        self.finished = True  # stopped early or ran every epoch (an interruption raises instead)
+        if saved:
+            self._save_last(self._epoch if self._epoch is not None else self.epochs - 1, train_data)
+        return result
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self._epoch = epoch_idx
+        if hasattr(self.model, "pre_epoch"):  # e.g. FREEDOM re-samples its pruned graph
+            self.model.pre_epoch(epoch_idx)
+        loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        self._log_epoch_stats(epoch_idx)
+        return loss
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
+        if not self._validating and epoch >= 0:  # nothing to select on: every epoch is the last one kept
+            self._save_last(epoch, self._train_data)
 
 
 # ----------------------------------------------------------------------------- CKD, two stages

@@ -174,3 +174,11 @@ def test_mmgcn_reference_preferences_are_fixed_but_kept_in_checkpoints(tiny_data
     assert "branches.v.user_preference" in dict(trained.named_parameters())
     assert "branches.v.user_preference" not in dict(fixed.named_parameters())
     assert "branches.v.user_preference" in fixed.state_dict()
+
+
+def test_recbole_models_keep_recboles_dynamic_negative_sampling(tiny_dataset, tmp_path):
+    # RecBole's loop hands the model to a dynamic sampler (train_data.get_model); the plugin's
+    # trainer extends that loop, so hard negatives are scored by the model being trained
+    sampling = "{'distribution': 'uniform', 'sample_num': 1, 'dynamic': True, 'candidate_num': 3}"
+    result = run_cli("BPR", tiny_dataset["root"], tmp_path, f"--train_neg_sample_args={sampling}")
+    check_result(result, "BPR")
