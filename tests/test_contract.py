@@ -4,14 +4,32 @@ whole objective plus ``kd_weight`` times the distillation term, nothing removed.
 
 import pytest
 import torch
-from conftest import FAST, attach_random_teachers
+from conftest import FAST, attach_random_teachers, write_tiny_mmrec
+from recbole.data.interaction import Interaction
 
+from recbole_ckd.compat import load_checkpoint
 from recbole_ckd.config import Config
 from recbole_ckd.data.dataset import data_preparation
 from recbole_ckd.model import BACKBONES, MODELS
+from recbole_ckd.quick_start import run
 from recbole_ckd.registry import create_dataset
+from recbole_ckd.trainer import ResumableTrainer
 
 STUDENT_BACKBONES = [cls.__name__ for cls in BACKBONES if cls.ranks_with_modalities]
+ALL_MODELS = [cls.__name__ for cls in BACKBONES] + [f"{name}_CKD" for name in STUDENT_BACKBONES]
+# settings that change how a backbone uses its features, checked by the masking contract too
+VARIANTS = {"MGCN": [{"train_features": False}], "GRCN": [{"n_routing": 0}], "MMGCN": [{"train_preference": False}]}
+MASKING_CASES = [(name, {}) for name in STUDENT_BACKBONES] + [
+    (name, extra) for name, extras in VARIANTS.items() for extra in extras if name in STUDENT_BACKBONES
+]
+
+
+def build(name, root, tmp_path, **extra):
+    config = Config(name, "tiny", config_dict={**FAST, "data_path": root, "checkpoint_dir": str(tmp_path / "saved"),
+                                               "gd_samples": 9, **extra})
+    train, _, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)
+    return MODELS[name](config, train.dataset), train
 
 
 def build_pair(root, tmp_path, backbone, **extra):
@@ -93,3 +111,84 @@ def test_student_adds_exactly_kd_weight_times_the_distillation(tiny_dataset, tmp
     assert backbone_terms <= set(student.last_loss_terms)
     for name in backbone_terms:
         torch.testing.assert_close(student.last_loss_terms[name], plain.last_loss_terms[name], rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- representations
+def scores(model, masked):
+    with torch.no_grad():
+        users, items = model.forward(frozenset(masked))
+    return users @ items.T
+
+
+@pytest.mark.parametrize("backbone, extra", MASKING_CASES, ids=[f"{n}{'-' + '-'.join(e) if e else ''}" for n, e in MASKING_CASES])
+def test_masked_outputs_ignore_the_masked_features(tmp_path, backbone, extra):
+    """Permuting modality m's feature rows changes nothing once m is masked (the tables
+    themselves, not only the scores), and changes the joint and the "only m" outputs."""
+    _, df, features = write_tiny_mmrec(str(tmp_path / "original"))
+    rows = list(df.itertuples(index=False, name=None))
+    original, _ = build(backbone, str(tmp_path / "original"), tmp_path, **extra)
+    original.eval()
+    order = torch.randperm(len(features["v"]), generator=torch.Generator().manual_seed(1)).numpy()
+    for m, other in (("v", "t"), ("t", "v")):
+        permuted_features = {**features, m: features[m][order]}
+        write_tiny_mmrec(str(tmp_path / f"permuted_{m}"), rows=rows, features=permuted_features)
+        permuted, _ = build(backbone, str(tmp_path / f"permuted_{m}"), tmp_path, **extra)
+        permuted.eval()
+        with torch.no_grad():
+            for a, b in zip(original.forward(frozenset({m})), permuted.forward(frozenset({m}))):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(scores(original, {"v", "t"}), scores(permuted, {"v", "t"}), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(scores(original, set()), scores(permuted, set()), atol=1e-4)
+        assert not torch.allclose(scores(original, {other}), scores(permuted, {other}), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_full_sort_predict_is_the_forward_tables(tiny_dataset, tmp_path, name):
+    model, train = build(name, tiny_dataset["root"], tmp_path)
+    model.eval()
+    users = torch.arange(1, model.n_users)
+    batch = Interaction({model.USER_ID: users})
+    with torch.no_grad():
+        user_reps, item_reps = model.forward(model.default_masked)
+        predicted = model.full_sort_predict(batch).view(len(users), -1)
+    torch.testing.assert_close(predicted, user_reps[users] @ item_reps.T)
+
+
+# ----------------------------------------------------------------------------- training
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_training_runs_and_resumes_bit_identically(tiny_dataset, tmp_path, name, monkeypatch):
+    """Three epochs end to end; the same run interrupted in its last stage's second epoch and
+    started again ends with the same selected model and the same test result."""
+    settings = {**FAST, "epochs": 3, "stopping_step": 100, "gd_samples": 9, "data_path": tiny_dataset["root"]}
+    reference = run(name, "tiny", config_dict={**settings, "checkpoint_dir": str(tmp_path / "a")})
+    assert load_checkpoint(reference["checkpoint"])["model"] == name
+
+    original, calls = ResumableTrainer._train_epoch, {"n": 0}
+
+    def interrupted(self, train_data, epoch_idx, *args, **kwargs):
+        if self.config["model"] == name and epoch_idx == 1 and not calls["n"]:
+            calls["n"] += 1
+            raise KeyboardInterrupt
+        return original(self, train_data, epoch_idx, *args, **kwargs)
+
+    monkeypatch.setattr(ResumableTrainer, "_train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(name, "tiny", config_dict={**settings, "checkpoint_dir": str(tmp_path / "b")})
+    resumed = run(name, "tiny", config_dict={**settings, "checkpoint_dir": str(tmp_path / "b")})
+    assert calls["n"] == 1
+    assert resumed["test_result"] == reference["test_result"]
+    ours, theirs = (load_checkpoint(r["checkpoint"])["state_dict"] for r in (resumed, reference))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_every_tensor_follows_the_configured_device(tiny_dataset, tmp_path, name):
+    model, train = build(name, tiny_dataset["root"], tmp_path, use_gpu=True, device="cuda")
+    model = model.to("cuda")
+    assert all(t.device.type == "cuda" for t in list(model.parameters()) + list(model.buffers()))
+    if name in MODELS and hasattr(MODELS[name], "backbone"):
+        attach_random_teachers(model)
+    batch = next(iter(train)).to("cuda")
+    model.train()
+    model.calculate_loss(batch).backward()

@@ -105,9 +105,12 @@ def test_two_trial_sweep_trains_teachers_once(tiny_dataset, tmp_path, capsys):
     assert sorted(t["params"]["kd_weight"] for t in trials) == [0.01, 0.1]
     best = result["best"]
     assert best["best_valid_score"] == max(t["best_valid_score"] for t in trials)
-    # teachers were trained once, before the trials: two teachers, each trained by the driver
-    teachers = glob.glob(str(tmp_path / "saved" / "tiny" / "teachers" / "*" / "best.pth"))
-    assert len(teachers) == 2
+    # teachers were trained once, by the driver before the trials: two teachers, neither written
+    # again after the first trial's student began
+    teachers = glob.glob(str(tmp_path / "saved" / "tiny" / "teachers" / "*" / "*.pth"))
+    students = glob.glob(str(tmp_path / "saved" / "tiny" / "VBPR_CKD-*" / "*.pth"))
+    assert len(teachers) == 4 and len(students) == 4  # best.pth and last.pth of 2 teachers, 2 students
+    assert max(os.path.getmtime(f) for f in teachers) < min(os.path.getmtime(f) for f in students)
     out = capsys.readouterr().out
     assert "Training (or loading) the teachers once" in out
     # the best configuration file is accepted by --config_files and reproduces the trial
