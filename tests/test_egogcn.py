@@ -47,8 +47,8 @@ def reference_representation(net, adjacency, masked):
     """The authors' forward, one ``[target, source, dim]`` message per edge (tiny sizes only)."""
     n_users, edge = net.n_users, adjacency > 0
 
-    def softmax_over_neighbours(scores):  # row i: the edges into node i
-        return torch.softmax(scores.masked_fill(~edge, float("-inf")), dim=1).nan_to_num(0.0)
+    def softmax_over_neighbours(scores):  # row i: the edges into node i (none: a zero row)
+        return torch.softmax(scores.masked_fill(~edge, -1e9), dim=1) * edge
 
     h = {}
     for m in net.modalities:
@@ -109,6 +109,23 @@ def test_egogcn_is_the_reference_formula(tiny_dataset, tmp_path, case, masked):
         got = net.forward(masked)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["hard", "soft"])
+def test_gradients_are_the_reference_formulas(tiny_dataset, tmp_path, case):
+    net, train = build(tiny_dataset["root"], str(tmp_path / "saved"), **CASES[case])
+    adjacency = dense_adjacency(net, train.dataset)
+    generator = torch.Generator().manual_seed(0)
+    grads = []
+    for compute in (lambda: net.forward(frozenset({"t"})), lambda: reference_representation(net, adjacency, {"t"})):
+        net.zero_grad()
+        users, items = (table[1:] for table in compute())  # not the padding rows (no edges, zero branch rows)
+        weights = torch.randn(users.shape[1], generator=generator.manual_seed(0))
+        ((users * weights).sum() + (items * weights).pow(2).sum()).backward()
+        grads.append({name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() == dict(net.named_parameters()).keys()
+    for name, grad in grads[1].items():
+        torch.testing.assert_close(grads[0][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_the_hard_threshold_splits_the_tiny_graphs_edges(tiny_dataset, tmp_path):

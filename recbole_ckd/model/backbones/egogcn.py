@@ -34,7 +34,9 @@ class EgoGCN(MultimodalRecommender):
 
       with ``reattention``, ``a_ji`` is computed again from the modulated sources,
       ``softmax_{j -> i} <h^m_i, s_ji>``; then ``x_i = normalize(sum_{j -> i} a_ji s_ji)``
-      (aggregation only, no residual);
+      (aggregation only, no residual: a node without training edges, an item seen only in
+      validation or test, gets a zero branch output, as in the reference, and ranks by its ID
+      embedding alone);
     - ``n_routing`` attention layers without modulation:
       ``x_i <- normalize(x_i + sum_{j -> i} softmax_{j -> i}(<x_i, x_j>) x_j)``.
 
