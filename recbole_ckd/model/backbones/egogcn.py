@@ -82,12 +82,12 @@ class EgoGCN(MultimodalRecommender):
 
     Masking modality m (docs/method.md, section 2): m's item features are replaced by their mean
     (projected once) and its preferences ``P_m`` by their mean over users, so every item has the
-    same input and every user the same prototype in m, and m's attention is uniform over each
-    neighbourhood (``1 / deg``). Its own branch still propagates, and its fused edges still
+    same input and every user the same prototype in m, and m's first attention is uniform over
+    each neighbourhood (``1 / deg``). Its own branch still propagates, and its fused edges still
     carry the other modalities: in the hard modulation, which edges of m's branch are fused then
-    depends only on the target's degree (``1 / deg > alpha_threshold``), the edge's content
-    being the (unmasked) other modalities' representations of the neighbour, never
-    item-specific information of m. In the other modalities' branches, a fused edge uses m's
+    depends only on the target's degree (``1 / deg > alpha_threshold``), a fused edge's content
+    being the mean of m's constant and the other modalities' representations of the neighbour
+    (which the reattention then weighs), never item-specific information of m. In the other modalities' branches, a fused edge uses m's
     masked representation of the neighbour: by default (``masked_fusion: mean``) m enters every
     fused message as its mean, like every other use of masked features; nothing is dropped,
     since the fusion runs over the fixed training edges, not over a graph built from m's
