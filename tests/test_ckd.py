@@ -293,7 +293,7 @@ def test_non_finite_loss_stops_with_epoch_term_and_checkpoint(tiny_dataset, tmp_
         run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path))
 
 
-@pytest.mark.parametrize("model", ["VBPR_CKD", "MMGCN_CKD"])
+@pytest.mark.parametrize("model", ["VBPR_CKD", "MMGCN_CKD", "EgoGCN_CKD"])
 def test_shared_mode_computation_equals_one_mode_at_a_time(tiny_dataset, model):
     from recbole_ckd.model.multimodal import MultimodalRecommender
 

@@ -1,0 +1,267 @@
+"""EgoGCN: the reference formulas by hand (dense, edge by edge), masking invariants, shapes, the
+authors' L2, any number of modalities, end-to-end runs of the backbone and its student."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import FAST, write_tiny_mmrec
+
+from recbole_ckd.config import Config
+from recbole_ckd.data.dataset import data_preparation
+from recbole_ckd.model import MODELS
+from recbole_ckd.quick_start import run
+from recbole_ckd.registry import create_dataset
+
+FEATURE_FILES = {"v": "image_feat.npy", "t": "text_feat.npy", "a": "a_feat.npy"}
+# low enough that some edges of the tiny graph (about ten neighbours a node) are fused and some not
+THRESHOLD = 0.105
+
+
+def build(root, checkpoint_dir, model="EgoGCN", seed=3, **extra):
+    config = Config(model, "tiny", config_dict={**FAST, "data_path": root, "checkpoint_dir": checkpoint_dir, **extra})
+    train, _, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(seed)  # the same parameters for every dataset variant
+    return MODELS[model](config, train.dataset).eval(), train
+
+
+def scores(model, masked):
+    with torch.no_grad():
+        users, items = model.forward(frozenset(masked))
+    return users @ items.T
+
+
+# ----------------------------------------------------------------------------- the reference, densely
+def dense_adjacency(net, dataset):
+    inter = dataset.inter_matrix(form="coo")
+    a = torch.zeros(net.n_nodes, net.n_nodes)
+    a[inter.row, inter.col + net.n_users] = 1.0
+    a[inter.col + net.n_users, inter.row] = 1.0
+    return a
+
+
+def reference_representation(net, adjacency, masked):
+    """The authors' forward, one ``[target, source, dim]`` message per edge (tiny sizes only)."""
+    n_users, edge = net.n_users, adjacency > 0
+
+    def softmax_over_neighbours(scores):  # row i: the edges into node i (none: a zero row)
+        return torch.softmax(scores.masked_fill(~edge, -1e9), dim=1) * edge
+
+    h = {}
+    for m in net.modalities:
+        pref, feat = net.preference[m], net.feature(m)
+        if m in masked:
+            pref = pref[1:].mean(0, keepdim=True).expand_as(pref)
+            feat = feat[1:].mean(0, keepdim=True).expand_as(feat)
+        projection = net.projection[m]
+        content = F.normalize(F.leaky_relu(feat @ projection.weight.T + projection.bias), dim=1)
+        h[m] = torch.cat([F.normalize(pref, dim=1), content])
+    blocks = []
+    for m in net.modalities:
+        x = h[m]
+        others = [k for k in net.modalities if k != m and not (net.masked_fusion == "drop" and k in masked)]
+        alpha = softmax_over_neighbours(x @ x.T)
+        if net.modulation == "hard":
+            fused = (x + sum(h[k] for k in others)) / (1 + len(others))
+            messages = torch.where((alpha > net.alpha_threshold)[:, :, None], fused[None], x[None])
+        else:
+            gated = sum(torch.sigmoid(h[k] @ net.gates[m][k].weight.T + net.gates[m][k].bias) * h[k] for k in others)
+            messages = ((x + gated) / (1 + len(others)))[None].expand(len(x), -1, -1)
+        if net.reattention:
+            alpha = softmax_over_neighbours((x[:, None, :] * messages).sum(-1))
+        x = F.normalize((alpha[:, :, None] * messages).sum(1), dim=1)
+        for _ in range(net.n_routing):
+            x = F.normalize(x + softmax_over_neighbours(x @ x.T) @ x, dim=1)
+        blocks.append(x)
+    degree = adjacency.sum(1)
+    inverse = torch.where(degree > 0, degree.pow(-0.5), torch.zeros_like(degree))
+    a_hat = inverse[:, None] * adjacency * inverse[None]
+    e = F.normalize(net.id_embedding, dim=1)
+    layers = [e]
+    for _ in range(net.id_layers):
+        layers.append(a_hat @ layers[-1])
+    if net.repeat_id_layer:  # the reference's conv_embed_3(x_hat_1): the last layer again
+        layers[-1] = layers[-2]
+    return torch.cat([sum(layers)] + blocks, dim=1).split([n_users, net.n_items])
+
+
+CASES = {
+    "hard": {"alpha_threshold": THRESHOLD},
+    "hard-no-reattention": {"alpha_threshold": THRESHOLD, "reattention": False},
+    "hard-drop": {"alpha_threshold": THRESHOLD, "masked_fusion": "drop"},
+    "hard-reference-id": {"alpha_threshold": THRESHOLD, "repeat_id_layer": True, "n_routing": 1},
+    "soft": {"modulation": "soft"},
+    "soft-drop-no-reattention": {"modulation": "soft", "masked_fusion": "drop", "reattention": False},
+}
+
+
+@pytest.mark.parametrize("masked", [frozenset(), frozenset({"v"}), frozenset({"t"}), frozenset({"v", "t"})],
+                         ids=["joint", "without-v", "without-t", "all-masked"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_egogcn_is_the_reference_formula(tiny_dataset, tmp_path, case, masked):
+    net, train = build(tiny_dataset["root"], str(tmp_path / "saved"), **CASES[case])
+    adjacency = dense_adjacency(net, train.dataset)
+    with torch.no_grad():
+        expected = reference_representation(net, adjacency, masked)
+        got = net.forward(masked)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["hard", "soft"])
+def test_gradients_are_the_reference_formulas(tiny_dataset, tmp_path, case):
+    net, train = build(tiny_dataset["root"], str(tmp_path / "saved"), **CASES[case])
+    adjacency = dense_adjacency(net, train.dataset)
+    generator = torch.Generator().manual_seed(0)
+    grads = []
+    for compute in (lambda: net.forward(frozenset({"t"})), lambda: reference_representation(net, adjacency, {"t"})):
+        net.zero_grad()
+        users, items = (table[1:] for table in compute())  # not the padding rows (no edges, zero branch rows)
+        weights = torch.randn(users.shape[1], generator=generator.manual_seed(0))
+        ((users * weights).sum() + (items * weights).pow(2).sum()).backward()
+        grads.append({name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() == dict(net.named_parameters()).keys()
+    for name, grad in grads[1].items():
+        torch.testing.assert_close(grads[0][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_hard_threshold_splits_the_tiny_graphs_edges(tiny_dataset, tmp_path):
+    """Guard for the test above: with THRESHOLD some edges are fused and some are not."""
+    net, _ = build(tiny_dataset["root"], str(tmp_path / "saved"), alpha_threshold=THRESHOLD)
+    with torch.no_grad():
+        x = net.inputs("v", False)
+        alpha = net.attention(net.edges.edge_dots(x, x))
+    assert 0.05 < (alpha > THRESHOLD).float().mean() < 0.95
+
+
+def test_defaults_are_the_references(tiny_dataset, tmp_path):
+    net, _ = build(tiny_dataset["root"], str(tmp_path / "saved"))
+    assert (net.modulation, net.alpha_threshold, net.reattention) == ("hard", 0.4, True)
+    assert (net.n_routing, net.id_layers) == (3, 3)
+    assert (net.repeat_id_layer, net.masked_fusion, net.reg_weight) == (False, "mean", 1e-4)
+    assert net.id_embedding.shape[1] == 64 and net.preference["v"].shape[1] == 64
+    assert not hasattr(net, "gates")  # the hard modulation has no gates
+
+
+@pytest.mark.parametrize("key, value", [("modulation", "medium"), ("masked_fusion", "zero"),
+                                        ("n_routing", -1), ("repeat_id_layer", True)])
+def test_invalid_settings_are_refused(tiny_dataset, tmp_path, key, value):
+    extra = {key: value, **({"id_layers": 1} if key == "repeat_id_layer" else {})}
+    with pytest.raises(ValueError):
+        build(tiny_dataset["root"], str(tmp_path / "saved"), **extra)
+
+
+# ----------------------------------------------------------------------------- masking
+def permuted_copy(tiny_dataset, tmp_path, modality):
+    """The tiny dataset again, with the feature rows of ``modality`` permuted over the items."""
+    root = str(tmp_path / f"permuted_{modality}")
+    shutil.copytree(tiny_dataset["path"], os.path.join(root, "tiny"))
+    path = os.path.join(root, "tiny", FEATURE_FILES[modality])
+    features = np.load(path)
+    np.save(path, features[np.random.default_rng(7).permutation(len(features))])
+    return root
+
+
+@pytest.mark.parametrize("extra", [{}, {"alpha_threshold": THRESHOLD}, {"modulation": "soft"},
+                                   {"alpha_threshold": THRESHOLD, "masked_fusion": "drop"}],
+                         ids=["default", "hard-low-threshold", "soft", "drop"])
+def test_masked_outputs_ignore_the_masked_features(tiny_dataset, tmp_path, extra):
+    saved = str(tmp_path / "saved")
+    original, _ = build(tiny_dataset["root"], saved, **extra)
+    for modality, other in (("v", "t"), ("t", "v")):
+        permuted, _ = build(permuted_copy(tiny_dataset, tmp_path, modality), saved, **extra)
+        # masked: the tables themselves are unchanged, not just the scores
+        with torch.no_grad():
+            for a, b in zip(original.forward(frozenset({modality})), permuted.forward(frozenset({modality}))):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(scores(original, {"v", "t"}), scores(permuted, {"v", "t"}), rtol=1e-5, atol=1e-6)
+        # unmasked: the joint and the "only modality" outputs depend on the features
+        assert not torch.allclose(scores(original, set()), scores(permuted, set()), atol=1e-4)
+        assert not torch.allclose(scores(original, {other}), scores(permuted, {other}), atol=1e-4)
+
+
+def test_masked_modality_branch_is_one_vector_per_side_when_alone(tiny_dataset, tmp_path):
+    """With every modality masked, each branch sees one user and one item input, so the fusion
+    layer's attention is uniform and its output depends on a node's degree only (whether its
+    edges are fused), never on item identity (routing then adds the graph's structure)."""
+    net, train = build(tiny_dataset["root"], str(tmp_path / "saved"), n_routing=0, alpha_threshold=THRESHOLD)
+    with torch.no_grad():
+        block = net.branch("v", frozenset({"v", "t"}))
+    degree = dense_adjacency(net, train.dataset).sum(1)
+    items = block[net.n_users + 1:]
+    item_degree = degree[net.n_users + 1:]
+    for d in item_degree.unique():
+        rows = items[item_degree == d]
+        torch.testing.assert_close(rows.norm(dim=1), torch.ones(len(rows)))
+        torch.testing.assert_close(rows, rows[:1].expand_as(rows), rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- shapes and training
+@pytest.mark.parametrize("modulation", ["hard", "soft"])
+def test_shapes_gradients_and_shared_modes(tmp_path, modulation):
+    write_tiny_mmrec(str(tmp_path), dims={"v": 8, "t": 4, "a": 3})
+    net, train = build(str(tmp_path), str(tmp_path / "saved"), modalities=FEATURE_FILES, modulation=modulation,
+                       alpha_threshold=THRESHOLD)
+    assert net.modalities == ("v", "t", "a")
+    users, items = net.forward()
+    assert users.shape == (net.n_users, 64 + 3 * 64) and items.shape == (net.n_items, 64 + 3 * 64)
+    if modulation == "soft":
+        assert set(net.gates["t"]) == {"v", "a"}
+    batch = next(iter(train))
+    net.train()
+    loss = net.calculate_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and set(net.last_loss_terms) == {"bpr", "l2", "loss"}
+    assert all(p.grad is not None for p in net.parameters())
+    joint = scores(net, set())
+    for masked in ({"v"}, {"t", "a"}, {"v", "t", "a"}):
+        masked_scores = scores(net, masked)
+        assert torch.isfinite(masked_scores).all() and not torch.allclose(masked_scores, joint)
+    modes = {"joint": frozenset()}
+    modes.update({f"only_{m}": net.only(m) for m in net.modalities})
+    modes.update({f"without_{m}": frozenset({m}) for m in net.modalities})
+    users, items = torch.tensor([1, 2, 2, 5]), torch.tensor([3, 1, 7])
+    with torch.no_grad():
+        shared = net.batch_representations_modes(users, items, modes)
+        for name, masked in modes.items():
+            user_reps, item_reps = net.forward(masked)
+            torch.testing.assert_close(shared[name][0], user_reps[users])
+            torch.testing.assert_close(shared[name][1], item_reps[items])
+
+
+@pytest.mark.parametrize("active", [None, ["t"]], ids=["joint", "teacher-t"])
+def test_loss_is_bpr_plus_the_authors_l2(tiny_dataset, tmp_path, active):
+    net, train = build(tiny_dataset["root"], str(tmp_path / "saved"), reg_weight=0.1, active_modalities=active)
+    net.train()
+    batch = next(iter(train))
+    net.calculate_loss(batch)
+    u, i, j = batch["userID"], batch["itemID"], batch["neg_itemID"]
+    with torch.no_grad():
+        user_reps, item_reps = net.forward(net.default_masked)
+    margins = (user_reps[u] * (item_reps[i] - item_reps[j])).sum(1)
+    torch.testing.assert_close(net.last_loss_terms["bpr"], -F.logsigmoid(margins).mean())
+    e = net.id_embedding.detach()
+    i, j = i + net.n_users, j + net.n_users
+    # the authors' mean squares over [2B, dim] interleaved tensors: each user twice
+    expected = e[u].pow(2).mean() + (e[i].pow(2).mean() + e[j].pow(2).mean()) / 2
+    kept = ["v", "t"] if active is None else active  # a masked modality's preferences act through their mean
+    expected = expected + sum(net.preference[m].detach()[u].pow(2).mean() for m in kept)
+    torch.testing.assert_close(net.last_loss_terms["l2"], 0.1 * expected)
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_backbone_end_to_end(tiny_dataset, tmp_path):
+    result = run("EgoGCN", "tiny", config_dict={**FAST, "data_path": tiny_dataset["root"],
+                                                "checkpoint_dir": str(tmp_path / "saved")})
+    assert result["model"] == "EgoGCN"
+    assert all(0.0 <= v <= 1.0 for v in result["test_result"].values())
+
+
+def test_ckd_end_to_end(tiny_dataset, tmp_path):
+    result = run("EgoGCN_CKD", "tiny", config_dict={**FAST, "gd_samples": 20, "data_path": tiny_dataset["root"],
+                                                    "checkpoint_dir": str(tmp_path / "saved")})
+    assert set(result["modes"]) == {"student joint", "student only_v", "student only_t", "teacher v", "teacher t"}
+    assert all(0.0 <= mode["test"]["recall@20"] <= 1.0 for mode in result["modes"].values())
