@@ -18,7 +18,13 @@ from recbole_ckd.trainer import ResumableTrainer
 STUDENT_BACKBONES = [cls.__name__ for cls in BACKBONES if cls.ranks_with_modalities]
 ALL_MODELS = [cls.__name__ for cls in BACKBONES] + [f"{name}_CKD" for name in STUDENT_BACKBONES]
 # settings that change how a backbone uses its features, checked by the masking contract too
-VARIANTS = {"MGCN": [{"train_features": False}], "GRCN": [{"n_routing": 0}], "MMGCN": [{"train_preference": False}]}
+VARIANTS = {
+    "MGCN": [{"train_features": False}],
+    "GRCN": [{"n_routing": 0}],
+    "MMGCN": [{"train_preference": False}],
+    # a threshold low enough that the tiny graph has fused and unfused edges (see test_egogcn.py)
+    "EgoGCN": [{"alpha_threshold": 0.105}, {"modulation": "soft"}, {"alpha_threshold": 0.105, "masked_fusion": "drop"}],
+}
 MASKING_CASES = [(name, {}) for name in STUDENT_BACKBONES] + [
     (name, extra) for name, extras in VARIANTS.items() for extra in extras if name in STUDENT_BACKBONES
 ]
@@ -120,7 +126,7 @@ def scores(model, masked):
     return users @ items.T
 
 
-@pytest.mark.parametrize("backbone, extra", MASKING_CASES, ids=[f"{n}{'-' + '-'.join(e) if e else ''}" for n, e in MASKING_CASES])
+@pytest.mark.parametrize("backbone, extra", MASKING_CASES, ids=[f"{n}-{e}" if e else n for n, e in MASKING_CASES])
 def test_masked_outputs_ignore_the_masked_features(tmp_path, backbone, extra):
     """Permuting modality m's feature rows changes nothing once m is masked (the tables
     themselves, not only the scores), and changes the joint and the "only m" outputs."""

@@ -1,10 +1,7 @@
 """EgoGCN: the reference formulas by hand (dense, edge by edge), masking invariants, shapes, the
 authors' L2, any number of modalities, end-to-end runs of the backbone and its student."""
 
-import os
-import shutil
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +10,6 @@ from conftest import FAST, write_tiny_mmrec
 from recbole_ckd.config import Config
 from recbole_ckd.data.dataset import data_preparation
 from recbole_ckd.model import MODELS
-from recbole_ckd.quick_start import run
 from recbole_ckd.registry import create_dataset
 
 FEATURE_FILES = {"v": "image_feat.npy", "t": "text_feat.npy", "a": "a_feat.npy"}
@@ -155,34 +151,6 @@ def test_invalid_settings_are_refused(tiny_dataset, tmp_path, key, value):
 
 
 # ----------------------------------------------------------------------------- masking
-def permuted_copy(tiny_dataset, tmp_path, modality):
-    """The tiny dataset again, with the feature rows of ``modality`` permuted over the items."""
-    root = str(tmp_path / f"permuted_{modality}")
-    shutil.copytree(tiny_dataset["path"], os.path.join(root, "tiny"))
-    path = os.path.join(root, "tiny", FEATURE_FILES[modality])
-    features = np.load(path)
-    np.save(path, features[np.random.default_rng(7).permutation(len(features))])
-    return root
-
-
-@pytest.mark.parametrize("extra", [{}, {"alpha_threshold": THRESHOLD}, {"modulation": "soft"},
-                                   {"alpha_threshold": THRESHOLD, "masked_fusion": "drop"}],
-                         ids=["default", "hard-low-threshold", "soft", "drop"])
-def test_masked_outputs_ignore_the_masked_features(tiny_dataset, tmp_path, extra):
-    saved = str(tmp_path / "saved")
-    original, _ = build(tiny_dataset["root"], saved, **extra)
-    for modality, other in (("v", "t"), ("t", "v")):
-        permuted, _ = build(permuted_copy(tiny_dataset, tmp_path, modality), saved, **extra)
-        # masked: the tables themselves are unchanged, not just the scores
-        with torch.no_grad():
-            for a, b in zip(original.forward(frozenset({modality})), permuted.forward(frozenset({modality}))):
-                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(scores(original, {"v", "t"}), scores(permuted, {"v", "t"}), rtol=1e-5, atol=1e-6)
-        # unmasked: the joint and the "only modality" outputs depend on the features
-        assert not torch.allclose(scores(original, set()), scores(permuted, set()), atol=1e-4)
-        assert not torch.allclose(scores(original, {other}), scores(permuted, {other}), atol=1e-4)
-
-
 def test_masked_modality_branch_is_one_vector_per_side_when_alone(tiny_dataset, tmp_path):
     """With every modality masked, each branch sees one user and one item input, so the fusion
     layer's attention is uniform and its output depends on a node's degree only (whether its
@@ -250,18 +218,3 @@ def test_loss_is_bpr_plus_the_authors_l2(tiny_dataset, tmp_path, active):
     kept = ["v", "t"] if active is None else active  # a masked modality's preferences act through their mean
     expected = expected + sum(net.preference[m].detach()[u].pow(2).mean() for m in kept)
     torch.testing.assert_close(net.last_loss_terms["l2"], 0.1 * expected)
-
-
-# ----------------------------------------------------------------------------- end to end
-def test_backbone_end_to_end(tiny_dataset, tmp_path):
-    result = run("EgoGCN", "tiny", config_dict={**FAST, "data_path": tiny_dataset["root"],
-                                                "checkpoint_dir": str(tmp_path / "saved")})
-    assert result["model"] == "EgoGCN"
-    assert all(0.0 <= v <= 1.0 for v in result["test_result"].values())
-
-
-def test_ckd_end_to_end(tiny_dataset, tmp_path):
-    result = run("EgoGCN_CKD", "tiny", config_dict={**FAST, "gd_samples": 20, "data_path": tiny_dataset["root"],
-                                                    "checkpoint_dir": str(tmp_path / "saved")})
-    assert set(result["modes"]) == {"student joint", "student only_v", "student only_t", "teacher v", "teacher t"}
-    assert all(0.0 <= mode["test"]["recall@20"] <= 1.0 for mode in result["modes"].values())

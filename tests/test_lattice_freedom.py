@@ -1,6 +1,7 @@
 """LATTICE and FREEDOM: the representations against a naive dense computation of the reference
 formulas, the learned graph's schedule, FREEDOM's pruned graph, the graph cache and the
 students' terms (the masking invariant and end-to-end runs are in test_contract.py)."""
+
 import copy
 import os
 
