@@ -106,7 +106,8 @@ def main(argv=None):
             cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, output=args.output or "sweeps",
             ray_address=args.ray_address,
         )
-    from recbole_ckd.quick_start import format_report, run
+    from recbole_ckd.quick_start import run
+    from recbole_ckd.reports import format_report
 
     result = run(args.model, args.dataset, split_config_files(args.config_files), cmd_args=rest)
     print(format_report(result))

@@ -18,7 +18,7 @@ import tempfile
 
 import yaml
 
-from recbole_ckd.trainer import RUN_KEY_LENGTH
+from recbole_ckd.run_keys import RUN_KEY_LENGTH
 
 TABLE_METRICS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "precision@20"]
 
@@ -104,7 +104,7 @@ def run_cells(dataset, models, seeds, output, config_files=None, config_dict=Non
     """
     from recbole_ckd.config import Config
     from recbole_ckd.quick_start import run
-    from recbole_ckd.trainer import config_key
+    from recbole_ckd.run_keys import config_key
 
     log = log or (lambda message: print(message, flush=True))
     cell_dir = os.path.join(output, dataset, "cells")
@@ -284,7 +284,7 @@ def plot_weights(cells, path):
 def write_page(dataset, cells, output, config_files=None, config_dict=None, tuned=None, spaces=None):
     """Write ``<output>/<dataset>.md`` and ``.csv`` (and the plots); returns the page path."""
     from recbole_ckd.config import properties_dir
-    from recbole_ckd.quick_start import describe_protocol
+    from recbole_ckd.reports import describe_protocol
 
     summary = summarize(cells)
     comparisons = ckd_comparisons(summary)
@@ -396,7 +396,7 @@ def _training_protocol(record, dataset, config_files, config_dict):
     if "training_protocol" in record:
         return record["training_protocol"]
     from recbole_ckd.config import Config
-    from recbole_ckd.quick_start import training_protocol
+    from recbole_ckd.reports import training_protocol
 
     return training_protocol(Config(record["model"], dataset, config_files, {**(config_dict or {}), "seed": record["seed"]}))
 

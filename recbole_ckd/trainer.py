@@ -1,132 +1,21 @@
-"""Trainers: RecBole's training loop with safe checkpoints, resume, and the two CKD stages."""
+"""Trainers: RecBole's training loop extended through its hooks (safe checkpoints, resume, the
+learning-rate schedule), and the two CKD stages (teachers, then the student)."""
 
-import contextlib
 import copy
-import fcntl
-import hashlib
-import json
 import os
-import random
 import shutil
 
-import numpy as np
 import torch
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
+from recbole_ckd.checkpoints import SafeCheckpointMixin, restore_rng_state, rng_state, seed_stage
 from recbole_ckd.compat import CheckpointError, load_checkpoint, save_checkpoint
-
-# Keys of the student only: changing them never changes a teacher.
-CKD_KEYS = {"kd_weight", "gd_weight", "kd_temperature", "gd_samples", "cf_clamp", "teacher_learning_rate"}
-# Keys that only change how a trained model is scored, not how it is trained.
-EVALUATION_KEYS = {"test_masking", "metrics", "topk"}
-# Keys that change where or how loudly a run happens, never what it computes.
-RUNTIME_KEYS = {
-    "show_progress", "state", "checkpoint_dir", "data_path", "device", "gpu_id", "use_gpu", "worker",
-    "eval_batch_size", "log_wandb", "wandb_project", "save_dataset", "dataset_save_path", "save_dataloaders",
-    "dataloaders_save_path", "resume", "retrain_teachers", "local_rank", "single_spec", "nproc", "world_size",
-    "offset", "ip", "port", "config_files", "tensorboard",
-}
-
-
-def file_digest(path, _cache={}):
-    """SHA-256 of a file's content, remembered per (path, size, mtime)."""
-    stat = os.stat(path)
-    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-        _cache[key] = digest.hexdigest()
-    return _cache[key]
-
-
-def dataset_fingerprint(config):
-    """Digest of the dataset files a run reads: its interactions and every modality file."""
-    names = [f"{config['dataset']}.inter"] + sorted((config["modalities"] or {}).values())
-    paths = [os.path.join(config["data_path"], name) for name in names]
-    return {os.path.basename(p): file_digest(p) for p in paths if os.path.isfile(p)}
-
-
-def config_key(config, exclude=()):
-    """A digest of everything that determines what a run computes: config and data files."""
-    items = {
-        k: v for k, v in config.final_config_dict.items() if k not in RUNTIME_KEYS and k not in exclude
-    }
-    items["dataset_files"] = dataset_fingerprint(config)
-    text = json.dumps(items, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-@contextlib.contextmanager
-def file_lock(path):
-    """An exclusive lock held while the block runs (other processes wait for it)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-RUN_KEY_LENGTH = 12  # hex digits of config_key in checkpoint folder and leaderboard cell names
-
-
-def default_run_dir(config):
-    """Where a run with this config keeps its checkpoints: the same config finds them again."""
-    name = f"{config['model']}-{config_key(config)[:RUN_KEY_LENGTH]}"
-    return os.path.join(config["checkpoint_dir"], str(config["dataset"]), name)
+from recbole_ckd.run_keys import default_run_dir, file_lock, teacher_run_dir
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or Inf."""
-
-
-# ----------------------------------------------------------------------------- checkpoints
-class SafeCheckpointMixin:
-    """Checkpoints in the plugin's format: tensors and plain metadata, atomic, ``weights_only``.
-
-    RecBole pickles its Config into every checkpoint and loads it back with a plain
-    ``torch.load``, which torch >= 2.6 refuses; this replaces both ends for any RecBole trainer.
-    """
-
-    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
-        state = {
-            "model": self.config["model"],
-            "epoch": epoch,
-            "cur_step": self.cur_step,
-            "best_valid_score": float(self.best_valid_score),
-            "state_dict": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-        }
-        save_checkpoint(state, saved_model_file)
-        if verbose:
-            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
-
-    def _load_model_state(self, checkpoint_file):
-        state = load_checkpoint(checkpoint_file, map_location=self.device)
-        self.model.load_state_dict(state["state_dict"])
-        return state
-
-    def resume_checkpoint(self, resume_file):
-        resume_file = str(resume_file)
-        self.saved_model_file = resume_file
-        state = self._load_model_state(resume_file)
-        self.start_epoch = state["epoch"] + 1
-        self.cur_step = state["cur_step"]
-        self.best_valid_score = state["best_valid_score"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
-
-    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        if load_best_model:
-            checkpoint_file = model_file or self.saved_model_file
-            self._load_model_state(checkpoint_file)
-            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
-        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 
 
 _SAFE_TRAINERS = {}
@@ -141,40 +30,6 @@ def with_safe_checkpoints(trainer_class):
     if trainer_class not in _SAFE_TRAINERS:
         _SAFE_TRAINERS[trainer_class] = type(trainer_class.__name__, (SafeCheckpointMixin, trainer_class), {})
     return _SAFE_TRAINERS[trainer_class]
-
-
-# ----------------------------------------------------------------------------- RNG state
-def _rng_state(generator):
-    numpy_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
-        "python": [list(random.getstate()[1]), random.getstate()[0], random.getstate()[2]],
-        "loader": generator.get_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state, generator):
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    internal, version, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    generator.set_state(state["loader"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_stage(seed, train_data):
-    """Seed every random source at the start of a stage, so a stage's result does not depend
-    on what ran before it (e.g. whether its teachers came from the cache)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    train_data.generator.manual_seed(seed)
 
 
 # ----------------------------------------------------------------------------- learning-rate schedule
@@ -229,7 +84,7 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
             "epoch_stats": self.epoch_stats,
             "state_dict": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": _rng_state(train_data.generator),
+            "rng": rng_state(train_data.generator),
         }
         if self.lr_scheduler is not None:
             state["lr_scheduler"] = self.lr_scheduler.state_dict()
@@ -248,7 +103,7 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
         self.optimizer.load_state_dict(state["optimizer"])
         if self.lr_scheduler is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        _set_rng_state(state["rng"], train_data.generator)
+        restore_rng_state(state["rng"], train_data.generator)
         self.start_epoch = state["epoch"] + 1
         self.cur_step = state["cur_step"]
         self.best_valid_score = state["best_valid_score"]
@@ -373,10 +228,7 @@ class CKDTrainer(ResumableTrainer):
 
     def _train_teacher(self, modality, train_data, valid_data, verbose, show_progress):
         config = self.teacher_config(modality)
-        key = config_key(config, exclude=CKD_KEYS | EVALUATION_KEYS)
-        run_dir = os.path.join(
-            config["checkpoint_dir"], str(config["dataset"]), "teachers", f"{config['model']}-{modality}-{key[:RUN_KEY_LENGTH]}"
-        )
+        run_dir = teacher_run_dir(config, modality)
         with file_lock(run_dir + ".lock"):  # concurrent sweep trials train a teacher once
             if self.config["retrain_teachers"] and os.path.isdir(run_dir):
                 self.logger.info(f"retrain_teachers: removing {run_dir}")

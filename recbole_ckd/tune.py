@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from recbole_ckd.trainer import CKD_KEYS
+from recbole_ckd.run_keys import CKD_KEYS
 
 HYPER_TYPES = ("choice", "uniform", "loguniform", "quniform")
 SEARCH_ALGORITHMS = ("random", "grid", "optuna", "hyperopt")
@@ -207,7 +207,8 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
 
     from recbole_ckd.config import Config
     from recbole_ckd.model import ckd_backbone_name
-    from recbole_ckd.quick_start import format_report, run, train_teachers
+    from recbole_ckd.quick_start import run, train_teachers
+    from recbole_ckd.reports import format_report
 
     params = parse_hyper_file(hyper_file)
     if search not in SEARCH_ALGORITHMS:

@@ -88,9 +88,10 @@ def test_bad_arguments_are_refused(capsys):
 
 def test_seed_is_a_config_key_not_an_abbreviation(tmp_path, monkeypatch):
     import recbole_ckd.quick_start as qs
+    import recbole_ckd.reports as reports
 
     seen = {}
     monkeypatch.setattr(qs, "run", lambda model, dataset, files, cmd_args: seen.update(cmd_args=cmd_args) or {})
-    monkeypatch.setattr(qs, "format_report", lambda result: "")
+    monkeypatch.setattr(reports, "format_report", lambda result: "")
     run_recbole_ckd.main(["--model=VBPR", "--dataset=x", "--seed=7"])
     assert seen["cmd_args"] == ["--seed=7"]

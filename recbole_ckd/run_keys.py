@@ -1,0 +1,80 @@
+"""Run keys: which config keys change what a run computes (a teacher, a student, an evaluation),
+declared once, and the digests and folders derived from them (checkpoints, teacher caches,
+leaderboard cells)."""
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+
+# Keys of the student only: changing them never changes a teacher.
+CKD_KEYS = {"kd_weight", "gd_weight", "kd_temperature", "gd_samples", "cf_clamp", "teacher_learning_rate"}
+# Keys that only change how a trained model is scored, not how it is trained.
+EVALUATION_KEYS = {"test_masking", "metrics", "topk"}
+# Keys that change where or how loudly a run happens, never what it computes.
+RUNTIME_KEYS = {
+    "show_progress", "state", "checkpoint_dir", "data_path", "device", "gpu_id", "use_gpu", "worker",
+    "eval_batch_size", "log_wandb", "wandb_project", "save_dataset", "dataset_save_path", "save_dataloaders",
+    "dataloaders_save_path", "resume", "retrain_teachers", "local_rank", "single_spec", "nproc", "world_size",
+    "offset", "ip", "port", "config_files", "tensorboard",
+}
+
+
+def file_digest(path, _cache={}):
+    """SHA-256 of a file's content, remembered per (path, size, mtime)."""
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        _cache[key] = digest.hexdigest()
+    return _cache[key]
+
+
+def dataset_fingerprint(config):
+    """Digest of the dataset files a run reads: its interactions and every modality file."""
+    names = [f"{config['dataset']}.inter"] + sorted((config["modalities"] or {}).values())
+    paths = [os.path.join(config["data_path"], name) for name in names]
+    return {os.path.basename(p): file_digest(p) for p in paths if os.path.isfile(p)}
+
+
+def config_key(config, exclude=()):
+    """A digest of everything that determines what a run computes: config and data files."""
+    items = {
+        k: v for k, v in config.final_config_dict.items() if k not in RUNTIME_KEYS and k not in exclude
+    }
+    items["dataset_files"] = dataset_fingerprint(config)
+    text = json.dumps(items, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def file_lock(path):
+    """An exclusive lock held while the block runs (other processes wait for it)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+RUN_KEY_LENGTH = 12  # hex digits of config_key in checkpoint folder and leaderboard cell names
+
+
+def default_run_dir(config):
+    """Where a run with this config keeps its checkpoints: the same config finds them again."""
+    name = f"{config['model']}-{config_key(config)[:RUN_KEY_LENGTH]}"
+    return os.path.join(config["checkpoint_dir"], str(config["dataset"]), name)
+
+
+def teacher_run_dir(config, modality):
+    """Where the teacher of ``modality`` under ``config`` (the backbone's, ``active_modalities: [m]``)
+    is cached: keyed by the dataset files and every config key but the student-only and the
+    evaluation-only ones, so every student setting and every sweep trial shares it."""
+    key = config_key(config, exclude=CKD_KEYS | EVALUATION_KEYS)[:RUN_KEY_LENGTH]
+    return os.path.join(config["checkpoint_dir"], str(config["dataset"]), "teachers", f"{config['model']}-{modality}-{key}")
