@@ -10,9 +10,11 @@ so on the pinned stack (numpy 1.26, scipy < 1.13, torch < 2.6) it is a no-op.
 | torch >= 2.6 | ``torch.load`` of RecBole's pickled checkpoints (``weights_only``) | :func:`save_checkpoint` / :func:`load_checkpoint`: tensors and plain metadata, loaded with ``weights_only=True``; the plugin's trainers use them for every model, RecBole's included |
 | ``Config`` reads ``sys.argv`` | breaks inside Ray workers and in library use | :class:`recbole_ckd.config.Config` takes the command line as an argument (``cmd_args``); ``None`` means no command line |
 | pandas 3 | RecBole's NaN filling silently does nothing | the multimodal dataset validates its inputs instead of relying on it |
+| ``init_logger`` (any version) | a second run in one process (a leaderboard, the tests) opens a log file that ``logging.basicConfig`` never attaches (a leaked file, a ``ResourceWarning``), and logs into the first run's file | :func:`init_logger`: the previous run's handlers are closed first, and an unattached log file is never opened |
 | pandas >= 2.2, torch >= 2.4 | every run prints FutureWarnings from RecBole's own code (chained ``fillna(inplace=True)``, ``torch.cuda.amp.GradScaler``) that its users cannot act on | those FutureWarnings, raised in RecBole's modules only, are not shown |
 """
 
+import logging
 import os
 import tempfile
 import warnings
@@ -110,3 +112,30 @@ def load_checkpoint(path, map_location="cpu"):
 
 
 apply()
+
+
+class _RunLogFile(logging.FileHandler):
+    """RecBole's log file, opened at its first record: a handler that ``basicConfig`` does not
+    attach (the root logger already has handlers) then never holds an open file."""
+
+    def __init__(self, filename, mode="a", encoding=None, delay=False, errors=None):
+        super().__init__(filename, mode, encoding, True, errors)
+
+
+def init_logger(config):
+    """RecBole's ``init_logger`` with one log file per run and nothing left open: the handlers
+    the previous run installed are removed and closed first."""
+    from recbole.utils import init_logger as recbole_init_logger
+
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_recbole_ckd_run", False)]:
+        root.removeHandler(handler)
+        handler.close()
+    before = set(root.handlers)
+    file_handler, logging.FileHandler = logging.FileHandler, _RunLogFile
+    try:
+        recbole_init_logger(config)
+    finally:
+        logging.FileHandler = file_handler
+    for handler in set(root.handlers) - before:
+        handler._recbole_ckd_run = True

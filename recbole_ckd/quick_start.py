@@ -2,13 +2,15 @@
 
 from logging import getLogger
 
-from recbole.utils import init_logger, init_seed
+from recbole.utils import init_seed
 
+from recbole_ckd.compat import init_logger
 from recbole_ckd.config import Config
 from recbole_ckd.data.dataset import data_preparation
 from recbole_ckd.registry import create_dataset, get_model, get_trainer
 from recbole_ckd.reports import CODE_VERSION, dataset_statistics, training_protocol
 from recbole_ckd.run_keys import config_key
+
 
 def prepare(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None):
     """Config, data, model and trainer of a run, built through RecBole's machinery."""

@@ -15,6 +15,11 @@ from recbole_ckd.quick_start import run
 from recbole_ckd.registry import create_dataset
 from recbole_ckd.trainer import ResumableTrainer
 
+# nothing left open: a leaked file or socket fails the test (its warning is raised in a finaliser,
+# which pytest reports as an unraisable-exception warning)
+pytestmark = [pytest.mark.filterwarnings("error::ResourceWarning"),
+              pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")]
+
 STUDENT_BACKBONES = [cls.__name__ for cls in BACKBONES if cls.ranks_with_modalities]
 ALL_MODELS = [cls.__name__ for cls in BACKBONES] + [f"{name}_CKD" for name in STUDENT_BACKBONES]
 # settings that change how a backbone uses its features, checked by the masking contract too
