@@ -293,26 +293,6 @@ def test_non_finite_loss_stops_with_epoch_term_and_checkpoint(tiny_dataset, tmp_
         run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path))
 
 
-@pytest.mark.parametrize("model", ["VBPR_CKD", "MMGCN_CKD", "EgoGCN_CKD"])
-def test_shared_mode_computation_equals_one_mode_at_a_time(tiny_dataset, model):
-    from recbole_ckd.model.multimodal import MultimodalRecommender
-
-    config, train, student, _ = build_student(tiny_dataset["root"], model)
-    batch = next(iter(train))
-    u, i, j = batch["userID"], batch["itemID"], batch["neg_itemID"]
-    fast, joint, _ = student.triple_margins(u, i, j, student.modes())
-    for name, masked in student.modes().items():
-        users, items = student.forward(masked)
-        reference = (users[u] * (items[i] - items[j])).sum(-1)
-        torch.testing.assert_close(fast[name], reference, rtol=1e-5, atol=1e-5)
-        if name == "joint":
-            for got, expected in zip(joint, (users[u], items[i], items[j])):
-                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    generic = MultimodalRecommender.triple_margins(student, u, i, j, student.modes()).margins
-    for name in fast:
-        torch.testing.assert_close(fast[name], generic[name], rtol=1e-5, atol=1e-5)
-
-
 def test_vbpr_projects_a_batch_the_same_whether_it_gathers_rows_or_projects_every_item(tiny_dataset, monkeypatch):
     from recbole_ckd.model.backbones import vbpr
 

@@ -153,6 +153,58 @@ def test_masked_outputs_ignore_the_masked_features(tmp_path, backbone, extra):
         assert not torch.allclose(scores(original, {other}), scores(permuted, {other}), atol=1e-4)
 
 
+@pytest.mark.parametrize("backbone", STUDENT_BACKBONES)
+def test_any_number_of_modalities_and_shared_modes(tmp_path, backbone):
+    """Three modalities: a finite training step that reaches every parameter, masked outputs
+    that differ from the joint ones, and the modes a CKD student asks for at once (joint, only m,
+    without m) equal to one forward per mode."""
+    write_tiny_mmrec(str(tmp_path), dims={"v": 8, "t": 4, "a": 3})
+    files = {"v": "image_feat.npy", "t": "text_feat.npy", "a": "a_feat.npy"}
+    net, train = build(backbone, str(tmp_path), tmp_path, modalities=files)
+    assert net.modalities == ("v", "t", "a")
+    net.train()
+    loss = net.calculate_loss(next(iter(train)))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert [n for n, p in net.named_parameters() if p.grad is None] == []
+    net.eval()
+    joint = scores(net, set())
+    for masked in ({"v"}, {"t", "a"}, {"v", "t", "a"}):
+        masked_scores = scores(net, masked)
+        assert torch.isfinite(masked_scores).all() and not torch.allclose(masked_scores, joint)
+    student = MODELS[f"{backbone}_CKD"]
+    modes = student.modes(net)
+    assert set(modes) == {"joint", "only_v", "only_t", "only_a", "without_v", "without_t", "without_a"}
+    users, items = torch.tensor([1, 2, 2, 5]), torch.tensor([3, 1, 7])
+    with torch.no_grad():
+        shared = net.batch_representations_modes(users, items, modes)
+        for name, masked in modes.items():
+            user_reps, item_reps = net.forward(masked)
+            torch.testing.assert_close(shared[name][0], user_reps[users])
+            torch.testing.assert_close(shared[name][1], item_reps[items])
+
+
+@pytest.mark.parametrize("backbone", STUDENT_BACKBONES)
+def test_a_training_forward_gives_what_forward_gives(tiny_dataset, tmp_path, backbone):
+    """The student's one forward per step (every mode's margins, the joint batch representations)
+    equals one full forward per mode, and the base class's generic computation."""
+    from recbole_ckd.model.multimodal import MultimodalRecommender
+
+    student, train = build(f"{backbone}_CKD", tiny_dataset["root"], tmp_path)
+    batch = next(iter(train))
+    u, i, j = batch["userID"], batch["itemID"], batch["neg_itemID"]
+    fast, joint, _ = student.triple_margins(u, i, j, student.modes())
+    for name, masked in student.modes().items():
+        users, items = student.forward(masked)
+        torch.testing.assert_close(fast[name], (users[u] * (items[i] - items[j])).sum(-1), rtol=1e-5, atol=1e-5)
+        if name == "joint":
+            for got, expected in zip(joint, (users[u], items[i], items[j])):
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    generic = MultimodalRecommender.triple_margins(student, u, i, j, student.modes()).margins
+    for name in fast:
+        torch.testing.assert_close(fast[name], generic[name], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_full_sort_predict_is_the_forward_tables(tiny_dataset, tmp_path, name):
     model, train = build(name, tiny_dataset["root"], tmp_path)

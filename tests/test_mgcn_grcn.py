@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from conftest import FAST, attach_random_teachers, write_tiny_mmrec
+from conftest import FAST, attach_random_teachers
 
 from recbole_ckd.config import Config
 from recbole_ckd.data.dataset import data_preparation
@@ -27,34 +27,6 @@ def scores(model, masked):
     with torch.no_grad():
         users, items = model.forward(frozenset(masked))
     return users @ items.T
-
-
-@pytest.mark.parametrize("model", ["MGCN", "GRCN"])
-def test_any_number_of_modalities(tmp_path, model):
-    write_tiny_mmrec(str(tmp_path), dims={"v": 8, "t": 4, "a": 3})
-    net, train = build(model, str(tmp_path), str(tmp_path / "saved"), modalities=FEATURE_FILES)
-    assert net.modalities == ("v", "t", "a")
-    batch = next(iter(train))
-    net.train()
-    loss = net.calculate_loss(batch)
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for p in net.parameters())
-    joint = scores(net, set())
-    for masked in ({"v"}, {"t", "a"}, {"v", "t", "a"}):
-        masked_scores = scores(net, masked)
-        assert torch.isfinite(masked_scores).all() and not torch.allclose(masked_scores, joint)
-    # the modes the CKD student asks for at once share work, and give what forward gives
-    modes = {"joint": frozenset()}
-    modes.update({f"only_{m}": net.only(m) for m in net.modalities})
-    modes.update({f"without_{m}": frozenset({m}) for m in net.modalities})
-    users, items = torch.tensor([1, 2, 2, 5]), torch.tensor([3, 1, 7])
-    with torch.no_grad():
-        shared = net.batch_representations_modes(users, items, modes)
-        for name, masked in modes.items():
-            user_reps, item_reps = net.forward(masked)
-            torch.testing.assert_close(shared[name][0], user_reps[users])
-            torch.testing.assert_close(shared[name][1], item_reps[items])
 
 
 def test_grcn_masked_modality_is_a_constant_in_its_slot(tiny_dataset, tmp_path):

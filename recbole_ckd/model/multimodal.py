@@ -340,3 +340,22 @@ class ItemGraphRecommender(MultimodalRecommender):
         return {
             name: (user_reps, (item_all + self._item_graph_term(masked))[items]) for name, masked in modes.items()
         }
+
+
+class NodeTableRecommender(MultimodalRecommender):
+    """A backbone that computes one table over all ``n_users + n_items`` nodes (users first):
+    subclasses implement ``representation(masked, memo)``, ``memo`` (a dict) sharing the parts
+    several masking modes have in common (GRCN, EgoGCN)."""
+
+    def representation(self, masked=frozenset(), memo=None):
+        raise NotImplementedError
+
+    def forward(self, masked=frozenset()):
+        return self.representation(masked).split([self.n_users, self.n_items])
+
+    def batch_representations_modes(self, users, items, modes, memo=None):
+        memo, result = {} if memo is None else memo, {}
+        for name, masked in modes.items():
+            user_reps, item_reps = self.representation(masked, memo).split([self.n_users, self.n_items])
+            result[name] = (user_reps[users], item_reps[items])
+        return result

@@ -5,15 +5,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_ckd.model import graphs
-from recbole_ckd.model.backbones.grcn import segment_softmax
+from recbole_ckd.model.backbones.grcn import interleaved_l2, segment_softmax
 from recbole_ckd.model.graphs import spmm
-from recbole_ckd.model.multimodal import MultimodalRecommender, bpr
+from recbole_ckd.model.multimodal import NodeTableRecommender, bpr
 
 MODULATIONS = ("hard", "soft")
 MASKED_FUSIONS = ("mean", "drop")
 
 
-class EgoGCN(MultimodalRecommender):
+class EgoGCN(NodeTableRecommender):
     """EgoGCN: an MMGCN-style graph branch per modality whose messages are modulated, edge by
     edge, by the other modalities (EdGe-wise mOdulation, "EGO fusion"), plus an ID branch.
 
@@ -225,27 +225,7 @@ class EgoGCN(MultimodalRecommender):
             blocks.append(memo[key])
         return torch.cat(blocks, dim=1)
 
-    def forward(self, masked=frozenset()):
-        return self.representation(masked).split([self.n_users, self.n_items])
-
-    def batch_representations_modes(self, users, items, modes, memo=None):
-        """Every mode's batch rows; the ID branch and every modality's inputs run once for all modes."""
-        memo, result = {} if memo is None else memo, {}
-        for name, masked in modes.items():
-            user_reps, item_reps = self.representation(masked, memo).split([self.n_users, self.n_items])
-            result[name] = (user_reps[users], item_reps[items])
-        return result
-
     # ------------------------------------------------------------ training
     def objective(self, interaction, step):
         """BPR plus the authors' L2 (see the class docstring), on parameters, not representations."""
-        users = interaction[self.USER_ID]
-        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        # the reference's interleaved tensors: every user twice, its positive then its negative
-        user_tensor = users.repeat_interleave(2)
-        item_tensor = torch.stack([pos, neg], dim=1).reshape(-1) + self.n_users
-        reg = (self.id_embedding[user_tensor].pow(2) + self.id_embedding[item_tensor].pow(2)).mean()
-        for m in self.modalities:
-            if m not in self.default_masked:
-                reg = reg + self.preference[m][user_tensor].pow(2).mean()
-        return {"bpr": bpr(step.margins["joint"]), "l2": self.reg_weight * reg}
+        return {"bpr": bpr(step.margins["joint"]), "l2": self.reg_weight * interleaved_l2(self, interaction)}

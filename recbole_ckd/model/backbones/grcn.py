@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_ckd.model import graphs
-from recbole_ckd.model.multimodal import MultimodalRecommender, bpr
+from recbole_ckd.model.multimodal import NodeTableRecommender, bpr
 
 
 def segment_softmax(scores, index, n_segments):
@@ -17,7 +17,7 @@ def segment_softmax(scores, index, n_segments):
     return exp / total[index]
 
 
-class GRCN(MultimodalRecommender):
+class GRCN(NodeTableRecommender):
     """GRCN: a graph refining layer per modality, then ID graph convolution on the refined graph.
 
     Per modality m (the *graph refining layer*):
@@ -200,27 +200,24 @@ class GRCN(MultimodalRecommender):
             id_rep = id_rep + layer
         return torch.cat([id_rep] + contents, dim=1)
 
-    def forward(self, masked=frozenset()):
-        return self.representation(masked).split([self.n_users, self.n_items])
-
-    def batch_representations_modes(self, users, items, modes, memo=None):
-        """Every mode's batch rows; each modality's refining layer (masked or not) runs once for all modes."""
-        memo, result = {} if memo is None else memo, {}
-        for name, masked in modes.items():
-            user_reps, item_reps = self.representation(masked, memo).split([self.n_users, self.n_items])
-            result[name] = (user_reps[users], item_reps[items])
-        return result
-
     # ------------------------------------------------------------ training
     def objective(self, interaction, step):
         """BPR plus the authors' L2 (see the class docstring), on parameters, not representations."""
-        users = interaction[self.USER_ID]
-        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        # the reference's interleaved tensors: every user twice, its positive then its negative
-        user_tensor = users.repeat_interleave(2)
-        item_tensor = torch.stack([pos, neg], dim=1).reshape(-1) + self.n_users
-        reg = (self.id_embedding[user_tensor].pow(2) + self.id_embedding[item_tensor].pow(2)).mean()
-        for m in self.modalities:
-            if m not in self.default_masked:
-                reg = reg + self.preference[m][user_tensor].pow(2).mean()
-        return {"bpr": bpr(step.margins["joint"]), "l2": self.reg_weight * reg}
+        return {"bpr": bpr(step.margins["joint"]), "l2": self.reg_weight * interleaved_l2(self, interaction)}
+
+
+def interleaved_l2(model, interaction):
+    """The L2 of GRCN's authors (and EgoGCN's, built on their code): the mean squares of the
+    batch users' and items' ID embeddings (``model.id_embedding``, users first) and of the batch
+    users' preferences of every unmasked modality (``model.preference``), each a mean over the
+    elements of the reference's interleaved ``[2B, dim]`` tensors (every user twice, its
+    positive then its negative)."""
+    users = interaction[model.USER_ID]
+    pos, neg = interaction[model.ITEM_ID], interaction[model.NEG_ITEM_ID]
+    user_tensor = users.repeat_interleave(2)
+    item_tensor = torch.stack([pos, neg], dim=1).reshape(-1) + model.n_users
+    reg = (model.id_embedding[user_tensor].pow(2) + model.id_embedding[item_tensor].pow(2)).mean()
+    for m in model.modalities:
+        if m not in model.default_masked:  # a masked modality's preferences act only through their mean
+            reg = reg + model.preference[m][user_tensor].pow(2).mean()
+    return reg
