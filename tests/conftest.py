@@ -44,6 +44,34 @@ def write_tiny_mmrec(root, name="tiny", n_users=24, n_items=30, dims=None, seed=
     return path, df, features
 
 
+def build_model(name, root, checkpoint_dir=None, seed=0, **extra):
+    """``(model, train loader)``: the model ``name``, its parameters drawn after ``seed``, on the
+    tiny dataset under ``root`` (``train.config`` is the run's Config)."""
+    import torch
+
+    from recbole_ckd.config import Config
+    from recbole_ckd.data.dataset import data_preparation
+    from recbole_ckd.model import MODELS
+    from recbole_ckd.registry import create_dataset
+
+    settings = {**FAST, "data_path": root, **extra}
+    if checkpoint_dir is not None:
+        settings["checkpoint_dir"] = str(checkpoint_dir)
+    config = Config(name, "tiny", config_dict=settings)
+    train, _, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(seed)
+    return MODELS[name](config, train.dataset), train
+
+
+def scores(model, masked=()):
+    """Every user-item score with ``masked`` modalities at their mean."""
+    import torch
+
+    with torch.no_grad():
+        users, items = model.forward(frozenset(masked))
+    return users @ items.T
+
+
 def attach_random_teachers(student, dim=6, seed=1):
     """Random frozen teacher tables for a CKD student built outside the trainer."""
     import torch

@@ -6,24 +6,19 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAST, write_tiny_mmrec
+from conftest import FAST, build_model, write_tiny_mmrec
 
 import run_recbole_ckd
 from recbole_ckd.compat import load_checkpoint
-from recbole_ckd.config import Config
-from recbole_ckd.data.dataset import data_preparation
 from recbole_ckd.model import BM3
 from recbole_ckd.quick_start import run
-from recbole_ckd.registry import create_dataset
 
 REFUSAL = r"BM3 cannot be a CKD student: masking modality '\w+' does not change its scores \(it ranks with ID embeddings only"
 
 
 def build(root, **extra):
-    config = Config("BM3", "tiny", config_dict={**FAST, "data_path": root, **extra})
-    train, _, _ = data_preparation(config, create_dataset(config))
-    torch.manual_seed(0)
-    return config, train, BM3(config, train.dataset)
+    model, train = build_model("BM3", root, **extra)
+    return train.config, train, model
 
 
 def all_masks(modalities):

@@ -4,7 +4,7 @@ whole objective plus ``kd_weight`` times the distillation term, nothing removed.
 
 import pytest
 import torch
-from conftest import FAST, attach_random_teachers, write_tiny_mmrec
+from conftest import FAST, attach_random_teachers, build_model, scores, write_tiny_mmrec
 from recbole.data.interaction import Interaction
 
 from recbole_ckd.compat import load_checkpoint
@@ -36,11 +36,7 @@ MASKING_CASES = [(name, {}) for name in STUDENT_BACKBONES] + [
 
 
 def build(name, root, tmp_path, **extra):
-    config = Config(name, "tiny", config_dict={**FAST, "data_path": root, "checkpoint_dir": str(tmp_path / "saved"),
-                                               "gd_samples": 9, **extra})
-    train, _, _ = data_preparation(config, create_dataset(config))
-    torch.manual_seed(0)
-    return MODELS[name](config, train.dataset), train
+    return build_model(name, root, tmp_path / "saved", gd_samples=9, **extra)
 
 
 def build_pair(root, tmp_path, backbone, **extra):
@@ -125,11 +121,6 @@ def test_student_adds_exactly_kd_weight_times_the_distillation(tiny_dataset, tmp
 
 
 # ----------------------------------------------------------------------------- representations
-def scores(model, masked):
-    with torch.no_grad():
-        users, items = model.forward(frozenset(masked))
-    return users @ items.T
-
 
 @pytest.mark.parametrize("backbone, extra", MASKING_CASES, ids=[f"{n}-{e}" if e else n for n, e in MASKING_CASES])
 def test_masked_outputs_ignore_the_masked_features(tmp_path, backbone, extra):

@@ -5,12 +5,8 @@ authors' L2, any number of modalities, end-to-end runs of the backbone and its s
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAST, write_tiny_mmrec
+from conftest import build_model, write_tiny_mmrec
 
-from recbole_ckd.config import Config
-from recbole_ckd.data.dataset import data_preparation
-from recbole_ckd.model import MODELS
-from recbole_ckd.registry import create_dataset
 
 FEATURE_FILES = {"v": "image_feat.npy", "t": "text_feat.npy", "a": "a_feat.npy"}
 # low enough that some edges of the tiny graph (about ten neighbours a node) are fused and some not
@@ -18,16 +14,9 @@ THRESHOLD = 0.105
 
 
 def build(root, checkpoint_dir, model="EgoGCN", seed=3, **extra):
-    config = Config(model, "tiny", config_dict={**FAST, "data_path": root, "checkpoint_dir": checkpoint_dir, **extra})
-    train, _, _ = data_preparation(config, create_dataset(config))
-    torch.manual_seed(seed)  # the same parameters for every dataset variant
-    return MODELS[model](config, train.dataset).eval(), train
+    net, train = build_model(model, root, checkpoint_dir, seed, **extra)
+    return net.eval(), train
 
-
-def scores(model, masked):
-    with torch.no_grad():
-        users, items = model.forward(frozenset(masked))
-    return users @ items.T
 
 
 # ----------------------------------------------------------------------------- the reference, densely

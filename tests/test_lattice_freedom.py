@@ -8,33 +8,20 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAST, attach_random_teachers, write_tiny_mmrec
+from conftest import FAST, attach_random_teachers, build_model, scores, write_tiny_mmrec
 
 from recbole_ckd.compat import load_checkpoint
-from recbole_ckd.config import Config
-from recbole_ckd.data.dataset import data_preparation
 from recbole_ckd.model import MODELS, graphs
 from recbole_ckd.quick_start import run
-from recbole_ckd.registry import create_dataset
 from recbole_ckd.trainer import ResumableTrainer
 
 BACKBONES = ["LATTICE", "FREEDOM"]
 
 
 def build(name, root, tmp_path, seed=0, **extra):
-    config = Config(
-        name, "tiny",
-        config_dict={**FAST, "data_path": root, "checkpoint_dir": str(tmp_path / "saved"), "gd_samples": 7, **extra},
-    )
-    train, _, _ = data_preparation(config, create_dataset(config))
-    torch.manual_seed(seed)
-    return config, train, MODELS[name](config, train.dataset)
+    model, train = build_model(name, root, tmp_path / "saved", seed, gd_samples=7, **extra)
+    return train.config, train, model
 
-
-def scores(model, masked=()):
-    with torch.no_grad():
-        users, items = model.forward(frozenset(masked))
-    return users @ items.T
 
 
 # ----------------------------------------------------------------------------- dense references

@@ -4,29 +4,17 @@ import os
 
 import pytest
 import torch
-from conftest import FAST, attach_random_teachers
+from conftest import attach_random_teachers, build_model
 
-from recbole_ckd.config import Config
-from recbole_ckd.data.dataset import data_preparation
-from recbole_ckd.model import MODELS
 from recbole_ckd.model.backbones.grcn import segment_softmax
 from recbole_ckd.model.backbones.mgcn import info_nce
-from recbole_ckd.registry import create_dataset
 
-FEATURE_FILES = {"v": "image_feat.npy", "t": "text_feat.npy", "a": "a_feat.npy"}
 
 
 def build(model, root, checkpoint_dir, seed=3, **extra):
-    config = Config(model, "tiny", config_dict={**FAST, "data_path": root, "checkpoint_dir": checkpoint_dir, **extra})
-    train, _, _ = data_preparation(config, create_dataset(config))
-    torch.manual_seed(seed)  # the same parameters for every dataset variant
-    return MODELS[model](config, train.dataset).eval(), train
+    net, train = build_model(model, root, checkpoint_dir, seed, **extra)
+    return net.eval(), train
 
-
-def scores(model, masked):
-    with torch.no_grad():
-        users, items = model.forward(frozenset(masked))
-    return users @ items.T
 
 
 def test_grcn_masked_modality_is_a_constant_in_its_slot(tiny_dataset, tmp_path):

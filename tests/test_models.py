@@ -2,26 +2,16 @@
 
 import pytest
 import torch
-from conftest import FAST
+from conftest import FAST, build_model, scores
 
 import run_recbole_ckd
 from recbole_ckd.compat import load_checkpoint
 from recbole_ckd.config import Config
-from recbole_ckd.data.dataset import data_preparation
-from recbole_ckd.model import VBPR
-from recbole_ckd.registry import create_dataset
 
 
 def build_vbpr(root, **extra):
-    config = Config("VBPR", "tiny", config_dict={**FAST, "data_path": root, **extra})
-    train, _, _ = data_preparation(config, create_dataset(config))
-    return VBPR(config, train.dataset).eval()
+    return build_model("VBPR", root, **extra)[0].eval()
 
-
-def scores(model, masked):
-    with torch.no_grad():
-        users, items = model.forward(frozenset(masked))
-    return users @ items.T
 
 
 def test_masked_modality_adds_a_constant_to_every_score(tiny_dataset):
@@ -91,17 +81,11 @@ def test_shipped_dataset_runs_offline(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- the CKD reference's formulas
-def build_model(name, root, **extra):
-    config = Config(name, "tiny", config_dict={**FAST, "data_path": root, **extra})
-    train, _, _ = data_preparation(config, create_dataset(config))
-    torch.manual_seed(0)
-    from recbole_ckd.model import MODELS
 
-    return MODELS[name](config, train.dataset).eval(), train.dataset
 
 
 def test_vbpr_is_the_reference_formula_with_equal_blocks(tiny_dataset):
-    model, _ = build_model("VBPR", tiny_dataset["root"])
+    model = build_model("VBPR", tiny_dataset["root"])[0].eval()
     f = {m: model.feature(m) for m in ("v", "t")}
     P = {m: model.user_preference[m].weight.detach() for m in ("v", "t")}
     W = {m: model.projection[m] for m in ("v", "t")}
@@ -136,7 +120,9 @@ def dense_self_loop_mean(dataset, n_users, n_items):
 def test_mmgcn_is_the_reference_formula(tiny_dataset, masked):
     import torch.nn.functional as F
 
-    model, dataset = build_model("MMGCN", tiny_dataset["root"])
+    model, train = build_model("MMGCN", tiny_dataset["root"])
+    model.eval()
+    dataset = train.dataset
     graph = dense_self_loop_mean(dataset, model.n_users, model.n_items)
     outputs = []
     with torch.no_grad():
