@@ -21,6 +21,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recbole_ckd.errors import UserError
+
 _NUMPY_ALIASES = {
     "float_": "float64",
     "complex_": "complex128",
@@ -63,7 +65,7 @@ def apply():
     _quiet_recbole_future_warnings()
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is truncated, foreign, or was written by something else."""
 
 

@@ -16,6 +16,7 @@ from recbole.trainer import Trainer
 from recbole.utils import dict2str, early_stopping, set_color
 
 from recbole_ckd.compat import CheckpointError, load_checkpoint, save_checkpoint
+from recbole_ckd.errors import UserError
 
 # Keys of the student only: changing them never changes a teacher.
 CKD_KEYS = {"kd_weight", "gd_weight", "kd_temperature", "gd_samples", "cf_clamp", "teacher_learning_rate"}
@@ -26,7 +27,7 @@ RUNTIME_KEYS = {
     "show_progress", "state", "checkpoint_dir", "data_path", "device", "gpu_id", "use_gpu", "worker",
     "eval_batch_size", "log_wandb", "wandb_project", "save_dataset", "dataset_save_path", "save_dataloaders",
     "dataloaders_save_path", "resume", "retrain_teachers", "local_rank", "single_spec", "nproc", "world_size",
-    "offset", "ip", "port", "config_files", "tensorboard",
+    "offset", "ip", "port", "config_files", "tensorboard", "extra_config_keys",
 }
 
 
@@ -81,7 +82,7 @@ def default_run_dir(config):
     return os.path.join(config["checkpoint_dir"], str(config["dataset"]), name)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or Inf."""
 
 

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 import yaml
 
+from recbole_ckd.errors import UserError
 from recbole_ckd.trainer import CKD_KEYS
 
 HYPER_TYPES = ("choice", "uniform", "loguniform", "quniform")
 SEARCH_ALGORITHMS = ("random", "grid", "optuna", "hyperopt")
 
 
-class HyperFileError(ValueError):
+class HyperFileError(UserError, ValueError):
     """A malformed hyper.test line; the message names the file and the line."""
 
 
