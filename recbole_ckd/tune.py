@@ -9,15 +9,21 @@ search, the best configuration is chosen on validation, written as a YAML file t
 """
 
 import ast
+import contextlib
 import csv
+import hashlib
+import hmac
+import json
 import math
 import os
+import signal
+import tempfile
 from dataclasses import dataclass
 
 import yaml
 
-from recbole_ckd.errors import UserError
-from recbole_ckd.trainer import CKD_KEYS
+from recbole_ckd.errors import Interrupted, UserError
+from recbole_ckd.trainer import CKD_KEYS, file_digest
 
 HYPER_TYPES = ("choice", "uniform", "loguniform", "quniform")
 SEARCH_ALGORITHMS = ("random", "grid", "optuna", "hyperopt")
@@ -25,6 +31,10 @@ SEARCH_ALGORITHMS = ("random", "grid", "optuna", "hyperopt")
 
 class HyperFileError(UserError, ValueError):
     """A malformed hyper.test line; the message names the file and the line."""
+
+
+class SweepStateError(UserError):
+    """A sweep folder that this user's recbole-ckd did not leave (or that changed since)."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +167,7 @@ def trial(params, base):
 # ----------------------------------------------------------------------------- the sweep
 def select_best(trials, bigger=True):
     """The trial with the best validation score; test results play no part."""
-    finished = [t for t in trials if t.get("best_valid_score") is not None]
+    finished = [t for t in trials if t.get("best_valid_score") is not None and t.get("status") == "done"]
     if not finished:
         raise RuntimeError("No trial reported a validation score; see the errors in the trial table.")
     return (max if bigger else min)(finished, key=lambda t: t["best_valid_score"])
@@ -187,16 +197,111 @@ def _collect(results):
     for result in results:
         metrics = result.metrics or {}
         error = result.error
+        # Ray marks a trial's last result done when it returned or a scheduler stopped it; a trial
+        # interrupted (Ctrl-C, SIGTERM) or never started has no such result, whatever its status says
+        status = "ERROR" if error else "done" if metrics.get("done") else "unfinished"
         trials.append({
             "trial_id": metrics.get("trial_id") or os.path.basename(str(result.log_dir or "")),
             "params": dict(result.config or {}),
             "best_valid_score": metrics.get("best_valid_score"),
             "best_epoch": None if metrics.get("best_epoch") is None else int(metrics["best_epoch"]),
             "epochs": metrics.get("epoch"),
-            "status": "ERROR" if error else ("stopped" if metrics.get("done") is False else "done"),
+            "status": status,
             "error": (str(error).strip().splitlines() or [""])[-1][:200] if error else None,
         })
     return trials
+
+
+# ----------------------------------------------------------------------------- resume state
+# Ray resumes a sweep from pickles in its folder (tuner.pkl, the experiment state, each trial's
+# params.pkl): loading them runs whatever code they hold. So a folder is resumed only if it
+# carries this user's signature (an HMAC over every file, with a key only this user can read),
+# written by the sweep itself when Ray stopped.
+SIGNATURE_FILE = ".recbole_ckd-signature"
+
+
+def _key_file():
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "recbole_ckd", "sweep.key")
+
+
+def _secret(create):
+    path = _key_file()
+    if not os.path.isfile(path):
+        if not create:
+            return None
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another sweep created it just now
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(os.urandom(32))
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _folder_files(path):
+    """``{relative path: SHA-256 (or link target)}`` of every file under ``path`` but the signature."""
+    files = {}
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            relative = os.path.relpath(full, path)
+            # TensorBoard event files are flushed at exit, after the signature, and never loaded by a resume
+            if relative != SIGNATURE_FILE and not name.startswith("events.out.tfevents."):
+                files[relative] = ("link:" + os.readlink(full)) if os.path.islink(full) else file_digest(full)
+    return files
+
+
+def _mac(secret, files):
+    return hmac.new(secret, json.dumps(files, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+
+
+def sign_sweep(path):
+    """Sign the sweep folder ``path`` as left by this user's recbole-ckd: every file and its digest."""
+    files = _folder_files(path)
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"files": files, "mac": _mac(_secret(create=True), files)}, f, indent=0, sort_keys=True)
+    os.replace(tmp, os.path.join(path, SIGNATURE_FILE))
+
+
+def check_sweep_signature(path):
+    """Refuse to resume from ``path`` unless this user's recbole-ckd signed it and nothing changed since."""
+    fix = f"delete {path} to start the sweep over, or give another --output"
+    secret = _secret(create=False)
+    signature = os.path.join(path, SIGNATURE_FILE)
+    try:
+        with open(signature) as f:
+            recorded = json.load(f)
+        signed = hmac.compare_digest(str(recorded["mac"]), _mac(secret, recorded["files"])) if secret else False
+    except (OSError, ValueError, KeyError, TypeError):
+        signed = False
+    if not signed:
+        raise SweepStateError(f"{path} holds Ray resume state (pickles, which run code when loaded) that this user's "
+                              f"recbole-ckd did not sign (written elsewhere, or by a sweep killed with SIGKILL); {fix}.")
+    current = _folder_files(path)
+    changed = sorted(set(current) ^ set(recorded["files"]) | {k for k in current if current[k] != recorded["files"].get(k)})
+    if changed:
+        raise SweepStateError(f"{path} changed after its sweep stopped ({', '.join(changed[:3])}"
+                              f"{' ...' if len(changed) > 3 else ''}); it is not resumed; {fix}.")
+
+
+@contextlib.contextmanager
+def sigterm_as_sigint():
+    """SIGTERM (a scheduler's stop, ``kill``) handled like Ctrl-C: Ray saves the sweep's state."""
+    def forward(signum, frame):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, forward)
+    except ValueError:  # not the main thread: nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_samples=4, search="random",
@@ -211,8 +316,13 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
 
     params = parse_hyper_file(hyper_file)
     if search not in SEARCH_ALGORITHMS:
-        raise ValueError(f"Unknown search algorithm {search!r}; use one of {', '.join(SEARCH_ALGORITHMS)}")
+        raise HyperFileError(f"--search={search}: unknown search algorithm; use one of {', '.join(SEARCH_ALGORITHMS)}")
     output = os.path.abspath(output)
+    name = f"{model}-{dataset}"
+    path = os.path.join(output, name)
+    resume = tune.Tuner.can_restore(path)
+    if resume:  # before anything else runs: Ray's resume state is pickles
+        check_sweep_signature(path)
     config_files = [os.path.abspath(f) for f in (config_files or [])]
     overrides = Config(model, dataset, config_files or None, cmd_args=cmd_args)  # validates, resolves paths
     base_dict = {key: overrides.final_config_dict[key] for key in overrides.cmd_config_dict}
@@ -226,8 +336,8 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
     if is_ckd and set(params) <= (CKD_KEYS - {"teacher_learning_rate"}) | {"learning_rate"}:
         print("Training (or loading) the teachers once, before the trials ...", flush=True)
         teacher_dict = {**base_dict, "retrain_teachers": overrides["retrain_teachers"]}
-        for name, path in train_teachers(model, dataset, config_files or None, teacher_dict).items():
-            print(f"  {name}: {path}", flush=True)
+        for label, folder in train_teachers(model, dataset, config_files or None, teacher_dict).items():
+            print(f"  {label}: {folder}", flush=True)
 
     metric, mode = "valid_score", "max" if overrides["valid_metric_bigger"] else "min"
     base = {"model": model, "dataset": dataset, "config_files": config_files or None, "config_dict": base_dict,
@@ -242,14 +352,12 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
     elif scheduler == "none":
         asha = None
     else:
-        raise ValueError(f"Unknown scheduler {scheduler!r}; use 'asha' or 'none'")
+        raise HyperFileError(f"--scheduler={scheduler}: unknown scheduler; use 'asha' or 'none'")
 
     ray.init(address=ray_address, include_dashboard=False, ignore_reinit_error=True,
              **({} if ray_address else {"num_cpus": os.cpu_count()}))
     try:
-        name = f"{model}-{dataset}"
-        path = os.path.join(output, name)
-        if tune.Tuner.can_restore(path):
+        if resume:
             print(f"Resuming the sweep in {path}", flush=True)
             tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
         else:
@@ -261,12 +369,22 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
                 run_config=air.RunConfig(name=name, storage_path=output, verbose=verbose,
                                          failure_config=air.FailureConfig(max_failures=0, fail_fast=False)),
             )
-        results = tuner.fit()
+        with sigterm_as_sigint():  # Ray stops on SIGINT, saving the state of every trial
+            results = tuner.fit()
     finally:
         ray.shutdown()
+    sign_sweep(path)  # once Ray has stopped writing: the state this sweep leaves may be resumed
 
     trials = _collect(results)
     table = trial_table(trials, list(params), overrides["valid_metric"])
+    unfinished = [t for t in trials if t["status"] == "unfinished"]
+    if unfinished:  # no selection and no test set on a partial search
+        print(table, flush=True)
+        raise Interrupted(
+            f"the sweep stopped with {len(unfinished)} of {len(trials)} trials unfinished; its state is saved in {path}. "
+            "Run the same command again (same --output) to resume it; the best configuration and its test "
+            "result come only when every trial has ended."
+        )
     best = select_best(trials, overrides["valid_metric_bigger"])
     os.makedirs(output, exist_ok=True)
     with open(os.path.join(output, f"{name}-trials.md"), "w") as f:

@@ -118,6 +118,10 @@ def test_two_trial_sweep_trains_teachers_once(tiny_dataset, tmp_path, capsys):
     assert result["test_result"]["best_valid_score"] == pytest.approx(best["best_valid_score"])
     assert set(result["test_result"]["test_result"])  # the test set was used, once, at the end
     assert os.path.isfile(str(tmp_path / "sweeps" / "VBPR_CKD-tiny-trials.csv"))
+    # the real Ray folder it left is signed (TensorBoard files flushed at exit aside): a rerun may resume it
+    from recbole_ckd.tune import check_sweep_signature
+
+    check_sweep_signature(str(tmp_path / "sweeps" / "VBPR_CKD-tiny"))
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tiny_dataset, tmp_path):
@@ -135,3 +139,107 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tiny_dataset, tmp_pat
     assert by_lr[0.001]["status"] == "done" and result["best"] is by_lr[0.001]
     table = open(tmp_path / "sweeps" / "VBPR-tiny-trials.md").read()
     assert "ERROR" in table
+
+
+# ----------------------------------------------------------------------------- interruption and resume state
+class _FakeResult:
+    def __init__(self, config, metrics):
+        self.config, self.metrics, self.error, self.log_dir = config, metrics, None, None
+
+
+def fake_tuner(monkeypatch, tmp_path, results):
+    import ray
+
+    fits = []
+
+    class Tuner:
+        def __init__(self, trainable, param_space=None, tune_config=None, run_config=None):
+            self.path = os.path.join(run_config.storage_path, run_config.name)
+
+        @classmethod
+        def can_restore(cls, path):
+            return os.path.isfile(os.path.join(path, "tuner.pkl"))
+
+        def fit(self):
+            os.makedirs(self.path, exist_ok=True)
+            open(os.path.join(self.path, "tuner.pkl"), "wb").write(b"state")
+            fits.append(self.path)
+            return results
+
+    monkeypatch.setattr(ray.tune, "Tuner", Tuner)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    return fits
+
+
+def test_an_interrupted_sweep_selects_nothing_and_says_how_to_resume(tiny_dataset, tmp_path, monkeypatch, capsys):
+    import run_recbole_ckd
+    import recbole_ckd.quick_start as qs
+
+    # what Tuner.fit returns after Ctrl-C: one trial ended, one was running, one never started
+    fits = fake_tuner(monkeypatch, tmp_path, [
+        _FakeResult({"kd_weight": 0.01}, {"best_valid_score": 0.3, "best_epoch": 1, "epoch": 2, "done": True}),
+        _FakeResult({"kd_weight": 0.1}, {"best_valid_score": 0.4, "best_epoch": 3, "epoch": 3, "done": False}),
+        _FakeResult({"kd_weight": 1.0}, {}),
+    ])
+    monkeypatch.setattr(qs, "run", lambda *a, **k: pytest.fail("the test set was touched"))
+    hyper = write(tmp_path, "kd_weight choice [0.01,0.1,1.0]\n")
+    out = tmp_path / "sweeps"
+    argv = ["--model=VBPR", "--dataset=tiny", f"--hyper={hyper}", f"--output={out}", f"--data_path={tiny_dataset['root']}",
+            f"--checkpoint_dir={tmp_path / 'saved'}"] + [f"--{k}={v}" for k, v in FAST.items()]
+    with pytest.raises(SystemExit) as exit_info:
+        run_recbole_ckd.main(argv)
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 130
+    assert "2 of 3 trials unfinished" in captured.err and "Run the same command again" in captured.err
+    assert "| unfinished |" in captured.out  # the table says which trial did not end
+    assert not glob.glob(str(out / "*-best.yaml")) and not glob.glob(str(out / "*-trials.md"))
+    # the state it left is signed, so the same command resumes it
+    from recbole_ckd.tune import check_sweep_signature
+
+    check_sweep_signature(fits[0])
+
+
+def test_a_planted_sweep_state_is_never_unpickled(tiny_dataset, tmp_path, capsys):
+    """Ray's resume unpickles <output>/<Model>-<dataset>/tuner.pkl; a folder this user's plugin
+    did not sign is refused before Ray starts."""
+    import pickle
+
+    import run_recbole_ckd
+
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    folder = tmp_path / "sweeps" / "VBPR-tiny"
+    folder.mkdir(parents=True)
+    (folder / "tuner.pkl").write_bytes(pickle.dumps(Payload()))
+    hyper = write(tmp_path, "kd_weight choice [0.01,0.1]\n")
+    argv = ["--model=VBPR", "--dataset=tiny", f"--hyper={hyper}", f"--output={tmp_path / 'sweeps'}",
+            f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_recbole_ckd.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and str(folder) in err and "did not sign" in err
+    assert not marker.exists() and not (tmp_path / "saved").exists()
+
+
+def test_a_signed_sweep_folder_changed_afterwards_is_refused(tmp_path):
+    from recbole_ckd.tune import SweepStateError, check_sweep_signature, sign_sweep
+
+    folder = tmp_path / "sweep"
+    (folder / "trial_1").mkdir(parents=True)
+    (folder / "tuner.pkl").write_bytes(b"state")
+    (folder / "trial_1" / "params.pkl").write_bytes(b"params")
+    sign_sweep(str(folder))
+    check_sweep_signature(str(folder))
+    (folder / "trial_1" / "params.pkl").write_bytes(b"other")
+    with pytest.raises(SweepStateError, match="changed after its sweep stopped"):
+        check_sweep_signature(str(folder))
+    (folder / "trial_1" / "params.pkl").write_bytes(b"params")
+    check_sweep_signature(str(folder))
+    (folder / "trial_1" / "extra.pkl").write_bytes(b"planted")  # a file added is a change too
+    with pytest.raises(SweepStateError, match="changed"):
+        check_sweep_signature(str(folder))
