@@ -118,6 +118,25 @@ def search_space(params, algorithm="random"):
     return space
 
 
+def check_space(params, hyper_file, make_config):
+    """Build a trial's Config for every choice and both ends of every range, so that an unknown key
+    or a value out of its range is refused, naming its line, before anything is trained."""
+    from recbole_ckd.errors import ConfigError
+
+    for p in params.values():
+        if p.kind == "choice":
+            candidates = list(p.values)
+        elif p.kind == "loguniform":
+            candidates = [math.exp(v) for v in p.values]
+        else:
+            candidates = list(p.values[:2])
+        for value in candidates:
+            try:
+                make_config({p.name: value})
+            except ConfigError as err:
+                raise HyperFileError(f"{hyper_file}, line {p.line}: {p.name} = {value!r} is refused: {err}") from None
+
+
 def make_searcher(algorithm, metric, mode):
     """None for random and grid (Ray's variant generator); a Bayesian searcher if installed."""
     if algorithm in ("random", "grid"):
@@ -329,6 +348,7 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
     # absolute paths: Ray workers run in their own folders (Config's data_path ends in the dataset)
     base_dict.update(data_path=os.path.dirname(overrides["data_path"]), checkpoint_dir=overrides["checkpoint_dir"])
     base_dict.pop("retrain_teachers", None)  # trials must never delete the shared teachers
+    check_space(params, hyper_file, lambda values: Config(model, dataset, config_files or None, {**base_dict, **values}))
     is_ckd = model.endswith("_CKD")
     if is_ckd and "learning_rate" in params and not overrides["teacher_learning_rate"]:
         # the swept learning rate is the student's: keep the teachers at the configured one

@@ -127,15 +127,15 @@ def test_two_trial_sweep_trains_teachers_once(tiny_dataset, tmp_path, capsys):
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tiny_dataset, tmp_path):
     from recbole_ckd.tune import run_sweep
 
-    # a negative learning rate is refused by the trial's Config
-    hyper = write(tmp_path, "learning_rate choice [0.001,-1.0]\n")
+    # a huge learning rate passes the checks up front, then the trial's loss becomes NaN or Inf
+    hyper = write(tmp_path, "learning_rate choice [0.001,1e30]\n")
     args = [f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}", "--epochs=2"] + [
         f"--{k}={v}" for k, v in FAST.items() if k != "epochs"
     ]
     result = run_sweep("VBPR", "tiny", hyper, cmd_args=args, num_samples=1, search="grid", scheduler="asha",
                        output=str(tmp_path / "sweeps"), verbose=0)
     by_lr = {t["params"]["learning_rate"]: t for t in result["trials"]}
-    assert by_lr[-1.0]["status"] == "ERROR" and "learning_rate must be a number > 0" in by_lr[-1.0]["error"]
+    assert by_lr[1e30]["status"] == "ERROR" and "the training loss became" in by_lr[1e30]["error"]
     assert by_lr[0.001]["status"] == "done" and result["best"] is by_lr[0.001]
     table = open(tmp_path / "sweeps" / "VBPR-tiny-trials.md").read()
     assert "ERROR" in table
@@ -243,3 +243,23 @@ def test_a_signed_sweep_folder_changed_afterwards_is_refused(tmp_path):
     (folder / "trial_1" / "extra.pkl").write_bytes(b"planted")  # a file added is a change too
     with pytest.raises(SweepStateError, match="changed"):
         check_sweep_signature(str(folder))
+
+
+@pytest.mark.parametrize("line, names", [
+    ("kd_wieght choice [0.1,0.2]", ["line 2", "kd_wieght", "did you mean kd_weight?"]),
+    ("kd_temperature choice [0.1,-0.1]", ["line 2", "kd_temperature = -0.1", "> 0"]),
+    ("gd_samples quniform 0,100,10", ["line 2", "gd_samples = 0.0", ">= 1"]),
+])
+def test_a_bad_sweep_space_is_refused_before_anything_runs(tiny_dataset, tmp_path, capsys, line, names):
+    import run_recbole_ckd
+
+    hyper = write(tmp_path, "kd_weight choice [0.01,0.1]\n" + line + "\n")
+    argv = ["--model=VBPR_CKD", "--dataset=tiny", f"--hyper={hyper}", f"--output={tmp_path / 'sweeps'}",
+            f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_recbole_ckd.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and err.startswith("error: " + hyper)
+    for text in names:
+        assert text in err
+    assert not (tmp_path / "saved").exists() and not (tmp_path / "sweeps").exists()
