@@ -115,7 +115,7 @@ def main(argv=None):
     except (Interrupted, KeyboardInterrupt) as err:
         if "--debug" in argv:
             raise
-        print(f"interrupted: {err or 'every stage saved its last checkpoint; run the same command again to resume'}",
+        print(f"interrupted: {str(err) or 'every stage saved its last checkpoint; run the same command again to resume'}",
               file=sys.stderr)
         raise SystemExit(130) from None
 

@@ -151,8 +151,8 @@ def make_searcher(algorithm, metric, mode):
 
             return HyperOptSearch(metric=metric, mode=mode)
     except (ImportError, AssertionError) as err:
-        raise ValueError(f"--search={algorithm} needs the package: pip install {algorithm} ({err})") from None
-    raise ValueError(f"Unknown search algorithm {algorithm!r}; use one of {', '.join(SEARCH_ALGORITHMS)}")
+        raise HyperFileError(f"--search={algorithm} needs the package: pip install {algorithm} ({err})") from None
+    raise HyperFileError(f"Unknown search algorithm {algorithm!r}; use one of {', '.join(SEARCH_ALGORITHMS)}")
 
 
 # ----------------------------------------------------------------------------- the trial
@@ -188,7 +188,7 @@ def select_best(trials, bigger=True):
     """The trial with the best validation score; test results play no part."""
     finished = [t for t in trials if t.get("best_valid_score") is not None and t.get("status") == "done"]
     if not finished:
-        raise RuntimeError("No trial reported a validation score; see the errors in the trial table.")
+        raise UserError("No trial reported a validation score; see the errors in the trial table above.")
     return (max if bigger else min)(finished, key=lambda t: t["best_valid_score"])
 
 
@@ -397,9 +397,9 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
 
     trials = _collect(results)
     table = trial_table(trials, list(params), overrides["valid_metric"])
+    print(table, flush=True)
     unfinished = [t for t in trials if t["status"] == "unfinished"]
     if unfinished:  # no selection and no test set on a partial search
-        print(table, flush=True)
         raise Interrupted(
             f"the sweep stopped with {len(unfinished)} of {len(trials)} trials unfinished; its state is saved in {path}. "
             "Run the same command again (same --output) to resume it; the best configuration and its test "
@@ -423,7 +423,6 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
         f.write(f"# best of the sweep {name} on validation {overrides['valid_metric']} "
                 f"({best['best_valid_score']:.4f}, trial {best['trial_id']})\n")
         yaml.safe_dump({k: _plain(v) for k, v in best_config.items()}, f, sort_keys=False)
-    print(table, flush=True)
     print(f"best configuration (validation only): {best_config_file}", flush=True)
     # the test set is used once, for the selected configuration (its trial's checkpoint resumes)
     test = run(model, dataset, config_files + [best_config_file], {"show_progress": False})

@@ -54,6 +54,11 @@ def item_id(value):
     return edit
 
 
+def atomic_header_only(data, work):
+    open(os.path.join(data, "tiny.inter"), "w").write("user_id:token\titem_id:token\trating:float\n")
+    return []
+
+
 def zero_byte_npy(data, work):
     open(os.path.join(data, "text_feat.npy"), "wb").close()
     return []
@@ -126,6 +131,9 @@ CASES = [
     ("YAML that is not a mapping", config_file("- 1\n- 2\n"), TRAIN, ["my.yaml", "mapping"]),
     ("misspelt key in a file's value", config_file("kd_weight: abc\n"), TRAIN, ["kd_weight", "'abc'"]),
     ("missing config file", lambda d, w: [f"--config_files={w}/nope.yaml"], TRAIN, ["nope.yaml", "does not exist"]),
+    ("user-uniform batches without the device loader", nothing,
+     TRAIN + ["--train_sampler=user_uniform", "--device_sampling=False"], ["train_sampler", "device_sampling: True"]),
+    ("a model's own range", nothing, ["--model=MMGCN", "--dataset=tiny", "--n_layers=0"], ["MMGCN", "n_layers >= 1"]),
     ("unknown model", nothing, ["--model=FooNet", "--dataset=tiny"], ["FooNet", "--model"]),
     ("close model name", nothing, ["--model=VBRP", "--dataset=tiny"], ["VBRP", "did you mean VBPR?"]),
     # flags
@@ -141,6 +149,7 @@ CASES = [
     ("stray argument", nothing, TRAIN + ["stray"], ["--key=value"]),
     # data
     ("empty .inter", empty_inter, TRAIN, ["tiny.inter", "empty"]),
+    ("header-only atomic .inter", atomic_header_only, TRAIN, ["tiny.inter", "no interactions"]),
     ("header-only .inter", header_only_inter, TRAIN, ["tiny.inter", "no interactions"]),
     ("leading zero item id", item_id("049"), TRAIN, ["tiny.inter, line 6", "'049'"]),
     ("signed item id", item_id("+3"), TRAIN, ["tiny.inter, line 6", "'+3'"]),

@@ -99,3 +99,15 @@ def test_seed_is_a_config_key_not_an_abbreviation(tmp_path, monkeypatch):
     monkeypatch.setattr(qs, "format_report", lambda result: "")
     run_recbole_ckd.main(["--model=VBPR", "--dataset=x", "--seed=7"])
     assert seen["cmd_args"] == ["--seed=7"]
+
+
+def test_ctrl_c_says_how_to_resume_and_exits_130(monkeypatch, capsys):
+    import recbole_ckd.quick_start as qs
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qs, "run", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        run_recbole_ckd.main(["--model=VBPR", "--dataset=x"])
+    assert exit_info.value.code == 130 and "run the same command again to resume" in capsys.readouterr().err
