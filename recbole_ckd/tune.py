@@ -168,19 +168,22 @@ def trial(params, base):
     config_dict = {**base["config_dict"], **params, "gpu_id": ",".join(str(int(g)) for g in gpus),
                    "use_gpu": bool(gpus), "show_progress": False}
     bigger = base["bigger"]
-    best = {"score": None, "epoch": None}
+    best = {"score": None, "epoch": None, "last": 0}
 
     def report(epoch, valid_score):
         if best["score"] is None or (valid_score > best["score"] if bigger else valid_score < best["score"]):
             best.update(score=valid_score, epoch=epoch)
+        best["last"] = epoch + 1
         session.report({"valid_score": valid_score, "best_valid_score": best["score"], "best_epoch": best["epoch"],
                         "epoch": epoch + 1})
 
     result = run(base["model"], base["dataset"], base["config_files"], config_dict, callback_fn=report,
                  evaluate_test=False)
-    if best["score"] is None:  # a finished trial picked up again: nothing new to train
+    if result["best_valid_score"] != best["score"]:
+        # the trial resumed and its best validation came before the interruption (or it had finished):
+        # the trainer's best, restored from its checkpoint, is the trial's result
         session.report({"valid_score": result["best_valid_score"], "best_valid_score": result["best_valid_score"],
-                        "best_epoch": None, "epoch": 0})
+                        "best_epoch": None, "epoch": best["last"]})
 
 
 # ----------------------------------------------------------------------------- the sweep

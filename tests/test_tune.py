@@ -263,3 +263,32 @@ def test_a_bad_sweep_space_is_refused_before_anything_runs(tiny_dataset, tmp_pat
     for text in names:
         assert text in err
     assert not (tmp_path / "saved").exists() and not (tmp_path / "sweeps").exists()
+
+
+def test_a_resumed_trial_reports_the_best_of_all_its_epochs(monkeypatch):
+    """After a resume the trial sees only the epochs after the interruption; its result is the
+    trainer's best over every epoch, restored from its checkpoint."""
+    import ray
+    from ray.air import session
+
+    import recbole_ckd.quick_start as qs
+    from recbole_ckd.tune import trial
+
+    reports = []
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    monkeypatch.setattr(session, "report", reports.append)
+
+    def resumed_run(model, dataset, files, config_dict, callback_fn, evaluate_test):
+        callback_fn(7, 0.20)  # epochs 7 and 8, after the resume: worse than epoch 3's 0.35
+        callback_fn(8, 0.25)
+        return {"best_valid_score": 0.35}
+
+    monkeypatch.setattr(qs, "run", resumed_run)
+    trial({"kd_weight": 0.1}, {"config_dict": {}, "bigger": True, "model": "VBPR", "dataset": "tiny", "config_files": None})
+    assert [r["best_valid_score"] for r in reports] == [0.20, 0.25, 0.35] and reports[-1]["epoch"] == 9
+
+    reports.clear()  # an uninterrupted trial: its own best, with its epoch, is the last report
+    monkeypatch.setattr(qs, "run", lambda *a, callback_fn, **k: (callback_fn(0, 0.3), callback_fn(1, 0.2),
+                                                                 {"best_valid_score": 0.3})[-1])
+    trial({}, {"config_dict": {}, "bigger": True, "model": "VBPR", "dataset": "tiny", "config_files": None})
+    assert len(reports) == 2 and reports[-1]["best_valid_score"] == 0.3 and reports[-1]["best_epoch"] == 0
