@@ -1,9 +1,11 @@
 """RecBole's Config, extended with the plugin's properties, model lookup and dataset formats."""
 
 import ast
+import contextlib
 import difflib
 import functools
 import math
+import numbers
 import os
 import re
 from pathlib import Path
@@ -124,7 +126,14 @@ class Config(RecBoleConfig):
         config_file_list = [resolve_config_file(path) for path in config_file_list or []] or None
         self._config_files = config_file_list or []
         super().__init__(model, dataset, config_file_list, dict(config_dict) if config_dict else None)
-        validate(self)
+
+    def _set_train_neg_sample_args(self):
+        with recbole_refusals():
+            super()._set_train_neg_sample_args()
+
+    def _set_eval_neg_sample_args(self, phase):
+        with recbole_refusals():
+            super()._set_eval_neg_sample_args(phase)
 
     def _build_yaml_loader(self):
         return SafeYamlLoader
@@ -218,7 +227,9 @@ class Config(RecBoleConfig):
             self.parameters["Dataset"] += [k for k in dataset_dict if k not in self.parameters["Dataset"]]
 
     def _set_default_parameters(self):
-        super()._set_default_parameters()
+        validate(self)  # before RecBole reads the values (it fails on bad ones with tracebacks of its own)
+        with recbole_refusals():
+            super()._set_default_parameters()
         final = self.final_config_dict
         data_path = final["data_path"]
         inter_name = f"{self.dataset}.inter"
@@ -284,7 +295,8 @@ def known_config_keys():
 
 # ----------------------------------------------------------------------------- value checks
 def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    # numbers.Real: numpy scalars from a searcher too
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_integer(value):
@@ -359,6 +371,10 @@ CONFIG_RULES = {
     "learning_rate_scheduler": (lambda value: value is None or _pair(lambda a: a > 0, lambda a, b: b > 0, "")[0](value),
                                 "[factor, epochs] with both > 0 (e.g. [0.96, 50]), or ~"),
     "topk": (_topk, "an integer >= 1 or a list of them"),
+    "metrics": (lambda v: isinstance(v, str) or (isinstance(v, list) and bool(v) and all(isinstance(m, str) for m in v)),
+                "a metric name or a list of them, e.g. ['Recall', 'NDCG']"),
+    "valid_metric": (lambda v: isinstance(v, str), "a metric name with its cut-off, e.g. Recall@20"),
+    "eval_args": (lambda v: isinstance(v, dict), "a mapping, e.g. {split: {RS: [0.8, 0.1, 0.1]}, order: RO}"),
     "test_masking": _one_of("train", "train_valid"),
     "train_sampler": _one_of("interactions", "user_uniform"),
     "device_sampling": _boolean(),
@@ -372,6 +388,18 @@ CONFIG_RULES = {
     "dataset_save_path": _exactly(None, NO_PICKLES),
     "dataloaders_save_path": _exactly(None, NO_PICKLES),
 }
+
+
+@contextlib.contextmanager
+def recbole_refusals():
+    """RecBole's own checks of config values (metric names, loss types, sampling arguments) as
+    ConfigErrors: they are about what the user wrote."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, NotImplementedError, RuntimeError) as err:
+        raise ConfigError(f"RecBole refuses the config: {err}") from err
 
 
 def validate(config):

@@ -123,6 +123,8 @@ CASES = [
     ("unknown masking", nothing, TRAIN + ["--test_masking=all"], ["test_masking", "'train_valid'"]),
     ("dataset pickles", nothing, TRAIN + ["--save_dataset=True"], ["save_dataset", "pickles"]),
     ("active modality not present", nothing, TRAIN + ["--active_modalities=['x']"], ["active_modalities"]),
+    ("unknown metric", nothing, TRAIN + ["--metrics=['Recal']"], ["RecBole refuses the config", "Recal"]),
+    ("valid metric not text", nothing, TRAIN + ["--valid_metric=5"], ["valid_metric", "Recall@20"]),
     ("key twice", nothing, TRAIN + ["--epochs=1", "--epochs=2"], ["--epochs", "twice"]),
     ("code in a config value", code_in_value("learning_rate"), TRAIN, ["learning_rate", "__import__"]),
     ("code in an unknown key", code_in_value("foo"), TRAIN, ["foo"]),
@@ -212,6 +214,10 @@ def test_values_recbole_accepts_still_parse(tiny_dataset):
     assert config["learning_rate"] == 0.001 and config["epochs"] == 7 and config["reproducibility"] is False
     assert config["topk"] == [5, 10] and config["metrics"] == ["Recall", "NDCG"] and config["seed"] == -3
     assert config["eval_args"]["split"] == {"RS": [0.7, 0.2, 0.1]} and config["teacher_learning_rate"] is None
+    # a searcher's numpy scalars are numbers too
+    config = Config("VBPR_CKD", "tiny", config_dict={"data_path": tiny_dataset["root"], "gd_samples": np.int64(300),
+                                                    "kd_weight": np.float32(0.5), "state": "WARNING"})
+    assert config["gd_samples"] == 300 and config["kd_weight"] == 0.5
 
 
 def test_own_keys_are_declared_on_purpose(tiny_dataset, tmp_path):
