@@ -129,8 +129,12 @@ def dispatch(argv):
         args, rest = parser.parse_known_args(argv)
         check_flags(build_parser(), argv, args)
         from recbole_ckd.data import synthetic
+        from recbole_ckd.errors import ConfigError
 
-        return synthetic.main(["--name", args.generate] + [a for a in rest if a != "--debug"])
+        try:
+            return synthetic.main(["--name", args.generate] + [a for a in rest if a != "--debug"])
+        except (ValueError, FileExistsError) as err:  # the generator's checks of its flags
+            raise ConfigError(f"--generate={args.generate}: {err}") from err
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     check_flags(parser, argv, args)

@@ -179,12 +179,7 @@ class Config(RecBoleConfig):
             for key in values:
                 if key in known:
                     continue
-                close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
-                hint = f"did you mean {close[0]}? " if close else ""
-                raise ConfigError(
-                    f"unknown config key {spelling.format(key)} (from {where}): {hint}A key of your own must be "
-                    f"declared: extra_config_keys: [{key}] in a config file, or --extra_config_keys=\"['{key}']\"."
-                )
+                raise unknown_key(key, known, spelling.format(key), where)
 
     def _get_model_and_dataset(self, model, dataset):
         from recbole_ckd.registry import get_model
@@ -266,11 +261,21 @@ def dataset_properties(dataset, cmd_args=()):
     values.setdefault("data_path", "dataset/")
     for arg in cmd_args:
         key, value = arg[2:].split("=", 1)
+        if key not in known_config_keys():
+            raise unknown_key(key, known_config_keys(), f"--{key}=...", "the command line")
         values[key] = parse_literal(value)
     return values
 
 
 # ----------------------------------------------------------------------------- known keys
+def unknown_key(key, known, spelling, where):
+    """The refusal of a key nothing reads, with the closest known one."""
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return ConfigError(f"unknown config key {spelling} (from {where}): {hint}A key of your own must be declared: "
+                       f"extra_config_keys: [{key}] in a config file, or --extra_config_keys=\"['{key}']\".")
+
+
 # Keys that RecBole's or the plugin's code reads or sets without a YAML default.
 _CODE_KEYS = {"model", "dataset", "config_files", "data_format", "local_rank", "nproc",
               "world_size", "offset", "ip", "port", "single_spec", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type",

@@ -149,6 +149,10 @@ CASES = [
     ("sweep flag alone", nothing, TRAIN + ["--num_samples=3"], ["--num_samples", "--hyper"]),
     ("model with a leaderboard", nothing, BOARD + ["--models=BPR", "--model=BPR"], ["--models"]),
     ("stray argument", nothing, TRAIN + ["stray"], ["--key=value"]),
+    ("misspelt key of a download", nothing, ["--download=tiny", "--url=x", "--data_pth=d"], ["data_pth", "data_path"]),
+    ("generator out of range", nothing, ["--generate=g", "--root=gen", "--n_users=0"], ["--generate=g", "n_users"]),
+    ("generator over a dataset", lambda d, w: [f"--root={os.path.dirname(d)}"], ["--generate=tiny"],
+     ["--generate=tiny", "already exists", "--overwrite"]),
     # data
     ("empty .inter", empty_inter, TRAIN, ["tiny.inter", "empty"]),
     ("header-only atomic .inter", atomic_header_only, TRAIN, ["tiny.inter", "no interactions"]),
@@ -178,10 +182,12 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, monkeypatch, c
     extra = breaks(data, work)
     before = snapshot(str(tmp_path / "data")), snapshot(work)
     saved, results = tmp_path / "saved", tmp_path / "results"
-    argv = args + extra + [f"--data_path={tmp_path / 'data'}", f"--checkpoint_dir={saved}"]
+    argv = args + extra
+    if not args[0].startswith("--generate"):  # the generator has flags of its own
+        argv += [f"--data_path={tmp_path / 'data'}", f"--checkpoint_dir={saved}"]
+        argv += [f"--{k}={v}" for k, v in FAST.items() if not any(a.startswith(f"--{k}=") for a in args)]
     if "--leaderboard" in args:
         argv.append(f"--output={results}")
-    argv += [f"--{k}={v}" for k, v in FAST.items() if not any(a.startswith(f"--{k}=") for a in args)]
     with pytest.raises(SystemExit) as exit_info:
         run_recbole_ckd.main(argv)
     err = capsys.readouterr().err
@@ -191,7 +197,7 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, monkeypatch, c
     for text in names:
         assert text in last, (text, last)
     assert not os.path.exists(os.path.join(work, MARKER)), "code from the config ran"
-    assert not saved.exists() and not results.exists()
+    assert not saved.exists() and not results.exists() and not (tmp_path / "gen").exists()
     assert (snapshot(str(tmp_path / "data")), snapshot(work)) == before
 
 
