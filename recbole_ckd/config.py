@@ -124,7 +124,6 @@ class Config(RecBoleConfig):
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None):
         self._cmd_args = list(cmd_args or [])
         config_file_list = [resolve_config_file(path) for path in config_file_list or []] or None
-        self._config_files = config_file_list or []
         super().__init__(model, dataset, config_file_list, dict(config_dict) if config_dict else None)
 
     def _set_train_neg_sample_args(self):
@@ -146,11 +145,8 @@ class Config(RecBoleConfig):
 
     def _load_config_files(self, file_list):
         values = {}
-        self._file_keys = {}  # key -> the config file that set it last
         for path in file_list or []:
-            data = read_yaml(path)
-            values.update(data)
-            self._file_keys.update(dict.fromkeys(data, path))
+            values.update(read_yaml(path))
         return values
 
     def _load_cmd_line(self):

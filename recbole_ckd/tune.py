@@ -394,6 +394,9 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
             )
         with sigterm_as_sigint():  # Ray stops on SIGINT, saving the state of every trial
             results = tuner.fit()
+    except KeyboardInterrupt:  # a second Ctrl-C: Ray skipped its last save
+        raise Interrupted(f"the sweep was stopped before Ray saved its state, so {path} cannot be resumed; delete it "
+                          "and run the command again (finished teachers and trial checkpoints are reused).") from None
     finally:
         ray.shutdown()
     sign_sweep(path)  # once Ray has stopped writing: the state this sweep leaves may be resumed
