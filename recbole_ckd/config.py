@@ -334,6 +334,11 @@ def _one_of(*choices):
     return (lambda value: value in choices), "one of " + ", ".join(repr(c) for c in choices)
 
 
+def _name_among(*names):
+    """A case-insensitive name: RecBole lowers these, and silently falls back on an unknown one."""
+    return (lambda value: isinstance(value, str) and value.lower() in names), "one of " + ", ".join(names)
+
+
 def _exactly(expected, why):
     return (lambda value: value == expected), f"{expected!r} ({why})"
 
@@ -371,6 +376,10 @@ CONFIG_RULES = {
     "cf_clamp": _pair(lambda low: low >= 0, lambda low, high: low < high, "[low, high] with 0 <= low < high"),
     "learning_rate_scheduler": (lambda value: value is None or _pair(lambda a: a > 0, lambda a, b: b > 0, "")[0](value),
                                 "[factor, epochs] with both > 0 (e.g. [0.96, 50]), or ~"),
+    "learner": _name_among("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam"),
+    "state": (lambda v: v is None or _name_among("info", "debug", "warning", "error", "critical")[0](v),
+              "one of info, debug, warning, error, critical"),
+    "embedding_size": _number(1, integer=True),
     "topk": (_topk, "an integer >= 1 or a list of them"),
     "metrics": (lambda v: isinstance(v, str) or (isinstance(v, list) and bool(v) and all(isinstance(m, str) for m in v)),
                 "a metric name or a list of them, e.g. ['Recall', 'NDCG']"),

@@ -123,6 +123,8 @@ CASES = [
     ("unknown masking", nothing, TRAIN + ["--test_masking=all"], ["test_masking", "'train_valid'"]),
     ("dataset pickles", nothing, TRAIN + ["--save_dataset=True"], ["save_dataset", "pickles"]),
     ("active modality not present", nothing, TRAIN + ["--active_modalities=['x']"], ["active_modalities"]),
+    ("unknown optimizer", nothing, TRAIN + ["--learner=adamm"], ["learner", "'adamm'", "sparse_adam"]),
+    ("unknown log level", nothing, TRAIN + ["--state=loud"], ["state", "'loud'", "warning"]),
     ("unknown metric", nothing, TRAIN + ["--metrics=['Recal']"], ["RecBole refuses the config", "Recal"]),
     ("valid metric not text", nothing, TRAIN + ["--valid_metric=5"], ["valid_metric", "Recall@20"]),
     ("key twice", nothing, TRAIN + ["--epochs=1", "--epochs=2"], ["--epochs", "twice"]),
