@@ -71,11 +71,15 @@ def download(args, overrides):
     print(f"Dataset '{args.download}' is ready in {path}")
 
 
-# flags that belong to one command; given to another they would be silently ignored
-COMMAND_FLAGS = {
-    "--hyper": ("--num_samples", "--search", "--scheduler", "--cpus_per_trial", "--gpus_per_trial", "--ray_address"),
-    "--leaderboard": ("--models", "--seeds", "--sweeps"),
-    "--download": ("--url", "--sha256", "--force"),
+# the commands each flag belongs to (None: a training run); given to another it would be ignored
+FLAG_COMMANDS = {
+    **dict.fromkeys(("--num_samples", "--search", "--scheduler", "--cpus_per_trial", "--gpus_per_trial",
+                     "--ray_address"), ("--hyper",)),
+    **dict.fromkeys(("--models", "--seeds", "--sweeps"), ("--leaderboard",)),
+    **dict.fromkeys(("--url", "--sha256", "--force"), ("--download",)),
+    "--output": ("--hyper", "--leaderboard"),
+    "--model": (None, "--hyper"),
+    **dict.fromkeys(("--dataset", "--config_files"), (None, "--hyper", "--leaderboard")),
 }
 
 
@@ -83,20 +87,16 @@ def given(argv, flag):
     return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
-def check_flags(parser, argv, args):
+def check_flags(parser, argv):
     """Refuse flags that do not combine (each would be ignored without a word)."""
     commands = [flag for flag in ("--hyper", "--leaderboard", "--download", "--generate") if given(argv, flag)]
     if len(commands) > 1:
         parser.error(f"{' and '.join(commands)} do not combine; run one command at a time")
     command = commands[0] if commands else None
-    for owner, flags in COMMAND_FLAGS.items():
-        for flag in flags:
-            if given(argv, flag) and command != owner:
-                parser.error(f"{flag} belongs to {owner}; without {owner} it would be ignored")
-    if command == "--leaderboard" and args.model:
-        parser.error("--leaderboard runs --models=A,B,...; --model names the model of a single run")
-    if command in ("--download", "--generate") and given(argv, "--output"):
-        parser.error(f"--output is for --hyper and --leaderboard; {command} writes under --data_path / --root")
+    for flag, owners in FLAG_COMMANDS.items():
+        if given(argv, flag) and command not in owners:
+            where = " or ".join("a training run" if o is None else o for o in owners)
+            parser.error(f"{flag} is for {where}; with {command or 'a training run'} it would be ignored")
 
 
 def main(argv=None):
@@ -127,7 +127,7 @@ def dispatch(argv):
         parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
         parser.add_argument("--generate")
         args, rest = parser.parse_known_args(argv)
-        check_flags(build_parser(), argv, args)
+        check_flags(build_parser(), argv)
         from recbole_ckd.data import synthetic
         from recbole_ckd.errors import ConfigError
 
@@ -137,7 +137,7 @@ def dispatch(argv):
             raise ConfigError(f"--generate={args.generate}: {err}") from err
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    check_flags(parser, argv, args)
+    check_flags(parser, argv)
     # everything left is a config override and must look like --key=value
     bad = [a for a in rest if not (a.startswith("--") and "=" in a)]
     if bad:
