@@ -80,8 +80,11 @@ def save_checkpoint(state, path):
     """
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pth")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pth")
+    except OSError as err:
+        raise CheckpointError(f"{path} cannot be written ({err.strerror}); give a writable --checkpoint_dir.") from err
     os.close(fd)
     try:
         torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)

@@ -418,6 +418,9 @@ def validate(config):
     for key, (accepts, allowed) in CONFIG_RULES.items():
         if key in final and not accepts(final[key]):
             raise ConfigError(f"config key {key}: {final[key]!r} is not allowed; {key} must be {allowed}.")
+    checkpoint_dir = final.get("checkpoint_dir")
+    if isinstance(checkpoint_dir, str) and os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
+        raise ConfigError(f"config key checkpoint_dir: {checkpoint_dir} is a file; give a folder (it holds every checkpoint).")
     modalities = final.get("modalities")
     if modalities is not None and not (
         isinstance(modalities, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in modalities.items())

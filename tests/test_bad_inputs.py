@@ -127,6 +127,8 @@ CASES = [
     ("unknown log level", nothing, TRAIN + ["--state=loud"], ["state", "'loud'", "warning"]),
     ("unknown metric", nothing, TRAIN + ["--metrics=['Recal']"], ["RecBole refuses the config", "Recal"]),
     ("valid metric not text", nothing, TRAIN + ["--valid_metric=5"], ["valid_metric", "Recall@20"]),
+    ("checkpoint folder is a file", lambda d, w: open(os.path.join(w, "ckpt"), "w").close() or
+     [f"--checkpoint_dir={os.path.join(w, 'ckpt')}"], TRAIN, ["checkpoint_dir", "ckpt", "is a file"]),
     ("key twice", nothing, TRAIN + ["--epochs=1", "--epochs=2"], ["--epochs", "twice"]),
     ("code in a config value", code_in_value("learning_rate"), TRAIN, ["learning_rate", "__import__"]),
     ("code in an unknown key", code_in_value("foo"), TRAIN, ["foo"]),
@@ -188,7 +190,8 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, monkeypatch, c
     saved, results = tmp_path / "saved", tmp_path / "results"
     argv = args + extra
     if not args[0].startswith("--generate"):  # the generator has flags of its own
-        argv += [f"--data_path={tmp_path / 'data'}", f"--checkpoint_dir={saved}"]
+        argv += [f"--data_path={tmp_path / 'data'}"] + [f"--checkpoint_dir={saved}"] * (not any(
+            a.startswith("--checkpoint_dir=") for a in extra))
         argv += [f"--{k}={v}" for k, v in FAST.items() if not any(a.startswith(f"--{k}=") for a in args)]
     if "--leaderboard" in args:
         argv.append(f"--output={results}")
