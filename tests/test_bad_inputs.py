@@ -302,3 +302,28 @@ def test_generate_help_shows_the_generators_flags(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--n_interactions" in out and "--strength" in out
+
+
+def test_every_key_of_every_properties_file_is_accepted(tiny_dataset):
+    """The plugin's overall, model, dataset and protocol YAMLs and RecBole's own: any of their keys may be
+    given on the command line of any model (here BPR, whose own YAML sets none of the plugin's keys)."""
+    from pathlib import Path
+
+    import recbole
+
+    from recbole_ckd.config import Config, properties_dir, read_yaml
+    from recbole_ckd.errors import ConfigError
+
+    roots = [properties_dir(), Path(recbole.__file__).parent / "properties"]
+    files = [p for root in roots for p in sorted(root.rglob("*.yaml"))]
+    assert {p.parent.name for p in files} >= {"model", "dataset", "protocol", "properties"}
+    values = {}
+    for path in files:
+        for key, value in read_yaml(path).items():
+            values.setdefault(key, value)
+    values = {k: v for k, v in values.items() if k not in ("model", "dataset")}
+    assert {"train_preference", "protocol", "learning_rate_scheduler", "train_sampler", "n_layers"} <= set(values)
+    try:  # names are checked before values: whatever the values do to each other, no name is refused
+        Config("BPR", "tiny", config_dict={**values, "data_path": tiny_dataset["root"], "state": "WARNING"})
+    except ConfigError as err:
+        assert "unknown config key" not in str(err), str(err)
