@@ -65,37 +65,42 @@ def parse_hyper_file(path):
     ``name quniform a,b,q``. Blank lines and ``#`` comments are skipped; fields may be
     separated by spaces or tabs."""
     params = {}
-    with open(path, "r", encoding="utf-8") as f:
-        for number, raw in enumerate(f, start=1):
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            where = f"{path}, line {number}"
-            fields = line.split(None, 2)
-            if len(fields) < 3:
-                raise HyperFileError(f"{where}: expected '<name> <type> <values>', got {line!r}")
-            name, kind, text = fields[0], fields[1], "".join(fields[2].split())
-            if kind == "choice":
-                try:
-                    values = ast.literal_eval(text)
-                except (ValueError, SyntaxError):
-                    raise HyperFileError(f"{where}: choice values must be a Python list like [0.1,0.2], got {text!r}") from None
-                if not isinstance(values, list) or not values:
-                    raise HyperFileError(f"{where}: choice values must be a non-empty list, got {text!r}")
-                values = tuple(values)
-            elif kind in ("uniform", "loguniform"):
-                values = _numbers(text, 2, where)
-                if values[0] >= values[1]:
-                    raise HyperFileError(f"{where}: {kind} needs low < high, got {text!r}")
-            elif kind == "quniform":
-                values = _numbers(text, 3, where)
-                if values[0] >= values[1] or values[2] <= 0:
-                    raise HyperFileError(f"{where}: quniform needs low < high and q > 0, got {text!r}")
-            else:
-                raise HyperFileError(f"{where}: unknown type {kind!r}; use one of {', '.join(HYPER_TYPES)}")
-            if name in params:
-                raise HyperFileError(f"{where}: {name!r} is already defined on line {params[name].line}")
-            params[name] = Param(name, kind, values, number)
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            lines = f.readlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise HyperFileError(f"--hyper={path}: cannot be read ({getattr(err, 'strerror', None) or err}); give a "
+                             "hyper.test file, one parameter per line.") from None
+    for number, raw in enumerate(lines, start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        where = f"{path}, line {number}"
+        fields = line.split(None, 2)
+        if len(fields) < 3:
+            raise HyperFileError(f"{where}: expected '<name> <type> <values>', got {line!r}")
+        name, kind, text = fields[0], fields[1], "".join(fields[2].split())
+        if kind == "choice":
+            try:
+                values = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                raise HyperFileError(f"{where}: choice values must be a Python list like [0.1,0.2], got {text!r}") from None
+            if not isinstance(values, list) or not values:
+                raise HyperFileError(f"{where}: choice values must be a non-empty list, got {text!r}")
+            values = tuple(values)
+        elif kind in ("uniform", "loguniform"):
+            values = _numbers(text, 2, where)
+            if values[0] >= values[1]:
+                raise HyperFileError(f"{where}: {kind} needs low < high, got {text!r}")
+        elif kind == "quniform":
+            values = _numbers(text, 3, where)
+            if values[0] >= values[1] or values[2] <= 0:
+                raise HyperFileError(f"{where}: quniform needs low < high and q > 0, got {text!r}")
+        else:
+            raise HyperFileError(f"{where}: unknown type {kind!r}; use one of {', '.join(HYPER_TYPES)}")
+        if name in params:
+            raise HyperFileError(f"{where}: {name!r} is already defined on line {params[name].line}")
+        params[name] = Param(name, kind, values, number)
     if not params:
         raise HyperFileError(f"{path}: no parameters to search")
     return params

@@ -148,6 +148,7 @@ CASES = [
     ("a huge seed count", nothing, BOARD + ["--models=BPR", "--seeds=2020"], ["--seeds=2020,"]),
     ("unknown model in a leaderboard", nothing, BOARD + ["--models=BPR,FooNet", "--seeds=1,"], ["FooNet"]),
     ("repeated model", nothing, BOARD + ["--models=BPR,BPR", "--seeds=1,"], ["--models", "more than once"]),
+    ("missing sweep space", nothing, TRAIN + ["--hyper=nope.test"], ["--hyper=nope.test", "cannot be read"]),
     ("sweep and leaderboard", nothing, BOARD + ["--models=BPR", "--hyper=hyper.test"], ["--hyper", "--leaderboard"]),
     ("leaderboard flag alone", nothing, TRAIN + ["--seeds=3"], ["--seeds", "--leaderboard"]),
     ("sweep flag alone", nothing, TRAIN + ["--num_samples=3"], ["--num_samples", "--hyper"]),
