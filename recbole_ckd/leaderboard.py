@@ -409,13 +409,18 @@ def _properties_text(props, dataset, cells, config_files, config_dict):
 
 def tuned_configs(sweeps_dir, dataset, models):
     """Best configurations (and their search spaces) that sweeps left in ``sweeps_dir``."""
+    from recbole_ckd.config import read_yaml
+    from recbole_ckd.errors import ConfigError
+
+    if not os.path.isdir(sweeps_dir):
+        raise ConfigError(f"--sweeps={sweeps_dir} is not a folder; give the --output of the sweeps (default sweeps/).")
     tuned, spaces = {}, {}
     for model in models:
         best = os.path.join(sweeps_dir, f"{model}-{dataset}-best.yaml")
         if os.path.isfile(best):
             tuned[model] = best
             space = best.replace("-best.yaml", "-space.yaml")
-            spaces[model] = yaml.safe_load(open(space)) if os.path.isfile(space) else {}
+            spaces[model] = read_yaml(space) if os.path.isfile(space) else {}
     return tuned, spaces
 
 

@@ -86,6 +86,7 @@ def pytest_configure(config):
         "ignore:Sparse invariant checks:UserWarning",
         "ignore:Sparse CSR tensor support is in beta:UserWarning",
         "ignore::DeprecationWarning:ray.*",
+        "ignore:pkg_resources is deprecated:UserWarning",  # ray 2.6's own import
         "ignore::DeprecationWarning:tensorboard.*",
     ):
         config.addinivalue_line("filterwarnings", line)

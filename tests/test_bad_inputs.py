@@ -147,6 +147,7 @@ CASES = [
     ("seeds not numbers", nothing, BOARD + ["--models=BPR", "--seeds=abc"], ["--seeds=abc"]),
     ("a huge seed count", nothing, BOARD + ["--models=BPR", "--seeds=2020"], ["--seeds=2020,"]),
     ("unknown model in a leaderboard", nothing, BOARD + ["--models=BPR,FooNet", "--seeds=1,"], ["FooNet"]),
+    ("missing sweeps folder", nothing, BOARD + ["--models=BPR", "--seeds=1,", "--sweeps=nowhere"], ["--sweeps=nowhere"]),
     ("repeated model", nothing, BOARD + ["--models=BPR,BPR", "--seeds=1,"], ["--models", "more than once"]),
     ("missing sweep space", nothing, TRAIN + ["--hyper=nope.test"], ["--hyper=nope.test", "cannot be read"]),
     ("sweep and leaderboard", nothing, BOARD + ["--models=BPR", "--hyper=hyper.test"], ["--hyper", "--leaderboard"]),
