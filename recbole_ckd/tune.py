@@ -219,17 +219,25 @@ def _fmt(value):
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+def _ray_trials(results):
+    """Ray's trial of each result, which keeps the id and configuration of a trial that never
+    reported (its result has neither): a result grid lists its experiment's trials in order."""
+    trials = list(getattr(getattr(results, "_experiment_analysis", None), "trials", None) or [])
+    return trials if len(trials) == len(results) else [None] * len(results)
+
+
 def _collect(results):
     trials = []
-    for result in results:
+    for result, ray_trial in zip(results, _ray_trials(results)):
         metrics = result.metrics or {}
         error = result.error
         # Ray marks a trial's last result done when it returned or a scheduler stopped it; a trial
         # interrupted (Ctrl-C, SIGTERM) or never started has no such result, whatever its status says
         status = "ERROR" if error else "done" if metrics.get("done") else "unfinished"
         trials.append({
-            "trial_id": metrics.get("trial_id") or os.path.basename(str(result.log_dir or "")),
-            "params": dict(result.config or {}),
+            "trial_id": metrics.get("trial_id") or getattr(ray_trial, "trial_id", None)
+            or os.path.basename(str(result.log_dir or "")),
+            "params": dict(result.config or getattr(ray_trial, "config", None) or {}),
             "best_valid_score": metrics.get("best_valid_score"),
             "best_epoch": None if metrics.get("best_epoch") is None else int(metrics["best_epoch"]),
             "epochs": metrics.get("epoch"),

@@ -261,6 +261,10 @@ def test_a_sweep_value_with_code_does_not_run(tiny_dataset, tmp_path):
         Config("VBPR_CKD", "tiny", config_dict={"data_path": tiny_dataset["root"],
                                                 "kd_temperature": _touch_payload(str(tmp_path))})
     assert not (tmp_path / MARKER).exists()
+    # a key that takes any text keeps the text as it is
+    config = Config("VBPR_CKD", "tiny", config_dict={"data_path": tiny_dataset["root"],
+                                                     "protocol": _touch_payload(str(tmp_path))})
+    assert config["protocol"] == _touch_payload(str(tmp_path)) and not (tmp_path / MARKER).exists()
 
 
 class _Payload:

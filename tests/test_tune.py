@@ -147,6 +147,10 @@ class _FakeResult:
         self.config, self.metrics, self.error, self.log_dir = config, metrics, None, None
 
 
+class _Grid(list):
+    _experiment_analysis = type("Analysis", (), {})()
+
+
 def fake_tuner(monkeypatch, tmp_path, results):
     import ray
 
@@ -164,7 +168,11 @@ def fake_tuner(monkeypatch, tmp_path, results):
             os.makedirs(self.path, exist_ok=True)
             open(os.path.join(self.path, "tuner.pkl"), "wb").write(b"state")
             fits.append(self.path)
-            return results
+            grid = _Grid(results)
+            grid._experiment_analysis.trials = [
+                type("Trial", (), {"config": r.config or {"kd_weight": 1.0}, "trial_id": f"t{k}"})()
+                for k, r in enumerate(results)]
+            return grid
 
     monkeypatch.setattr(ray.tune, "Tuner", Tuner)
     monkeypatch.setattr(ray, "init", lambda **kwargs: None)
@@ -180,7 +188,7 @@ def test_an_interrupted_sweep_selects_nothing_and_says_how_to_resume(tiny_datase
     fits = fake_tuner(monkeypatch, tmp_path, [
         _FakeResult({"kd_weight": 0.01}, {"best_valid_score": 0.3, "best_epoch": 1, "epoch": 2, "done": True}),
         _FakeResult({"kd_weight": 0.1}, {"best_valid_score": 0.4, "best_epoch": 3, "epoch": 3, "done": False}),
-        _FakeResult({"kd_weight": 1.0}, {}),
+        _FakeResult(None, {}),  # never started: Ray's result has no config, its trial has
     ])
     monkeypatch.setattr(qs, "run", lambda *a, **k: pytest.fail("the test set was touched"))
     hyper = write(tmp_path, "kd_weight choice [0.01,0.1,1.0]\n")
@@ -192,7 +200,7 @@ def test_an_interrupted_sweep_selects_nothing_and_says_how_to_resume(tiny_datase
     captured = capsys.readouterr()
     assert exit_info.value.code == 130
     assert "2 of 3 trials unfinished" in captured.err and "Run the same command again" in captured.err
-    assert "| unfinished |" in captured.out  # the table says which trial did not end
+    assert "| t2 | 1 | - | - | unfinished |" in captured.out  # the table says which trial did not start
     assert not glob.glob(str(out / "*-best.yaml")) and not glob.glob(str(out / "*-trials.md"))
     # the state it left is signed, so the same command resumes it
     from recbole_ckd.tune import check_sweep_signature
