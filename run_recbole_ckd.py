@@ -24,6 +24,7 @@ def build_parser():
     parser.add_argument("--model", help="model name: a recbole-ckd model (e.g. VBPR) or any RecBole model (e.g. BPR)")
     parser.add_argument("--dataset", help="dataset name (shipped: ml-100k-mm; MMRec: baby, sports, clothing)")
     parser.add_argument("--config_files", help="YAML config files, separated by commas or spaces")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sweep = parser.add_argument_group("sweeps (Ray Tune)")
     sweep.add_argument("--hyper", metavar="FILE", help="search the space in FILE (RecBole's hyper.test syntax)")
     sweep.add_argument("--num_samples", type=int, default=4, help="trials to sample (per grid point with --search=grid)")
@@ -37,7 +38,7 @@ def build_parser():
     board = parser.add_argument_group("leaderboards")
     board.add_argument("--leaderboard", action="store_true", help="run --models over --seeds, write results/<dataset>.md")
     board.add_argument("--models", help="comma-separated models for --leaderboard, e.g. BPR,LightGCN,VBPR,VBPR_CKD")
-    board.add_argument("--seeds", default="3", help="a count (3: seeds 2020, 2021, 2022) or a list (1,2,3)")
+    board.add_argument("--seeds", help="a count (default 3: seeds 2020, 2021, 2022) or a list (1,2,3)")
     board.add_argument("--sweeps", metavar="DIR", help="use the best configurations sweeps left in DIR")
     data = parser.add_argument_group("data commands")
     data.add_argument("--download", metavar="NAME", help="fetch dataset NAME's archive, verify it, unpack it")
@@ -55,13 +56,14 @@ def split_config_files(value):
 def download(args, overrides):
     from recbole_ckd.config import dataset_properties
     from recbole_ckd.data.download import download_dataset
+    from recbole_ckd.errors import ConfigError
 
     props = dataset_properties(args.download, overrides)
     url = args.url or props.get("download_url")
     if not url:
         info = props.get("download_info") or "no public copy is registered"
-        raise SystemExit(
-            f"No archive URL is known for '{args.download}'. Pass --url=URL (and --sha256=HEX).\nPublic copies: {info}"
+        raise ConfigError(
+            f"No archive URL is known for '{args.download}'. Pass --url=URL (and --sha256=HEX). Public copies: {info}"
         )
     dest = os.path.join(props.get("data_path") or "dataset/", args.download)
     expected = [f"{args.download}.inter"] + list((props.get("modalities") or {}).values())
@@ -69,33 +71,94 @@ def download(args, overrides):
     print(f"Dataset '{args.download}' is ready in {path}")
 
 
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args, rest = build_parser().parse_known_args(argv)
-    if args.generate:
-        from recbole_ckd.data import synthetic
+# the commands each flag belongs to (None: a training run); given to another it would be ignored
+FLAG_COMMANDS = {
+    **dict.fromkeys(("--num_samples", "--search", "--scheduler", "--cpus_per_trial", "--gpus_per_trial",
+                     "--ray_address"), ("--hyper",)),
+    **dict.fromkeys(("--models", "--seeds", "--sweeps"), ("--leaderboard",)),
+    **dict.fromkeys(("--url", "--sha256", "--force"), ("--download",)),
+    "--output": ("--hyper", "--leaderboard"),
+    "--model": (None, "--hyper"),
+    **dict.fromkeys(("--dataset", "--config_files"), (None, "--hyper", "--leaderboard")),
+}
 
-        return synthetic.main(["--name", args.generate] + rest)
+
+def given(argv, flag):
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def check_flags(parser, argv):
+    """Refuse flags that do not combine (each would be ignored without a word)."""
+    commands = [flag for flag in ("--hyper", "--leaderboard", "--download", "--generate") if given(argv, flag)]
+    if len(commands) > 1:
+        parser.error(f"{' and '.join(commands)} do not combine; run one command at a time")
+    command = commands[0] if commands else None
+    for flag, owners in FLAG_COMMANDS.items():
+        if given(argv, flag) and command not in owners:
+            where = " or ".join("a training run" if o is None else o for o in owners)
+            parser.error(f"{flag} is for {where}; with {command or 'a training run'} it would be ignored")
+
+
+def main(argv=None):
+    """The command line: a user error (bad data, config or flags) is one ``error:`` line and exit
+    status 2; an interruption says how to resume and exits 130; ``--debug`` shows tracebacks."""
+    from recbole_ckd.errors import Interrupted, UserError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return dispatch(argv)
+    except UserError as err:
+        if "--debug" in argv:
+            raise
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)
+        raise SystemExit(2) from None
+    except (Interrupted, KeyboardInterrupt) as err:
+        if "--debug" in argv:
+            raise
+        print(f"interrupted: {str(err) or 'every stage saved its last checkpoint; run the same command again to resume'}",
+              file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def dispatch(argv):
+    generate = [a for a in argv if a == "--generate" or a.startswith("--generate=")]
+    if generate:
+        # the generator has its own flags (and its own --help)
+        parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+        parser.add_argument("--generate")
+        args, rest = parser.parse_known_args(argv)
+        check_flags(build_parser(), argv)
+        from recbole_ckd.data import synthetic
+        from recbole_ckd.errors import ConfigError
+
+        try:
+            return synthetic.main(["--name", args.generate] + [a for a in rest if a != "--debug"])
+        except (ValueError, FileExistsError) as err:  # the generator's checks of its flags
+            raise ConfigError(f"--generate={args.generate}: {err}") from err
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    check_flags(parser, argv)
     # everything left is a config override and must look like --key=value
     bad = [a for a in rest if not (a.startswith("--") and "=" in a)]
     if bad:
-        build_parser().error(f"unrecognised arguments {bad}; config overrides are written --key=value")
+        parser.error(f"unrecognised arguments {bad}; config overrides are written --key=value")
     if args.download:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         return download(args, rest)
     if args.leaderboard:
-        from recbole_ckd.leaderboard import parse_seeds, run_leaderboard
+        from recbole_ckd.leaderboard import parse_models, parse_seeds, run_leaderboard
 
         if not args.dataset or not args.models:
-            build_parser().error("--leaderboard needs --dataset and --models")
+            parser.error("--leaderboard needs --dataset and --models")
         try:
-            seeds = parse_seeds(args.seeds)
+            seeds = parse_seeds(args.seeds or "3")
+            models = parse_models(args.models)
         except ValueError as error:
-            build_parser().error(str(error))
-        return run_leaderboard(args.dataset, args.models.split(","), seeds, args.output or "results",
+            parser.error(str(error))
+        return run_leaderboard(args.dataset, models, seeds, args.output or "results",
                                split_config_files(args.config_files), rest, args.sweeps)
     if not args.model or not args.dataset:
-        build_parser().error("--model and --dataset are required to train (or use --download / --generate)")
+        parser.error("--model and --dataset are required to train (or use --download / --generate)")
 
     if args.hyper:
         from recbole_ckd.tune import run_sweep

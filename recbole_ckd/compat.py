@@ -23,6 +23,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recbole_ckd.errors import UserError
+
 _NUMPY_ALIASES = {
     "float_": "float64",
     "complex_": "complex128",
@@ -65,7 +67,7 @@ def apply():
     _quiet_recbole_future_warnings()
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is truncated, foreign, or was written by something else."""
 
 
@@ -80,8 +82,11 @@ def save_checkpoint(state, path):
     """
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pth")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pth")
+    except OSError as err:
+        raise CheckpointError(f"{path} cannot be written ({err.strerror}); give a writable --checkpoint_dir.") from err
     os.close(fd)
     try:
         torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)

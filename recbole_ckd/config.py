@@ -1,12 +1,20 @@
 """RecBole's Config, extended with the plugin's properties, model lookup and dataset formats."""
 
+import ast
+import contextlib
+import difflib
+import functools
+import math
+import numbers
 import os
+import re
 from pathlib import Path
 
 import yaml
 from recbole.config import Config as RecBoleConfig
 
 from recbole_ckd import compat
+from recbole_ckd.errors import ConfigError
 
 compat.apply()
 
@@ -42,7 +50,57 @@ def resolve_config_file(path):
     shipped = properties_dir().joinpath(*parts[1:]) if parts and parts[0] == "properties" else None
     if shipped is not None and shipped.is_file():
         return str(shipped)
-    raise FileNotFoundError(f"--config_files: {path} does not exist.")
+    raise ConfigError(f"--config_files: {path} does not exist; give the path of a YAML file.")
+
+
+class SafeYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data only, never a Python object) with RecBole's float rule
+    (``1e-3`` is a float, not a string)."""
+
+
+SafeYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path):
+    """The mapping in a YAML config file; a malformed file is a ConfigError naming it."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            values = yaml.load(f.read(), Loader=SafeYamlLoader)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}{line}: not valid YAML ({problem}); fix the file, or remove it from --config_files.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file; a config file is YAML text.") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config file must be a YAML mapping of 'key: value' lines, got a {type(values).__name__}.")
+    return values
+
+
+_LITERAL_TYPES = (str, int, float, list, tuple, dict, bool, type(None))
+
+
+def parse_literal(text):
+    """A config value given as text (command line, config dict): a Python literal (number,
+    boolean, None, list, dict, string), else the text itself. Never evaluated: RecBole's
+    ``eval()`` would run any code in the value."""
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return {"true": True, "false": False}.get(text.lower(), text)  # RecBole accepts any case
+    return value if isinstance(value, _LITERAL_TYPES) else text
 
 
 def read_inter_header(path):
@@ -66,18 +124,58 @@ class Config(RecBoleConfig):
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None):
         self._cmd_args = list(cmd_args or [])
         config_file_list = [resolve_config_file(path) for path in config_file_list or []] or None
-        super().__init__(model, dataset, config_file_list, config_dict)
+        super().__init__(model, dataset, config_file_list, dict(config_dict) if config_dict else None)
+
+    def _set_train_neg_sample_args(self):
+        with recbole_refusals():
+            super()._set_train_neg_sample_args()
+
+    def _set_eval_neg_sample_args(self, phase):
+        with recbole_refusals():
+            super()._set_eval_neg_sample_args(phase)
+
+    def _build_yaml_loader(self):
+        return SafeYamlLoader
+
+    def _convert_config_dict(self, config_dict):
+        for key, value in config_dict.items():
+            if isinstance(value, str):
+                config_dict[key] = parse_literal(value)
+        return config_dict
+
+    def _load_config_files(self, file_list):
+        values = {}
+        for path in file_list or []:
+            values.update(read_yaml(path))
+        return values
 
     def _load_cmd_line(self):
         cmd_config_dict = {}
         for arg in self._cmd_args:
             if not arg.startswith("--") or "=" not in arg:
-                raise ValueError(f"Command-line argument {arg!r} is not of the form --key=value.")
+                raise ConfigError(f"Command-line argument {arg!r} is not of the form --key=value.")
             key, value = arg[2:].split("=", 1)
             if key in cmd_config_dict and cmd_config_dict[key] != value:
-                raise ValueError(f"--{key} is given twice with different values.")
+                raise ConfigError(f"--{key} is given twice with different values.")
             cmd_config_dict[key] = value
         return self._convert_config_dict(cmd_config_dict)
+
+    def _get_final_config_dict(self):
+        self._check_known_keys()
+        return super()._get_final_config_dict()
+
+    def _check_known_keys(self):
+        """Refuse a key that nothing reads (a typo would be ignored and still change the run key)."""
+        extra = self.external_config_dict.get("extra_config_keys") or []
+        if not isinstance(extra, (list, tuple)) or not all(isinstance(k, str) for k in extra):
+            raise ConfigError(f"extra_config_keys must be a list of key names, e.g. ['my_key'], got {extra!r}.")
+        known = known_config_keys() | set(self.internal_config_dict) | set(self.file_config_dict) | set(extra)
+        sources = [("the command line", self.cmd_config_dict, "--{}=..."), ("the config dict", self.variable_config_dict, "{}")]
+        for where, values, spelling in sources:
+            for key in values:
+                if key in known:
+                    continue
+                raise unknown_key(key, known, spelling.format(key), where)
 
     def _get_model_and_dataset(self, model, dataset):
         from recbole_ckd.registry import get_model
@@ -85,18 +183,17 @@ class Config(RecBoleConfig):
         if model is None:
             model = self.external_config_dict.get("model")
             if model is None:
-                raise KeyError("Give the model: --model=NAME, 'model:' in a config file, or Config(model=...).")
+                raise ConfigError("Give the model: --model=NAME, 'model:' in a config file, or Config(model=...).")
         if isinstance(model, str):
             model = get_model(model)
         if dataset is None:
             dataset = self.external_config_dict.get("dataset")
             if dataset is None:
-                raise KeyError("Give the dataset: --dataset=NAME, 'dataset:' in a config file, or Config(dataset=...).")
+                raise ConfigError("Give the dataset: --dataset=NAME, 'dataset:' in a config file, or Config(dataset=...).")
         return model.__name__, model, dataset
 
     def _read_yaml(self, path):
-        with open(path, "r", encoding="utf-8") as f:
-            return yaml.load(f.read(), Loader=self.yaml_loader) or {}
+        return read_yaml(path)
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
@@ -121,7 +218,9 @@ class Config(RecBoleConfig):
             self.parameters["Dataset"] += [k for k in dataset_dict if k not in self.parameters["Dataset"]]
 
     def _set_default_parameters(self):
-        super()._set_default_parameters()
+        validate(self)  # before RecBole reads the values (it fails on bad ones with tracebacks of its own)
+        with recbole_refusals():
+            super()._set_default_parameters()
         final = self.final_config_dict
         data_path = final["data_path"]
         inter_name = f"{self.dataset}.inter"
@@ -154,9 +253,181 @@ def dataset_properties(dataset, cmd_args=()):
     values = {}
     for path in (props / "overall.yaml", props / "dataset" / f"{dataset}.yaml"):
         if path.is_file():
-            values.update(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+            values.update(read_yaml(path))
     values.setdefault("data_path", "dataset/")
     for arg in cmd_args:
         key, value = arg[2:].split("=", 1)
-        values[key] = yaml.safe_load(value)
+        if key not in known_config_keys():
+            raise unknown_key(key, known_config_keys(), f"--{key}=...", "the command line")
+        values[key] = parse_literal(value)
     return values
+
+
+# ----------------------------------------------------------------------------- known keys
+def unknown_key(key, known, spelling, where):
+    """The refusal of a key nothing reads, with the closest known one."""
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return ConfigError(f"unknown config key {spelling} (from {where}): {hint}A key of your own must be declared: "
+                       f"extra_config_keys: [{key}] in a config file, or --extra_config_keys=\"['{key}']\".")
+
+
+# Keys that RecBole's or the plugin's code reads or sets without a YAML default.
+_CODE_KEYS = {"model", "dataset", "config_files", "data_format", "local_rank", "nproc",
+              "world_size", "offset", "ip", "port", "single_spec", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type",
+              "device", "train_neg_sample_args", "valid_neg_sample_args", "test_neg_sample_args", "tensorboard"}
+
+
+@functools.lru_cache(maxsize=None)
+def known_config_keys():
+    """Every key a property file of RecBole or of the plugin sets (overall, model, dataset, protocol
+    and RecBole's quick-start YAMLs), RecBole's argument lists, and the keys code reads."""
+    from recbole.utils import argument_list
+
+    keys = set(_CODE_KEYS)
+    for name in ("general_arguments", "training_arguments", "evaluation_arguments", "dataset_arguments"):
+        keys.update(getattr(argument_list, name, []))
+    recbole_props = Path(__import__("recbole").__file__).parent / "properties"
+    for root in (recbole_props, properties_dir()):
+        for path in sorted(root.rglob("*.yaml")):
+            keys.update(read_yaml(path))
+    return frozenset(keys)
+
+
+# ----------------------------------------------------------------------------- value checks
+def _is_number(value):
+    # numbers.Real: numpy scalars from a searcher too
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_integer(value):
+    return _is_number(value) and float(value).is_integer()
+
+
+def _number(low=None, high=None, low_open=False, integer=False, optional=False):
+    """A check for a number in a range: ``(accepts(value), "allowed values")``."""
+    kind = "an integer" if integer else "a number"
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        bounds.append(f"<= {high}")
+    text = kind + (" " + " and ".join(bounds) if bounds else "") + (", or ~" if optional else "")
+
+    def accepts(value):
+        if value is None:
+            return optional
+        if not (_is_integer(value) if integer else _is_number(value)):
+            return False
+        if low is not None and (value <= low if low_open else value < low):
+            return False
+        return high is None or value <= high
+
+    return accepts, text
+
+
+def _boolean():
+    return (lambda value: isinstance(value, bool)), "True or False"
+
+
+def _one_of(*choices):
+    return (lambda value: value in choices), "one of " + ", ".join(repr(c) for c in choices)
+
+
+def _name_among(*names):
+    """A case-insensitive name: RecBole lowers these, and silently falls back on an unknown one."""
+    return (lambda value: isinstance(value, str) and value.lower() in names), "one of " + ", ".join(names)
+
+
+def _exactly(expected, why):
+    return (lambda value: value == expected), f"{expected!r} ({why})"
+
+
+def _pair(check_low, check_order, text):
+    def accepts(value):
+        return (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value)
+                and check_low(value[0]) and check_order(*value))
+
+    return accepts, text
+
+
+def _topk(value):
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return bool(values) and all(_is_integer(v) and v >= 1 for v in values)
+
+
+NO_PICKLES = "recbole-ckd never writes or loads pickles of data"
+# key -> (accepts(value), the allowed values in words); checked on every Config, before any data is read
+CONFIG_RULES = {
+    "learning_rate": _number(0, low_open=True),
+    "teacher_learning_rate": _number(0, low_open=True, optional=True),
+    "weight_decay": _number(0),
+    "epochs": _number(1, integer=True),
+    "train_batch_size": _number(1, integer=True),
+    "eval_batch_size": _number(1, integer=True),
+    "eval_step": _number(0, integer=True),
+    "stopping_step": _number(0, integer=True),
+    "seed": _number(integer=True),
+    "reg_weight": _number(0),
+    "kd_weight": _number(0),
+    "gd_weight": _number(0),
+    "kd_temperature": _number(0, low_open=True),
+    "gd_samples": _number(1, integer=True),
+    "cf_clamp": _pair(lambda low: low >= 0, lambda low, high: low < high, "[low, high] with 0 <= low < high"),
+    "learning_rate_scheduler": (lambda value: value is None or _pair(lambda a: a > 0, lambda a, b: b > 0, "")[0](value),
+                                "[factor, epochs] with both > 0 (e.g. [0.96, 50]), or ~"),
+    "learner": _name_among("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam"),
+    "state": (lambda v: v is None or _name_among("info", "debug", "warning", "error", "critical")[0](v),
+              "one of info, debug, warning, error, critical"),
+    "embedding_size": _number(1, integer=True),
+    "topk": (_topk, "an integer >= 1 or a list of them"),
+    "metrics": (lambda v: isinstance(v, str) or (isinstance(v, list) and bool(v) and all(isinstance(m, str) for m in v)),
+                "a metric name or a list of them, e.g. ['Recall', 'NDCG']"),
+    "valid_metric": (lambda v: isinstance(v, str), "a metric name with its cut-off, e.g. Recall@20"),
+    "eval_args": (lambda v: isinstance(v, dict), "a mapping, e.g. {split: {RS: [0.8, 0.1, 0.1]}, order: RO}"),
+    "test_masking": _one_of("train", "train_valid"),
+    "train_sampler": _one_of("interactions", "user_uniform"),
+    "device_sampling": _boolean(),
+    "retrain_teachers": _boolean(),
+    "resume": _boolean(),
+    "reproducibility": _boolean(),
+    "show_progress": _boolean(),
+    "use_gpu": _boolean(),
+    "save_dataset": _exactly(False, NO_PICKLES),
+    "save_dataloaders": _exactly(False, NO_PICKLES),
+    "dataset_save_path": _exactly(None, NO_PICKLES),
+    "dataloaders_save_path": _exactly(None, NO_PICKLES),
+}
+
+
+@contextlib.contextmanager
+def recbole_refusals():
+    """RecBole's own checks of config values (metric names, loss types, sampling arguments) as
+    ConfigErrors: they are about what the user wrote."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, NotImplementedError, RuntimeError) as err:
+        raise ConfigError(f"RecBole refuses the config: {err}") from err
+
+
+def validate(config):
+    """Refuse a value outside its range, naming the key, the value and what is allowed."""
+    final = config.final_config_dict
+    for key, (accepts, allowed) in CONFIG_RULES.items():
+        if key in final and not accepts(final[key]):
+            raise ConfigError(f"config key {key}: {final[key]!r} is not allowed; {key} must be {allowed}.")
+    checkpoint_dir = final.get("checkpoint_dir")
+    if isinstance(checkpoint_dir, str) and os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
+        raise ConfigError(f"config key checkpoint_dir: {checkpoint_dir} is a file; give a folder (it holds every checkpoint).")
+    modalities = final.get("modalities")
+    if modalities is not None and not (
+        isinstance(modalities, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in modalities.items())
+    ):
+        raise ConfigError(f"config key modalities: {modalities!r} is not allowed; it must map names to .npy files, "
+                          "e.g. {v: image_feat.npy, t: text_feat.npy}.")
+    active = final.get("active_modalities")
+    if active is not None and not (isinstance(active, (list, tuple)) and set(active) <= set(modalities or {})):
+        raise ConfigError(f"config key active_modalities: {active!r} is not allowed; it must be ~ or a list of "
+                          f"modalities among {sorted(modalities or {})}.")

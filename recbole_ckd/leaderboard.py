@@ -108,26 +108,28 @@ def run_cells(dataset, models, seeds, output, config_files=None, config_dict=Non
 
     log = log or (lambda message: print(message, flush=True))
     cell_dir = os.path.join(output, dataset, "cells")
-    cells = {}
-    total, done = len(models) * len(seeds), 0
+    # every config is built (and so validated) before the first cell runs
+    plan = []
     for model in models:
         files = list(config_files or []) + ([tuned[model]] if tuned and model in tuned else [])
         for seed in seeds:
             settings = {**(config_dict or {}), "seed": seed, "show_progress": False}
-            key = config_key(Config(model, dataset, files or None, settings))[:RUN_KEY_LENGTH]
-            done += 1
-            label = f"[{done}/{total}] {model} seed {seed}"
-            path, record, stale = _find_cell(cell_dir, model, seed, key)
-            if record is not None:
-                log(f"{label}: cached ({path})")
-            else:
-                if stale:
-                    log(f"{label}: {len(stale)} cached cell(s) computed under another config or data "
-                        f"(run keys {', '.join(stale)}; now {key}): the properties, the config or the dataset changed")
-                log(f"{label}: running ...")
-                record = run(model, dataset, files or None, settings)
-                _write_json(record, os.path.join(cell_dir, f"{model}-seed{seed}-{recorded_run_key(record)}.json"))
-            cells.setdefault(model, []).append(record)
+            plan.append((model, seed, files, settings, config_key(Config(model, dataset, files or None, settings))))
+    cells = {}
+    for done, (model, seed, files, settings, key) in enumerate(plan, start=1):
+        key = key[:RUN_KEY_LENGTH]
+        label = f"[{done}/{len(plan)}] {model} seed {seed}"
+        path, record, stale = _find_cell(cell_dir, model, seed, key)
+        if record is not None:
+            log(f"{label}: cached ({path})")
+        else:
+            if stale:
+                log(f"{label}: {len(stale)} cached cell(s) computed under another config or data "
+                    f"(run keys {', '.join(stale)}; now {key}): the properties, the config or the dataset changed")
+            log(f"{label}: running ...")
+            record = run(model, dataset, files or None, settings)
+            _write_json(record, os.path.join(cell_dir, f"{model}-seed{seed}-{recorded_run_key(record)}.json"))
+        cells.setdefault(model, []).append(record)
     return cells
 
 
@@ -283,7 +285,7 @@ def plot_weights(cells, path):
 # ----------------------------------------------------------------------------- the page
 def write_page(dataset, cells, output, config_files=None, config_dict=None, tuned=None, spaces=None):
     """Write ``<output>/<dataset>.md`` and ``.csv`` (and the plots); returns the page path."""
-    from recbole_ckd.config import properties_dir
+    from recbole_ckd.config import properties_dir, read_yaml
     from recbole_ckd.reports import describe_protocol
 
     summary = summarize(cells)
@@ -306,7 +308,7 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
     stats = _dataset_statistics(first, dataset)
     props = properties_dir()
     # records written before they carried the stopping rule ran with the plugin's defaults
-    defaults = _read_yaml(os.path.join(props, "overall.yaml"))
+    defaults = read_yaml(os.path.join(props, "overall.yaml"))
     rule = {key: first.get(key, (config_dict or {}).get(key, defaults[key])) for key in ("eval_step", "stopping_step")}
     protocols = {describe_protocol(_training_protocol(r, dataset, config_files, config_dict))
                  for records in cells.values() for r in records}
@@ -333,7 +335,7 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
     if tuned:
         lines += ["## Tuned values", "", "| model | key | tuned | range |", "| --- | --- | --- | --- |"]
         for model, path in tuned.items():
-            best = _read_yaml(path)
+            best = read_yaml(path)
             for key, described in (spaces or {}).get(model, {}).items():
                 lines.append(f"| {model} | {key} | {best.get(key)} | {described} |")
         lines.append("")
@@ -386,11 +388,6 @@ def _dataset_statistics(record, dataset):
     return {"table": table, "split": split}
 
 
-def _read_yaml(path):
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
-
-
 def _training_protocol(record, dataset, config_files, config_dict):
     """A cell's training protocol; cells written before records carried it are resolved from the config."""
     if "training_protocol" in record:
@@ -417,13 +414,18 @@ def _properties_text(props, dataset, cells, config_files, config_dict):
 
 def tuned_configs(sweeps_dir, dataset, models):
     """Best configurations (and their search spaces) that sweeps left in ``sweeps_dir``."""
+    from recbole_ckd.config import read_yaml
+    from recbole_ckd.errors import ConfigError
+
+    if not os.path.isdir(sweeps_dir):
+        raise ConfigError(f"--sweeps={sweeps_dir} is not a folder; give the --output of the sweeps (default sweeps/).")
     tuned, spaces = {}, {}
     for model in models:
         best = os.path.join(sweeps_dir, f"{model}-{dataset}-best.yaml")
         if os.path.isfile(best):
             tuned[model] = best
             space = best.replace("-best.yaml", "-space.yaml")
-            spaces[model] = _read_yaml(space) if os.path.isfile(space) else {}
+            spaces[model] = read_yaml(space) if os.path.isfile(space) else {}
     return tuned, spaces
 
 
@@ -445,11 +447,20 @@ MAX_SEED_COUNT = 100
 
 
 def parse_seeds(text, base=2020):
-    """``3`` -> [2020, 2021, 2022]; ``1,5,9`` -> [1, 5, 9]; ``7,`` -> [7]."""
+    """``3`` -> [2020, 2021, 2022]; ``1,5,9`` -> [1, 5, 9]; ``7,`` -> [7]. Each seed once: a repeated
+    seed would count one cell twice (and fake a zero spread)."""
     text = str(text)
-    if "," in text:
-        return [int(s) for s in text.split(",") if s.strip()]
-    count = int(text)
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()] if "," in text else None
+        count = None if seeds is not None else int(text)
+    except ValueError:
+        raise ValueError(f"--seeds={text}: give a count (3) or comma-separated integer seeds (1,2,3)") from None
+    if seeds is not None:
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated or not seeds:
+            raise ValueError(f"--seeds={text}: " + (f"seed(s) {repeated} given more than once; give each seed once"
+                                                    if repeated else "no seed given"))
+        return seeds
     if not 0 < count <= MAX_SEED_COUNT:
         raise ValueError(
             f"--seeds={text} asks for {count} seeds (a number is a count, at most {MAX_SEED_COUNT}); "
@@ -457,3 +468,19 @@ def parse_seeds(text, base=2020):
         )
     return [base + k for k in range(count)]
 
+
+def parse_models(text):
+    """``BPR,VBPR`` -> ["BPR", "VBPR"]: each model once, every name resolved before any cell runs."""
+    from recbole_ckd.registry import get_model
+
+    models = [m.strip() for m in str(text).split(",") if m.strip()]
+    repeated = sorted({m for m in models if models.count(m) > 1})
+    if repeated or not models:
+        raise ValueError(f"--models={text}: " + (f"{', '.join(repeated)} given more than once" if repeated
+                                                 else "no model given"))
+    for model in models:
+        try:
+            get_model(model)
+        except ValueError as err:
+            raise ValueError(f"--models: {err}") from None
+    return models

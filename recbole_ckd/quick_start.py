@@ -7,6 +7,7 @@ from recbole.utils import init_seed
 from recbole_ckd.compat import init_logger
 from recbole_ckd.config import Config
 from recbole_ckd.data.dataset import data_preparation
+from recbole_ckd.errors import ConfigError
 from recbole_ckd.registry import create_dataset, get_model, get_trainer
 from recbole_ckd.reports import CODE_VERSION, dataset_statistics, training_protocol
 from recbole_ckd.run_keys import config_key
@@ -25,7 +26,10 @@ def prepare(model=None, dataset=None, config_file_list=None, config_dict=None, c
     train_data, valid_data, test_data = data_preparation(config, data)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model_obj = get_model(config["model"])(config, train_data.dataset).to(config["device"])
+    try:
+        model_obj = get_model(config["model"])(config, train_data.dataset).to(config["device"])
+    except ValueError as err:  # a model refuses its hyper-parameters (n_layers, dropout, ...) with ValueError
+        raise ConfigError(f"{config['model']}: {err}") from err
     logger.info(model_obj)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
     return config, (train_data, valid_data, test_data), trainer
@@ -35,7 +39,7 @@ def train_teachers(model, dataset, config_file_list=None, config_dict=None, cmd_
     """Stage 1 of a CKD model alone (the teachers, trained or taken from their cache)."""
     config, (train_data, valid_data, _), trainer = prepare(model, dataset, config_file_list, config_dict, cmd_args)
     if not hasattr(trainer, "prepare_teachers"):
-        raise ValueError(f"{config['model']} is not a CKD model; it has no teachers.")
+        raise ConfigError(f"{config['model']} is not a CKD model; it has no teachers.")
     trainer.prepare_teachers(train_data, valid_data, show_progress=config["show_progress"])
     return trainer.checkpoint_dirs()
 

@@ -1,12 +1,16 @@
 """Model, trainer and dataset lookup: the plugin first, RecBole after."""
 
-from recbole.data import create_dataset as recbole_create_dataset
+import difflib
+import importlib
+from pathlib import Path
+
 from recbole.utils import ModelType
 from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_ckd import model as plugin_models
 from recbole_ckd.data.dataset import MultimodalDataset
+from recbole_ckd.errors import ConfigError
 from recbole_ckd.model.ckd import ckd_refusal
 from recbole_ckd.trainer import with_safe_checkpoints
 
@@ -17,17 +21,20 @@ def get_model(name):
     backbone = getattr(model_class, "backbone", None)
     if backbone is not None and not backbone.ranks_with_modalities:
         # refuse before any data is read; models that do not declare it are checked when built
-        raise ValueError(ckd_refusal(backbone.__name__, "any"))
+        raise ConfigError(ckd_refusal(backbone.__name__, "any"))
     if model_class is not None:
         return model_class
     try:
         return recbole_get_model(name)
-    except (ValueError, ModuleNotFoundError) as err:
-        # RecBole's search ends in its exlib models, whose import needs lightgbm / xgboost
-        known = ", ".join(sorted(plugin_models.MODELS))
-        raise ValueError(
-            f"Unknown model '{name}': not a recbole-ckd model ({known}) and not a RecBole model ({err})."
-        ) from None
+    except (ValueError, ModuleNotFoundError):
+        # RecBole's search ends in its exlib models, whose import needs lightgbm / xgboost: not the cause
+        pass
+    recbole_names = sorted(p.stem for p in (Path(__import__("recbole").__file__).parent / "properties" / "model").glob("*.yaml"))
+    close = difflib.get_close_matches(name, sorted(plugin_models.MODELS) + recbole_names, n=1, cutoff=0.6)
+    raise ConfigError(
+        f"Unknown model '{name}' (--model / --models): " + (f"did you mean {close[0]}? " if close else "")
+        + f"recbole-ckd's models are {', '.join(sorted(plugin_models.MODELS))}; any RecBole model works too (e.g. BPR, LightGCN)."
+    )
 
 
 def get_trainer(model_type, model_name):
@@ -39,12 +46,17 @@ def get_trainer(model_type, model_name):
 
 
 def create_dataset(config):
-    """The multimodal dataset for general recommenders; RecBole's own dataset otherwise.
+    """The multimodal dataset for general recommenders; RecBole's own dataset class otherwise.
 
     Modality files are read only for models that use them, so BPR or LightGCN run on any
-    interaction file.
+    interaction file. Never RecBole's ``create_dataset``: it unpickles
+    ``<checkpoint_dir>/<dataset>-<Class>.pth`` whenever such a file exists.
     """
     if config["MODEL_TYPE"] != ModelType.GENERAL:
-        return recbole_create_dataset(config)
+        # RecBole's choice of class (create_dataset), without its pickle cache
+        module = importlib.import_module("recbole.data.dataset")
+        default = {ModelType.SEQUENTIAL: "SequentialDataset", ModelType.KNOWLEDGE: "KnowledgeBasedDataset"}
+        name = config["model"] + "Dataset"
+        return getattr(module, name if hasattr(module, name) else default.get(config["MODEL_TYPE"], "Dataset"))(config)
     uses_modalities = getattr(config.model_class, "uses_modalities", False)
     return MultimodalDataset(config, load_modalities=uses_modalities)

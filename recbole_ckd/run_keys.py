@@ -3,6 +3,7 @@ declared once, and the digests and folders derived from them (checkpoints, teach
 leaderboard cells)."""
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -17,7 +18,7 @@ RUNTIME_KEYS = {
     "show_progress", "state", "checkpoint_dir", "data_path", "device", "gpu_id", "use_gpu", "worker",
     "eval_batch_size", "log_wandb", "wandb_project", "save_dataset", "dataset_save_path", "save_dataloaders",
     "dataloaders_save_path", "resume", "retrain_teachers", "local_rank", "single_spec", "nproc", "world_size",
-    "offset", "ip", "port", "config_files", "tensorboard",
+    "offset", "ip", "port", "config_files", "tensorboard", "extra_config_keys",
 }
 
 
@@ -53,9 +54,17 @@ def config_key(config, exclude=()):
 
 @contextlib.contextmanager
 def file_lock(path):
-    """An exclusive lock held while the block runs (other processes wait for it)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as handle:
+    """An exclusive lock held while the block runs (other processes wait for it). On a read-only
+    filesystem there is no lock to take, and none is needed: nobody can train into it either."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handle = open(path, "a")  # "a": never truncates a lock another process holds
+    except OSError as err:
+        if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        yield
+        return
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

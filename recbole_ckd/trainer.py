@@ -11,10 +11,11 @@ from recbole.utils import set_color
 
 from recbole_ckd.checkpoints import SafeCheckpointMixin, restore_rng_state, rng_state, seed_stage
 from recbole_ckd.compat import CheckpointError, load_checkpoint, save_checkpoint
+from recbole_ckd.errors import UserError
 from recbole_ckd.run_keys import default_run_dir, file_lock, teacher_run_dir
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or Inf."""
 
 
@@ -96,8 +97,12 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
         try:
             # on the CPU: the random states must stay there; load_state_dict moves the rest
             state = load_checkpoint(self.last_file, map_location="cpu")
-        except CheckpointError as err:
-            self.logger.warning(f"{err}\nStarting this stage from scratch.")
+            # the model that last.pth's counters select must be readable too, or the stage is lost
+            load_checkpoint(self.saved_model_file, map_location="cpu")
+        except (CheckpointError, FileNotFoundError) as err:
+            reason = err if isinstance(err, CheckpointError) else f"{err.filename} is missing"
+            self.logger.warning(f"{self.config['model']}: unusable checkpoint in {self.run_dir} ({reason}); "
+                                "training this stage again from scratch (other stages are kept).")
             return False
         self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -236,23 +241,16 @@ class CKDTrainer(ResumableTrainer):
             return self._train_or_load_teacher(modality, config, run_dir, train_data, valid_data, verbose, show_progress)
 
     def _train_or_load_teacher(self, modality, config, run_dir, train_data, valid_data, verbose, show_progress):
-        for attempt in (1, 2):
-            seed_stage(config["seed"], train_data)  # the same teacher whatever ran before
-            teacher = self.model.backbone(config, train_data.dataset).to(config["device"])
-            trainer = ResumableTrainer(config, teacher, run_dir=run_dir)
-            if os.path.isfile(trainer.last_file):
-                self.logger.info(set_color(f"Teacher '{modality}': cache {run_dir}", "green"))
-            else:
-                self.logger.info(set_color(f"Teacher '{modality}': training ({run_dir})", "green"))
-            trainer.fit(train_data, valid_data, verbose=verbose, saved=True, show_progress=show_progress)
-            try:
-                trainer._load_model_state(trainer.saved_model_file)
-                return trainer
-            except (CheckpointError, FileNotFoundError) as err:
-                if attempt == 2:
-                    raise
-                self.logger.warning(f"Teacher '{modality}': unusable cache ({err}); retraining it.")
-                shutil.rmtree(run_dir)
+        seed_stage(config["seed"], train_data)  # the same teacher whatever ran before
+        teacher = self.model.backbone(config, train_data.dataset).to(config["device"])
+        trainer = ResumableTrainer(config, teacher, run_dir=run_dir)  # retrains an unreadable cache itself
+        if os.path.isfile(trainer.last_file):
+            self.logger.info(set_color(f"Teacher '{modality}': cache {run_dir}", "green"))
+        else:
+            self.logger.info(set_color(f"Teacher '{modality}': training ({run_dir})", "green"))
+        trainer.fit(train_data, valid_data, verbose=verbose, saved=True, show_progress=show_progress)
+        trainer._load_model_state(trainer.saved_model_file)
+        return trainer
 
     def prepare_teachers(self, train_data, valid_data, verbose=True, show_progress=False):
         """Stage 1: every teacher trained, or taken from the cache."""

@@ -9,21 +9,32 @@ search, the best configuration is chosen on validation, written as a YAML file t
 """
 
 import ast
+import contextlib
 import csv
+import hashlib
+import hmac
+import json
 import math
 import os
+import signal
+import tempfile
 from dataclasses import dataclass
 
 import yaml
 
-from recbole_ckd.run_keys import CKD_KEYS
+from recbole_ckd.errors import Interrupted, UserError
+from recbole_ckd.run_keys import CKD_KEYS, file_digest
 
 HYPER_TYPES = ("choice", "uniform", "loguniform", "quniform")
 SEARCH_ALGORITHMS = ("random", "grid", "optuna", "hyperopt")
 
 
-class HyperFileError(ValueError):
+class HyperFileError(UserError, ValueError):
     """A malformed hyper.test line; the message names the file and the line."""
+
+
+class SweepStateError(UserError):
+    """A sweep folder that this user's recbole-ckd did not leave (or that changed since)."""
 
 
 @dataclass(frozen=True)
@@ -54,37 +65,42 @@ def parse_hyper_file(path):
     ``name quniform a,b,q``. Blank lines and ``#`` comments are skipped; fields may be
     separated by spaces or tabs."""
     params = {}
-    with open(path, "r", encoding="utf-8") as f:
-        for number, raw in enumerate(f, start=1):
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            where = f"{path}, line {number}"
-            fields = line.split(None, 2)
-            if len(fields) < 3:
-                raise HyperFileError(f"{where}: expected '<name> <type> <values>', got {line!r}")
-            name, kind, text = fields[0], fields[1], "".join(fields[2].split())
-            if kind == "choice":
-                try:
-                    values = ast.literal_eval(text)
-                except (ValueError, SyntaxError):
-                    raise HyperFileError(f"{where}: choice values must be a Python list like [0.1,0.2], got {text!r}") from None
-                if not isinstance(values, list) or not values:
-                    raise HyperFileError(f"{where}: choice values must be a non-empty list, got {text!r}")
-                values = tuple(values)
-            elif kind in ("uniform", "loguniform"):
-                values = _numbers(text, 2, where)
-                if values[0] >= values[1]:
-                    raise HyperFileError(f"{where}: {kind} needs low < high, got {text!r}")
-            elif kind == "quniform":
-                values = _numbers(text, 3, where)
-                if values[0] >= values[1] or values[2] <= 0:
-                    raise HyperFileError(f"{where}: quniform needs low < high and q > 0, got {text!r}")
-            else:
-                raise HyperFileError(f"{where}: unknown type {kind!r}; use one of {', '.join(HYPER_TYPES)}")
-            if name in params:
-                raise HyperFileError(f"{where}: {name!r} is already defined on line {params[name].line}")
-            params[name] = Param(name, kind, values, number)
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            lines = f.readlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise HyperFileError(f"--hyper={path}: cannot be read ({getattr(err, 'strerror', None) or err}); give a "
+                             "hyper.test file, one parameter per line.") from None
+    for number, raw in enumerate(lines, start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        where = f"{path}, line {number}"
+        fields = line.split(None, 2)
+        if len(fields) < 3:
+            raise HyperFileError(f"{where}: expected '<name> <type> <values>', got {line!r}")
+        name, kind, text = fields[0], fields[1], "".join(fields[2].split())
+        if kind == "choice":
+            try:
+                values = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                raise HyperFileError(f"{where}: choice values must be a Python list like [0.1,0.2], got {text!r}") from None
+            if not isinstance(values, list) or not values:
+                raise HyperFileError(f"{where}: choice values must be a non-empty list, got {text!r}")
+            values = tuple(values)
+        elif kind in ("uniform", "loguniform"):
+            values = _numbers(text, 2, where)
+            if values[0] >= values[1]:
+                raise HyperFileError(f"{where}: {kind} needs low < high, got {text!r}")
+        elif kind == "quniform":
+            values = _numbers(text, 3, where)
+            if values[0] >= values[1] or values[2] <= 0:
+                raise HyperFileError(f"{where}: quniform needs low < high and q > 0, got {text!r}")
+        else:
+            raise HyperFileError(f"{where}: unknown type {kind!r}; use one of {', '.join(HYPER_TYPES)}")
+        if name in params:
+            raise HyperFileError(f"{where}: {name!r} is already defined on line {params[name].line}")
+        params[name] = Param(name, kind, values, number)
     if not params:
         raise HyperFileError(f"{path}: no parameters to search")
     return params
@@ -107,6 +123,25 @@ def search_space(params, algorithm="random"):
     return space
 
 
+def check_space(params, hyper_file, make_config):
+    """Build a trial's Config for every choice and both ends of every range, so that an unknown key
+    or a value out of its range is refused, naming its line, before anything is trained."""
+    from recbole_ckd.errors import ConfigError
+
+    for p in params.values():
+        if p.kind == "choice":
+            candidates = list(p.values)
+        elif p.kind == "loguniform":
+            candidates = [math.exp(v) for v in p.values]
+        else:
+            candidates = list(p.values[:2])
+        for value in candidates:
+            try:
+                make_config({p.name: value})
+            except ConfigError as err:
+                raise HyperFileError(f"{hyper_file}, line {p.line}: {p.name} = {value!r} is refused: {err}") from None
+
+
 def make_searcher(algorithm, metric, mode):
     """None for random and grid (Ray's variant generator); a Bayesian searcher if installed."""
     if algorithm in ("random", "grid"):
@@ -121,8 +156,8 @@ def make_searcher(algorithm, metric, mode):
 
             return HyperOptSearch(metric=metric, mode=mode)
     except (ImportError, AssertionError) as err:
-        raise ValueError(f"--search={algorithm} needs the package: pip install {algorithm} ({err})") from None
-    raise ValueError(f"Unknown search algorithm {algorithm!r}; use one of {', '.join(SEARCH_ALGORITHMS)}")
+        raise HyperFileError(f"--search={algorithm} needs the package: pip install {algorithm} ({err})") from None
+    raise HyperFileError(f"Unknown search algorithm {algorithm!r}; use one of {', '.join(SEARCH_ALGORITHMS)}")
 
 
 # ----------------------------------------------------------------------------- the trial
@@ -138,27 +173,30 @@ def trial(params, base):
     config_dict = {**base["config_dict"], **params, "gpu_id": ",".join(str(int(g)) for g in gpus),
                    "use_gpu": bool(gpus), "show_progress": False}
     bigger = base["bigger"]
-    best = {"score": None, "epoch": None}
+    best = {"score": None, "epoch": None, "last": 0}
 
     def report(epoch, valid_score):
         if best["score"] is None or (valid_score > best["score"] if bigger else valid_score < best["score"]):
             best.update(score=valid_score, epoch=epoch)
+        best["last"] = epoch + 1
         session.report({"valid_score": valid_score, "best_valid_score": best["score"], "best_epoch": best["epoch"],
                         "epoch": epoch + 1})
 
     result = run(base["model"], base["dataset"], base["config_files"], config_dict, callback_fn=report,
                  evaluate_test=False)
-    if best["score"] is None:  # a finished trial picked up again: nothing new to train
+    if result["best_valid_score"] != best["score"]:
+        # the trial resumed and its best validation came before the interruption (or it had finished):
+        # the trainer's best, restored from its checkpoint, is the trial's result
         session.report({"valid_score": result["best_valid_score"], "best_valid_score": result["best_valid_score"],
-                        "best_epoch": None, "epoch": 0})
+                        "best_epoch": None, "epoch": best["last"]})
 
 
 # ----------------------------------------------------------------------------- the sweep
 def select_best(trials, bigger=True):
     """The trial with the best validation score; test results play no part."""
-    finished = [t for t in trials if t.get("best_valid_score") is not None]
+    finished = [t for t in trials if t.get("best_valid_score") is not None and t.get("status") == "done"]
     if not finished:
-        raise RuntimeError("No trial reported a validation score; see the errors in the trial table.")
+        raise UserError("No trial reported a validation score; see the errors in the trial table above.")
     return (max if bigger else min)(finished, key=lambda t: t["best_valid_score"])
 
 
@@ -181,21 +219,124 @@ def _fmt(value):
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+def _ray_trials(results):
+    """Ray's trial of each result, which keeps the id and configuration of a trial that never
+    reported (its result has neither): a result grid lists its experiment's trials in order."""
+    trials = list(getattr(getattr(results, "_experiment_analysis", None), "trials", None) or [])
+    return trials if len(trials) == len(results) else [None] * len(results)
+
+
 def _collect(results):
     trials = []
-    for result in results:
+    for result, ray_trial in zip(results, _ray_trials(results)):
         metrics = result.metrics or {}
         error = result.error
+        # Ray marks a trial's last result done when it returned or a scheduler stopped it; a trial
+        # interrupted (Ctrl-C, SIGTERM) or never started has no such result, whatever its status says
+        status = "ERROR" if error else "done" if metrics.get("done") else "unfinished"
         trials.append({
-            "trial_id": metrics.get("trial_id") or os.path.basename(str(result.log_dir or "")),
-            "params": dict(result.config or {}),
+            "trial_id": metrics.get("trial_id") or getattr(ray_trial, "trial_id", None)
+            or os.path.basename(str(result.log_dir or "")),
+            "params": dict(result.config or getattr(ray_trial, "config", None) or {}),
             "best_valid_score": metrics.get("best_valid_score"),
             "best_epoch": None if metrics.get("best_epoch") is None else int(metrics["best_epoch"]),
             "epochs": metrics.get("epoch"),
-            "status": "ERROR" if error else ("stopped" if metrics.get("done") is False else "done"),
+            "status": status,
             "error": (str(error).strip().splitlines() or [""])[-1][:200] if error else None,
         })
     return trials
+
+
+# ----------------------------------------------------------------------------- resume state
+# Ray resumes a sweep from pickles in its folder (tuner.pkl, the experiment state, each trial's
+# params.pkl): loading them runs whatever code they hold. So a folder is resumed only if it
+# carries this user's signature (an HMAC over every file, with a key only this user can read),
+# written by the sweep itself when Ray stopped.
+SIGNATURE_FILE = ".recbole_ckd-signature"
+
+
+def _key_file():
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "recbole_ckd", "sweep.key")
+
+
+def _secret(create):
+    path = _key_file()
+    if not os.path.isfile(path):
+        if not create:
+            return None
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another sweep created it just now
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(os.urandom(32))
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _folder_files(path):
+    """``{relative path: SHA-256 (or link target)}`` of every file under ``path`` but the signature."""
+    files = {}
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            relative = os.path.relpath(full, path)
+            # TensorBoard event files are flushed at exit, after the signature, and never loaded by a resume
+            if relative != SIGNATURE_FILE and not name.startswith("events.out.tfevents."):
+                files[relative] = ("link:" + os.readlink(full)) if os.path.islink(full) else file_digest(full)
+    return files
+
+
+def _mac(secret, files):
+    return hmac.new(secret, json.dumps(files, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+
+
+def sign_sweep(path):
+    """Sign the sweep folder ``path`` as left by this user's recbole-ckd: every file and its digest."""
+    files = _folder_files(path)
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"files": files, "mac": _mac(_secret(create=True), files)}, f, indent=0, sort_keys=True)
+    os.replace(tmp, os.path.join(path, SIGNATURE_FILE))
+
+
+def check_sweep_signature(path):
+    """Refuse to resume from ``path`` unless this user's recbole-ckd signed it and nothing changed since."""
+    fix = f"delete {path} to start the sweep over, or give another --output"
+    secret = _secret(create=False)
+    signature = os.path.join(path, SIGNATURE_FILE)
+    try:
+        with open(signature) as f:
+            recorded = json.load(f)
+        signed = hmac.compare_digest(str(recorded["mac"]), _mac(secret, recorded["files"])) if secret else False
+    except (OSError, ValueError, KeyError, TypeError):
+        signed = False
+    if not signed:
+        raise SweepStateError(f"{path} holds Ray resume state (pickles, which run code when loaded) that this user's "
+                              f"recbole-ckd did not sign (written elsewhere, or by a sweep killed with SIGKILL); {fix}.")
+    current = _folder_files(path)
+    changed = sorted(set(current) ^ set(recorded["files"]) | {k for k in current if current[k] != recorded["files"].get(k)})
+    if changed:
+        raise SweepStateError(f"{path} changed after its sweep stopped ({', '.join(changed[:3])}"
+                              f"{' ...' if len(changed) > 3 else ''}); it is not resumed; {fix}.")
+
+
+@contextlib.contextmanager
+def sigterm_as_sigint():
+    """SIGTERM (a scheduler's stop, ``kill``) handled like Ctrl-C: Ray saves the sweep's state."""
+    def forward(signum, frame):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, forward)
+    except ValueError:  # not the main thread: nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_samples=4, search="random",
@@ -212,14 +353,20 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
 
     params = parse_hyper_file(hyper_file)
     if search not in SEARCH_ALGORITHMS:
-        raise ValueError(f"Unknown search algorithm {search!r}; use one of {', '.join(SEARCH_ALGORITHMS)}")
+        raise HyperFileError(f"--search={search}: unknown search algorithm; use one of {', '.join(SEARCH_ALGORITHMS)}")
     output = os.path.abspath(output)
+    name = f"{model}-{dataset}"
+    path = os.path.join(output, name)
+    resume = tune.Tuner.can_restore(path)
+    if resume:  # before anything else runs: Ray's resume state is pickles
+        check_sweep_signature(path)
     config_files = [os.path.abspath(f) for f in (config_files or [])]
     overrides = Config(model, dataset, config_files or None, cmd_args=cmd_args)  # validates, resolves paths
     base_dict = {key: overrides.final_config_dict[key] for key in overrides.cmd_config_dict}
     # absolute paths: Ray workers run in their own folders (Config's data_path ends in the dataset)
     base_dict.update(data_path=os.path.dirname(overrides["data_path"]), checkpoint_dir=overrides["checkpoint_dir"])
     base_dict.pop("retrain_teachers", None)  # trials must never delete the shared teachers
+    check_space(params, hyper_file, lambda values: Config(model, dataset, config_files or None, {**base_dict, **values}))
     is_ckd = ckd_backbone_name(model) is not None
     if is_ckd and "learning_rate" in params and not overrides["teacher_learning_rate"]:
         # the swept learning rate is the student's: keep the teachers at the configured one
@@ -227,8 +374,8 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
     if is_ckd and set(params) <= (CKD_KEYS - {"teacher_learning_rate"}) | {"learning_rate"}:
         print("Training (or loading) the teachers once, before the trials ...", flush=True)
         teacher_dict = {**base_dict, "retrain_teachers": overrides["retrain_teachers"]}
-        for name, path in train_teachers(model, dataset, config_files or None, teacher_dict).items():
-            print(f"  {name}: {path}", flush=True)
+        for label, folder in train_teachers(model, dataset, config_files or None, teacher_dict).items():
+            print(f"  {label}: {folder}", flush=True)
 
     metric, mode = "valid_score", "max" if overrides["valid_metric_bigger"] else "min"
     base = {"model": model, "dataset": dataset, "config_files": config_files or None, "config_dict": base_dict,
@@ -243,14 +390,12 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
     elif scheduler == "none":
         asha = None
     else:
-        raise ValueError(f"Unknown scheduler {scheduler!r}; use 'asha' or 'none'")
+        raise HyperFileError(f"--scheduler={scheduler}: unknown scheduler; use 'asha' or 'none'")
 
     ray.init(address=ray_address, include_dashboard=False, ignore_reinit_error=True,
              **({} if ray_address else {"num_cpus": os.cpu_count()}))
     try:
-        name = f"{model}-{dataset}"
-        path = os.path.join(output, name)
-        if tune.Tuner.can_restore(path):
+        if resume:
             print(f"Resuming the sweep in {path}", flush=True)
             tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
         else:
@@ -262,12 +407,25 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
                 run_config=air.RunConfig(name=name, storage_path=output, verbose=verbose,
                                          failure_config=air.FailureConfig(max_failures=0, fail_fast=False)),
             )
-        results = tuner.fit()
+        with sigterm_as_sigint():  # Ray stops on SIGINT, saving the state of every trial
+            results = tuner.fit()
+    except KeyboardInterrupt:  # a second Ctrl-C: Ray skipped its last save
+        raise Interrupted(f"the sweep was stopped before Ray saved its state, so {path} cannot be resumed; delete it "
+                          "and run the command again (finished teachers and trial checkpoints are reused).") from None
     finally:
         ray.shutdown()
+    sign_sweep(path)  # once Ray has stopped writing: the state this sweep leaves may be resumed
 
     trials = _collect(results)
     table = trial_table(trials, list(params), overrides["valid_metric"])
+    print(table, flush=True)
+    unfinished = [t for t in trials if t["status"] == "unfinished"]
+    if unfinished:  # no selection and no test set on a partial search
+        raise Interrupted(
+            f"the sweep stopped with {len(unfinished)} of {len(trials)} trials unfinished; its state is saved in {path}. "
+            "Run the same command again (same --output) to resume it; the best configuration and its test "
+            "result come only when every trial has ended."
+        )
     best = select_best(trials, overrides["valid_metric_bigger"])
     os.makedirs(output, exist_ok=True)
     with open(os.path.join(output, f"{name}-trials.md"), "w") as f:
@@ -286,7 +444,6 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
         f.write(f"# best of the sweep {name} on validation {overrides['valid_metric']} "
                 f"({best['best_valid_score']:.4f}, trial {best['trial_id']})\n")
         yaml.safe_dump({k: _plain(v) for k, v in best_config.items()}, f, sort_keys=False)
-    print(table, flush=True)
     print(f"best configuration (validation only): {best_config_file}", flush=True)
     # the test set is used once, for the selected configuration (its trial's checkpoint resumes)
     test = run(model, dataset, config_files + [best_config_file], {"show_progress": False})

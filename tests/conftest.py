@@ -84,6 +84,12 @@ def attach_random_teachers(student, dim=6, seed=1):
     return student
 
 
+@pytest.fixture(autouse=True)
+def private_config_home(tmp_path, monkeypatch):
+    """Per-user files (the sweep signing key) go to the test's folder, never the real home."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config-home"))
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path):
     path, df, features = write_tiny_mmrec(str(tmp_path / "data"))
@@ -108,6 +114,7 @@ def pytest_configure(config):
         "ignore:Sparse invariant checks:UserWarning",
         "ignore:Sparse CSR tensor support is in beta:UserWarning",
         "ignore::DeprecationWarning:ray.*",
+        "ignore:pkg_resources is deprecated:UserWarning",  # ray 2.6's own import
         "ignore::DeprecationWarning:tensorboard.*",
     ):
         config.addinivalue_line("filterwarnings", line)

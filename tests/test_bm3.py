@@ -2,6 +2,7 @@
 scores, and the refusal of BM3_CKD."""
 
 import itertools
+import re
 
 import pytest
 import torch
@@ -80,11 +81,13 @@ def test_bm3_ckd_is_refused_through_run(tiny_dataset, run_config):
         run("BM3_CKD", "tiny", config_dict=run_config(tiny_dataset["root"]))
 
 
-def test_bm3_ckd_is_refused_through_the_command_line(tiny_dataset, tmp_path):
+def test_bm3_ckd_is_refused_through_the_command_line(tiny_dataset, tmp_path, capsys):
     argv = ["--model=BM3_CKD", "--dataset=tiny", f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path}/saved"]
     argv += [f"--{k}={v}" for k, v in FAST.items()]
-    with pytest.raises(ValueError, match=REFUSAL):
+    with pytest.raises(SystemExit) as exit_info:
         run_recbole_ckd.main(argv)
+    assert exit_info.value.code == 2
+    assert re.search(REFUSAL, capsys.readouterr().err.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- masking

@@ -63,19 +63,24 @@ def test_download_then_train(tmp_path, archive_server):
     assert result["test_result"]["recall@20"] >= 0
 
 
-def test_download_with_a_wrong_hash_leaves_nothing(tmp_path, archive_server):
+def test_download_with_a_wrong_hash_leaves_nothing(tmp_path, archive_server, capsys):
     from recbole_ckd.data.download import DownloadError
 
     url, _ = archive_server
     root = str(tmp_path / "data")
-    with pytest.raises(DownloadError, match="Checksum mismatch"):
-        run_recbole_ckd.main(["--download=fetched", f"--url={url}", "--sha256=" + "0" * 64, f"--data_path={root}"])
+    argv = ["--download=fetched", f"--url={url}", "--sha256=" + "0" * 64, f"--data_path={root}"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_recbole_ckd.main(argv)
+    assert exit_info.value.code == 2 and "error: Checksum mismatch" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(root, "fetched"))
+    with pytest.raises(DownloadError, match="Checksum mismatch"):  # --debug: the exception itself
+        run_recbole_ckd.main(argv + ["--debug"])
 
 
-def test_download_without_a_known_url_says_where_the_copies_are(tmp_path):
-    with pytest.raises(SystemExit, match="MMRec"):
+def test_download_without_a_known_url_says_where_the_copies_are(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         run_recbole_ckd.main(["--download=baby", f"--data_path={tmp_path}"])
+    assert exit_info.value.code == 2 and "MMRec" in capsys.readouterr().err
 
 
 def test_bad_arguments_are_refused(capsys):
@@ -95,3 +100,15 @@ def test_seed_is_a_config_key_not_an_abbreviation(tmp_path, monkeypatch):
     monkeypatch.setattr(reports, "format_report", lambda result: "")
     run_recbole_ckd.main(["--model=VBPR", "--dataset=x", "--seed=7"])
     assert seen["cmd_args"] == ["--seed=7"]
+
+
+def test_ctrl_c_says_how_to_resume_and_exits_130(monkeypatch, capsys):
+    import recbole_ckd.quick_start as qs
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qs, "run", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        run_recbole_ckd.main(["--model=VBPR", "--dataset=x"])
+    assert exit_info.value.code == 130 and "run the same command again to resume" in capsys.readouterr().err

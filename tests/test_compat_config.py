@@ -126,3 +126,10 @@ def test_properties_ship_inside_the_wheel(tmp_path):
                  "datasets/ml-100k-mm/ml-100k-mm.inter", "datasets/ml-100k-mm/text_feat.npy"):
         assert f"recbole_ckd/{name}" in names, name
     assert "run_recbole_ckd.py" in names
+
+
+def test_an_unwritable_checkpoint_folder_is_named(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(compat.CheckpointError, match=r"blocker/run/best.pth cannot be written .*writable --checkpoint_dir"):
+        compat.save_checkpoint({"x": 1}, blocker / "run" / "best.pth")

@@ -181,7 +181,7 @@ def test_non_integer_item_ids_cannot_be_aligned(tmp_path):
     ).to_csv(path / "named.inter", sep="\t", index=False)
     for f in ("image_feat.npy", "text_feat.npy"):
         np.save(path / f, np.zeros((3, 2), np.float32))
-    expect_error(str(tmp_path), "must be the integers", name="named")
+    expect_error(str(tmp_path), r"named.inter, line 2: itemID .a. is not a plain non-negative integer", name="named")
 
 
 def test_trailing_feature_rows_of_unused_items_are_ignored(tmp_path):

@@ -116,7 +116,7 @@ def test_evaluation_batches_equal_recboles(tiny_dataset, masking):
 
 
 def test_save_dataloaders_is_refused_by_name(tiny_dataset):
-    with pytest.raises(ValueError, match="save_dataloaders: False"):
+    with pytest.raises(ValueError, match="save_dataloaders must be False"):
         loaders(tiny_dataset["root"], save_dataloaders=True)
 
 

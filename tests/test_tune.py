@@ -121,20 +121,185 @@ def test_two_trial_sweep_trains_teachers_once(tiny_dataset, tmp_path, capsys):
     assert result["test_result"]["best_valid_score"] == pytest.approx(best["best_valid_score"])
     assert set(result["test_result"]["test_result"])  # the test set was used, once, at the end
     assert os.path.isfile(str(tmp_path / "sweeps" / "VBPR_CKD-tiny-trials.csv"))
+    # the real Ray folder it left is signed (TensorBoard files flushed at exit aside): a rerun may resume it
+    from recbole_ckd.tune import check_sweep_signature
+
+    check_sweep_signature(str(tmp_path / "sweeps" / "VBPR_CKD-tiny"))
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tiny_dataset, tmp_path):
     from recbole_ckd.tune import run_sweep
 
-    # a negative learning rate makes the optimizer raise inside the trial
-    hyper = write(tmp_path, "learning_rate choice [0.001,-1.0]\n")
+    # a huge learning rate passes the checks up front, then the trial's loss becomes NaN or Inf
+    hyper = write(tmp_path, "learning_rate choice [0.001,1e30]\n")
     args = [f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}", "--epochs=2"] + [
         f"--{k}={v}" for k, v in FAST.items() if k != "epochs"
     ]
     result = run_sweep("VBPR", "tiny", hyper, cmd_args=args, num_samples=1, search="grid", scheduler="asha",
                        output=str(tmp_path / "sweeps"), verbose=0)
     by_lr = {t["params"]["learning_rate"]: t for t in result["trials"]}
-    assert by_lr[-1.0]["status"] == "ERROR" and "learning rate" in by_lr[-1.0]["error"].lower()
+    assert by_lr[1e30]["status"] == "ERROR" and "the training loss became" in by_lr[1e30]["error"]
     assert by_lr[0.001]["status"] == "done" and result["best"] is by_lr[0.001]
     table = open(tmp_path / "sweeps" / "VBPR-tiny-trials.md").read()
     assert "ERROR" in table
+
+
+# ----------------------------------------------------------------------------- interruption and resume state
+class _FakeResult:
+    def __init__(self, config, metrics):
+        self.config, self.metrics, self.error, self.log_dir = config, metrics, None, None
+
+
+class _Grid(list):
+    _experiment_analysis = type("Analysis", (), {})()
+
+
+def fake_tuner(monkeypatch, tmp_path, results):
+    import ray
+
+    fits = []
+
+    class Tuner:
+        def __init__(self, trainable, param_space=None, tune_config=None, run_config=None):
+            self.path = os.path.join(run_config.storage_path, run_config.name)
+
+        @classmethod
+        def can_restore(cls, path):
+            return os.path.isfile(os.path.join(path, "tuner.pkl"))
+
+        def fit(self):
+            os.makedirs(self.path, exist_ok=True)
+            open(os.path.join(self.path, "tuner.pkl"), "wb").write(b"state")
+            fits.append(self.path)
+            grid = _Grid(results)
+            grid._experiment_analysis.trials = [
+                type("Trial", (), {"config": r.config or {"kd_weight": 1.0}, "trial_id": f"t{k}"})()
+                for k, r in enumerate(results)]
+            return grid
+
+    monkeypatch.setattr(ray.tune, "Tuner", Tuner)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    return fits
+
+
+def test_an_interrupted_sweep_selects_nothing_and_says_how_to_resume(tiny_dataset, tmp_path, monkeypatch, capsys):
+    import run_recbole_ckd
+    import recbole_ckd.quick_start as qs
+
+    # what Tuner.fit returns after Ctrl-C: one trial ended, one was running, one never started
+    fits = fake_tuner(monkeypatch, tmp_path, [
+        _FakeResult({"kd_weight": 0.01}, {"best_valid_score": 0.3, "best_epoch": 1, "epoch": 2, "done": True}),
+        _FakeResult({"kd_weight": 0.1}, {"best_valid_score": 0.4, "best_epoch": 3, "epoch": 3, "done": False}),
+        _FakeResult(None, {}),  # never started: Ray's result has no config, its trial has
+    ])
+    monkeypatch.setattr(qs, "run", lambda *a, **k: pytest.fail("the test set was touched"))
+    hyper = write(tmp_path, "kd_weight choice [0.01,0.1,1.0]\n")
+    out = tmp_path / "sweeps"
+    argv = ["--model=VBPR", "--dataset=tiny", f"--hyper={hyper}", f"--output={out}", f"--data_path={tiny_dataset['root']}",
+            f"--checkpoint_dir={tmp_path / 'saved'}"] + [f"--{k}={v}" for k, v in FAST.items()]
+    with pytest.raises(SystemExit) as exit_info:
+        run_recbole_ckd.main(argv)
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 130
+    assert "2 of 3 trials unfinished" in captured.err and "Run the same command again" in captured.err
+    assert "| t2 | 1 | - | - | unfinished |" in captured.out  # the table says which trial did not start
+    assert not glob.glob(str(out / "*-best.yaml")) and not glob.glob(str(out / "*-trials.md"))
+    # the state it left is signed, so the same command resumes it
+    from recbole_ckd.tune import check_sweep_signature
+
+    check_sweep_signature(fits[0])
+
+
+def test_a_planted_sweep_state_is_never_unpickled(tiny_dataset, tmp_path, capsys):
+    """Ray's resume unpickles <output>/<Model>-<dataset>/tuner.pkl; a folder this user's plugin
+    did not sign is refused before Ray starts."""
+    import pickle
+
+    import run_recbole_ckd
+
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    folder = tmp_path / "sweeps" / "VBPR-tiny"
+    folder.mkdir(parents=True)
+    (folder / "tuner.pkl").write_bytes(pickle.dumps(Payload()))
+    hyper = write(tmp_path, "kd_weight choice [0.01,0.1]\n")
+    argv = ["--model=VBPR", "--dataset=tiny", f"--hyper={hyper}", f"--output={tmp_path / 'sweeps'}",
+            f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_recbole_ckd.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and str(folder) in err and "did not sign" in err
+    assert not marker.exists() and not (tmp_path / "saved").exists()
+
+
+def test_a_signed_sweep_folder_changed_afterwards_is_refused(tmp_path):
+    from recbole_ckd.tune import SweepStateError, check_sweep_signature, sign_sweep
+
+    folder = tmp_path / "sweep"
+    (folder / "trial_1").mkdir(parents=True)
+    (folder / "tuner.pkl").write_bytes(b"state")
+    (folder / "trial_1" / "params.pkl").write_bytes(b"params")
+    sign_sweep(str(folder))
+    check_sweep_signature(str(folder))
+    (folder / "trial_1" / "params.pkl").write_bytes(b"other")
+    with pytest.raises(SweepStateError, match="changed after its sweep stopped"):
+        check_sweep_signature(str(folder))
+    (folder / "trial_1" / "params.pkl").write_bytes(b"params")
+    check_sweep_signature(str(folder))
+    (folder / "trial_1" / "extra.pkl").write_bytes(b"planted")  # a file added is a change too
+    with pytest.raises(SweepStateError, match="changed"):
+        check_sweep_signature(str(folder))
+
+
+@pytest.mark.parametrize("line, names", [
+    ("kd_wieght choice [0.1,0.2]", ["line 2", "kd_wieght", "did you mean kd_weight?"]),
+    ("kd_temperature choice [0.1,-0.1]", ["line 2", "kd_temperature = -0.1", "> 0"]),
+    ("gd_samples quniform 0,100,10", ["line 2", "gd_samples = 0.0", ">= 1"]),
+])
+def test_a_bad_sweep_space_is_refused_before_anything_runs(tiny_dataset, tmp_path, capsys, line, names):
+    import run_recbole_ckd
+
+    hyper = write(tmp_path, "kd_weight choice [0.01,0.1]\n" + line + "\n")
+    argv = ["--model=VBPR_CKD", "--dataset=tiny", f"--hyper={hyper}", f"--output={tmp_path / 'sweeps'}",
+            f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_recbole_ckd.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and err.startswith("error: " + hyper)
+    for text in names:
+        assert text in err
+    assert not (tmp_path / "saved").exists() and not (tmp_path / "sweeps").exists()
+
+
+def test_a_resumed_trial_reports_the_best_of_all_its_epochs(monkeypatch):
+    """After a resume the trial sees only the epochs after the interruption; its result is the
+    trainer's best over every epoch, restored from its checkpoint."""
+    import ray
+    from ray.air import session
+
+    import recbole_ckd.quick_start as qs
+    from recbole_ckd.tune import trial
+
+    reports = []
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    monkeypatch.setattr(session, "report", reports.append)
+
+    def resumed_run(model, dataset, files, config_dict, callback_fn, evaluate_test):
+        callback_fn(7, 0.20)  # epochs 7 and 8, after the resume: worse than epoch 3's 0.35
+        callback_fn(8, 0.25)
+        return {"best_valid_score": 0.35}
+
+    monkeypatch.setattr(qs, "run", resumed_run)
+    trial({"kd_weight": 0.1}, {"config_dict": {}, "bigger": True, "model": "VBPR", "dataset": "tiny", "config_files": None})
+    assert [r["best_valid_score"] for r in reports] == [0.20, 0.25, 0.35] and reports[-1]["epoch"] == 9
+
+    reports.clear()  # an uninterrupted trial: its own best, with its epoch, is the last report
+    monkeypatch.setattr(qs, "run", lambda *a, callback_fn, **k: (callback_fn(0, 0.3), callback_fn(1, 0.2),
+                                                                 {"best_valid_score": 0.3})[-1])
+    trial({}, {"config_dict": {}, "bigger": True, "model": "VBPR", "dataset": "tiny", "config_files": None})
+    assert len(reports) == 2 and reports[-1]["best_valid_score"] == 0.3 and reports[-1]["best_epoch"] == 0

@@ -1,6 +1,7 @@
 """The multimodal dataset: RecBole's Dataset plus pre-split data and aligned modality matrices."""
 
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -9,11 +10,14 @@ from recbole.data.dataset import Dataset
 from recbole.utils import FeatureSource, FeatureType, set_color
 
 from recbole_ckd.data.loaders import build_dataloaders
+from recbole_ckd.errors import UserError
 
 SPLIT_NAMES = ("train", "valid", "test")
+# MMRec's ids are the integers 0..n-1 written plainly: "049" and "49" would be two items on one feature row
+CANONICAL_ID = re.compile(r"0|[1-9][0-9]*")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """Bad input data; the message names the file, the field and the fix."""
 
 
@@ -61,10 +65,17 @@ class MultimodalDataset(Dataset):
         super()._load_data(token, dataset_path)
 
     def _load_inter_feat(self, token, dataset_path):
-        if self.config["data_format"] != "mmrec":
-            return super()._load_inter_feat(token, dataset_path)
         path = self._inter_path(token, dataset_path)
+        if os.path.getsize(path) == 0:
+            raise DatasetError(f"{path}: the file is empty; it needs a header line and one line per interaction.")
+        if self.config["data_format"] != "mmrec":
+            super()._load_inter_feat(token, dataset_path)
+            if self.inter_feat is None or len(self.inter_feat) == 0:
+                raise DatasetError(f"{path}: holds a header but no interactions; add one line per interaction.")
+            return
         df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        if df.empty:
+            raise DatasetError(f"{path}: holds a header but no interactions; add one line per interaction.")
         types = {
             self.config["USER_ID_FIELD"]: FeatureType.TOKEN,
             self.config["ITEM_ID_FIELD"]: FeatureType.TOKEN,
@@ -82,6 +93,14 @@ class MultimodalDataset(Dataset):
             if (df[field] == "").any():
                 row = int(np.flatnonzero((df[field] == "").to_numpy())[0]) + 2
                 raise DatasetError(f"{path}, line {row}: field '{field}' is empty; every row needs a value.")
+            if field in (self.config["USER_ID_FIELD"], self.config["ITEM_ID_FIELD"]):
+                bad = ~df[field].str.fullmatch(CANONICAL_ID)
+                if bad.any():
+                    row = int(np.flatnonzero(bad.to_numpy())[0])
+                    raise DatasetError(
+                        f"{path}, line {row + 2}: {field} {df[field].iloc[row]!r} is not a plain non-negative integer; "
+                        "MMRec-format ids are 0, 1, 2, ... written without signs, spaces or leading zeros."
+                    )
             if ftype == FeatureType.FLOAT:
                 values = pd.to_numeric(df[field], errors="coerce")
                 if values.isna().any():
@@ -114,13 +133,7 @@ class MultimodalDataset(Dataset):
         features = {}
         for name, file_name in (self.config["modalities"] or {}).items():
             path = os.path.join(self.dataset_path, file_name)
-            try:
-                matrix = np.load(path, allow_pickle=False, mmap_mode="r")
-            except ValueError as err:
-                raise DatasetError(
-                    f"{path} (modality '{name}'): cannot be read without pickle ({err}). Feature files must be plain "
-                    "numeric .npy arrays; re-save with np.save(path, np.asarray(x, dtype=np.float32))."
-                ) from err
+            matrix = open_feature_file(path, name)
             if matrix.ndim != 2:
                 raise DatasetError(f"{path} (modality '{name}'): expected a 2-D [n_items, dim] array, got shape {matrix.shape}.")
             if not np.issubdtype(matrix.dtype, np.floating):
@@ -152,13 +165,13 @@ class MultimodalDataset(Dataset):
     def _raw_item_ids(self):
         """Raw item tokens of internal ids 1..item_num-1 as integer feature-row indices."""
         tokens = self.field2id_token[self.iid_field][1:]
-        try:
-            ids = np.asarray(tokens, dtype=np.int64)
-        except ValueError:
+        bad = [t for t in tokens.tolist() if not CANONICAL_ID.fullmatch(str(t))]
+        if bad:
             raise DatasetError(
-                f"{self.dataset_name}.inter: item ids must be the integers 0..n_items-1 (one feature row per id) "
-                f"to align modality files, got e.g. {tokens[:3].tolist()}."
-            ) from None
+                f"{self.dataset_name}.inter: item id {bad[0]!r} is not a plain non-negative integer; item ids must be "
+                "the integers 0..n_items-1 (one feature row per id) to align the modality files."
+            )
+        ids = np.asarray(tokens, dtype=np.int64)
         if ids.size == 0 or ids.min() < 0:
             raise DatasetError(f"{self.dataset_name}.inter: item ids must be non-negative integers.")
         return ids
@@ -203,17 +216,40 @@ class MultimodalDataset(Dataset):
         return "\n".join(lines)
 
 
+def open_feature_file(path, name):
+    """A modality's ``.npy`` matrix, memory-mapped; an empty, truncated, foreign or pickled file is
+    a DatasetError that says which."""
+    where = f"{path} (modality '{name}')"
+    fix = "write it with np.save(path, np.asarray(features, dtype=np.float32))"
+    size = os.path.getsize(path)
+    if size == 0:
+        raise DatasetError(f"{where}: the file is empty (0 bytes); {fix}.")
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            offset = f.tell()
+    except (ValueError, EOFError, OSError) as err:
+        raise DatasetError(f"{where}: not a readable .npy file ({err}); {fix}.") from None
+    if dtype.hasobject:
+        raise DatasetError(f"{where}: holds Python objects, which cannot be read without pickle; feature files must be "
+                           f"plain numeric arrays: {fix}.")
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    if size < expected:
+        raise DatasetError(f"{where}: truncated: its header says shape {tuple(shape)} ({expected} bytes) but the file has "
+                           f"{size} bytes; copy or {fix} again.")
+    return np.load(path, allow_pickle=False, mmap_mode="r")
+
+
 def data_preparation(config, dataset):
     """RecBole's split into training, validation and test loaders (the fast loaders of
     :mod:`recbole_ckd.data.loaders`), with the test-time masking protocol the config asks for.
 
     ``test_masking: train`` (MMRec and the CKD reference code) removes only training items
     from each user's test ranking; ``train_valid`` (RecBole) removes training and validation
-    items.
+    items. (Config refuses ``save_dataloaders``: RecBole's dataloader files are pickles.)
     """
-    if config["save_dataloaders"]:
-        raise ValueError("save_dataloaders is not supported by recbole_ckd (its loaders are rebuilt in seconds); "
-                         "set save_dataloaders: False.")
     train_data, valid_data, test_data = build_dataloaders(config, dataset)
     protocol = config["test_masking"]
     if protocol == "train":

@@ -30,6 +30,8 @@ import urllib.parse
 import urllib.request
 import zipfile
 
+from recbole_ckd.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["DownloadError", "download_dataset"]
@@ -43,7 +45,7 @@ _USER_AGENT = "recbole-ckd-downloader"
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """The dataset could not be downloaded, verified or unpacked."""
 
 

@@ -27,6 +27,8 @@ from recbole.data.dataloader.general_dataloader import FullSortEvalDataLoader, T
 from recbole.data.interaction import Interaction
 from recbole.utils import InputType, ModelType
 
+from recbole_ckd.errors import ConfigError
+
 MAX_REDRAW_ROUNDS = 1000
 TRAIN_SAMPLERS = ("interactions", "user_uniform")
 
@@ -59,7 +61,7 @@ class DeviceTrainDataLoader(TrainDataLoader):
         self.user_uniform = config["train_sampler"] == "user_uniform"
         if self.user_uniform:
             if not self.with_negatives:
-                raise ValueError("train_sampler: user_uniform draws a negative for every user; this model samples none.")
+                raise ConfigError("train_sampler: user_uniform draws a negative for every user; this model samples none.")
             # each user's distinct training items, contiguous: user u's are distinct_items[start[u]:start[u] + count[u]]
             self.distinct_users, self.distinct_items = self.used_keys // self.n_items, self.used_keys % self.n_items
             self.batch_users, self.user_counts = torch.unique_consecutive(self.distinct_users, return_counts=True)
@@ -182,11 +184,11 @@ def build_dataloaders(config, dataset):
     built = dataset.build()
     samplers = create_samplers(config, dataset, built)
     if config["train_sampler"] not in TRAIN_SAMPLERS:
-        raise ValueError(f"train_sampler must be one of {list(TRAIN_SAMPLERS)}, got {config['train_sampler']!r}.")
+        raise ConfigError(f"train_sampler must be one of {list(TRAIN_SAMPLERS)}, got {config['train_sampler']!r}.")
     if config["device_sampling"] and DeviceTrainDataLoader.supports(config):
         train_class = DeviceTrainDataLoader
     elif config["train_sampler"] == "user_uniform":
-        raise ValueError(
+        raise ConfigError(
             "train_sampler: user_uniform needs the device loader: set device_sampling: True (a general pairwise "
             "model with one uniform negative per pair)."
         )

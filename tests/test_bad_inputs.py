@@ -1,0 +1,335 @@
+"""Every bad input through the command line: exit status 2, one ``error:`` line naming the file,
+key or flag, no traceback, and nothing written (no checkpoint, no result, no half file).
+
+Each row is (id, how to break the tiny dataset, command-line arguments, what the error line
+must name). Code planted in a config value or a file must not run: its payload would create
+a marker file, and the marker must not exist afterwards.
+"""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+from conftest import FAST, write_tiny_mmrec
+
+import run_recbole_ckd
+
+MARKER = "payload-ran"
+
+
+def _touch_payload(folder):
+    """Python source that, if evaluated, creates the marker file in ``folder``."""
+    return f"__import__('pathlib').Path({os.path.join(folder, MARKER)!r}).touch()"
+
+
+# ----------------------------------------------------------------------------- ways to break the data
+def nothing(data, work):
+    return []
+
+
+def empty_inter(data, work):
+    open(os.path.join(data, "tiny.inter"), "w").close()
+    return []
+
+
+def header_only_inter(data, work):
+    path = os.path.join(data, "tiny.inter")
+    header = open(path).readline()
+    open(path, "w").write(header)
+    return []
+
+
+def item_id(value):
+    def edit(data, work):
+        path = os.path.join(data, "tiny.inter")
+        lines = open(path).read().splitlines()
+        fields = lines[5].split("\t")
+        fields[1] = value
+        lines[5] = "\t".join(fields)
+        open(path, "w").write("\n".join(lines) + "\n")
+        return []
+
+    edit.__name__ = f"item_id_{value}"
+    return edit
+
+
+def atomic_header_only(data, work):
+    open(os.path.join(data, "tiny.inter"), "w").write("user_id:token\titem_id:token\trating:float\n")
+    return []
+
+
+def zero_byte_npy(data, work):
+    open(os.path.join(data, "text_feat.npy"), "wb").close()
+    return []
+
+
+def truncated_npy(data, work):
+    path = os.path.join(data, "text_feat.npy")
+    blob = open(path, "rb").read()
+    open(path, "wb").write(blob[: len(blob) // 2])
+    return []
+
+
+def object_npy(data, work):
+    np.save(os.path.join(data, "text_feat.npy"), np.array([{"a": 1}] * 30, dtype=object), allow_pickle=True)
+    return []
+
+
+def text_as_npy(data, work):
+    open(os.path.join(data, "text_feat.npy"), "w").write("not an array\n")
+    return []
+
+
+def missing_npy(data, work):
+    os.remove(os.path.join(data, "image_feat.npy"))
+    return []
+
+
+def config_file(text, name="my.yaml"):
+    def write(data, work):
+        path = os.path.join(work, name)
+        open(path, "w").write(text.replace("{work}", work))
+        return [f"--config_files={path}"]
+
+    write.__name__ = f"config_file_{name}"
+    return write
+
+
+def code_in_value(key):
+    def write(data, work):
+        return [f"--{key}={_touch_payload(work)}"]
+
+    write.__name__ = f"code_in_{key}"
+    return write
+
+
+YAML_PAYLOAD = "learning_rate: !!python/object/apply:os.system ['touch {work}/" + MARKER + "']\n"
+TRAIN = ["--model=VBPR_CKD", "--dataset=tiny"]
+BOARD = ["--leaderboard", "--dataset=tiny"]
+
+CASES = [
+    # config keys and values, refused before any data is read
+    ("misspelt key", nothing, TRAIN + ["--kd_wieght=1"], ["kd_wieght", "did you mean kd_weight?"]),
+    ("negative temperature", nothing, TRAIN + ["--kd_temperature=-0.1"], ["kd_temperature", "-0.1", "> 0"]),
+    ("zero temperature", nothing, TRAIN + ["--kd_temperature=0"], ["kd_temperature", "> 0"]),
+    ("zero generic samples", nothing, TRAIN + ["--gd_samples=0"], ["gd_samples", ">= 1"]),
+    ("negative generic samples", nothing, TRAIN + ["--gd_samples=-5"], ["gd_samples", "-5"]),
+    ("text learning rate", nothing, TRAIN + ["--learning_rate=abc"], ["learning_rate", "'abc'"]),
+    ("clamp in the wrong order", nothing, TRAIN + ["--cf_clamp=[10,1]"], ["cf_clamp", "low < high"]),
+    ("negative kd weight", nothing, TRAIN + ["--kd_weight=-1"], ["kd_weight", ">= 0"]),
+    ("zero epochs", nothing, TRAIN + ["--epochs=0"], ["epochs", ">= 1"]),
+    ("bad schedule", nothing, TRAIN + ["--learning_rate_scheduler=[0.9]"], ["learning_rate_scheduler"]),
+    ("unknown masking", nothing, TRAIN + ["--test_masking=all"], ["test_masking", "'train_valid'"]),
+    ("dataset pickles", nothing, TRAIN + ["--save_dataset=True"], ["save_dataset", "pickles"]),
+    ("active modality not present", nothing, TRAIN + ["--active_modalities=['x']"], ["active_modalities"]),
+    ("unknown optimizer", nothing, TRAIN + ["--learner=adamm"], ["learner", "'adamm'", "sparse_adam"]),
+    ("unknown log level", nothing, TRAIN + ["--state=loud"], ["state", "'loud'", "warning"]),
+    ("unknown metric", nothing, TRAIN + ["--metrics=['Recal']"], ["RecBole refuses the config", "Recal"]),
+    ("valid metric not text", nothing, TRAIN + ["--valid_metric=5"], ["valid_metric", "Recall@20"]),
+    ("checkpoint folder is a file", lambda d, w: open(os.path.join(w, "ckpt"), "w").close() or
+     [f"--checkpoint_dir={os.path.join(w, 'ckpt')}"], TRAIN, ["checkpoint_dir", "ckpt", "is a file"]),
+    ("key twice", nothing, TRAIN + ["--epochs=1", "--epochs=2"], ["--epochs", "twice"]),
+    ("code in a config value", code_in_value("learning_rate"), TRAIN, ["learning_rate", "__import__"]),
+    ("code in an unknown key", code_in_value("foo"), TRAIN, ["foo"]),
+    ("code in a YAML tag", config_file(YAML_PAYLOAD), TRAIN, ["my.yaml", "not valid YAML"]),
+    ("malformed YAML", config_file("epochs: [1, 2\nseed: 3\n"), TRAIN, ["my.yaml", "line"]),
+    ("YAML that is not a mapping", config_file("- 1\n- 2\n"), TRAIN, ["my.yaml", "mapping"]),
+    ("misspelt key in a file's value", config_file("kd_weight: abc\n"), TRAIN, ["kd_weight", "'abc'"]),
+    ("missing config file", lambda d, w: [f"--config_files={w}/nope.yaml"], TRAIN, ["nope.yaml", "does not exist"]),
+    ("user-uniform batches without the device loader", nothing,
+     TRAIN + ["--train_sampler=user_uniform", "--device_sampling=False"], ["train_sampler", "device_sampling: True"]),
+    ("a model's own range", nothing, ["--model=MMGCN", "--dataset=tiny", "--n_layers=0"], ["MMGCN", "n_layers >= 1"]),
+    ("unknown model", nothing, ["--model=FooNet", "--dataset=tiny"], ["FooNet", "--model"]),
+    ("close model name", nothing, ["--model=VBRP", "--dataset=tiny"], ["VBRP", "did you mean VBPR?"]),
+    # flags
+    ("repeated seeds", nothing, BOARD + ["--models=BPR", "--seeds=1,1"], ["--seeds", "more than once"]),
+    ("seeds not numbers", nothing, BOARD + ["--models=BPR", "--seeds=abc"], ["--seeds=abc"]),
+    ("a huge seed count", nothing, BOARD + ["--models=BPR", "--seeds=2020"], ["--seeds=2020,"]),
+    ("unknown model in a leaderboard", nothing, BOARD + ["--models=BPR,FooNet", "--seeds=1,"], ["FooNet"]),
+    ("missing sweeps folder", nothing, BOARD + ["--models=BPR", "--seeds=1,", "--sweeps=nowhere"], ["--sweeps=nowhere"]),
+    ("repeated model", nothing, BOARD + ["--models=BPR,BPR", "--seeds=1,"], ["--models", "more than once"]),
+    ("missing sweep space", nothing, TRAIN + ["--hyper=nope.test"], ["--hyper=nope.test", "cannot be read"]),
+    ("sweep and leaderboard", nothing, BOARD + ["--models=BPR", "--hyper=hyper.test"], ["--hyper", "--leaderboard"]),
+    ("leaderboard flag alone", nothing, TRAIN + ["--seeds=3"], ["--seeds", "--leaderboard"]),
+    ("sweep flag alone", nothing, TRAIN + ["--num_samples=3"], ["--num_samples", "--hyper"]),
+    ("model with a leaderboard", nothing, BOARD + ["--models=BPR", "--model=BPR"], ["--model is for"]),
+    ("output of a training run", nothing, TRAIN + ["--output=out"], ["--output", "--hyper or --leaderboard"]),
+    ("config files of a download", nothing, ["--download=tiny", "--config_files=x.yaml"], ["--config_files"]),
+    ("stray argument", nothing, TRAIN + ["stray"], ["--key=value"]),
+    ("misspelt key of a download", nothing, ["--download=tiny", "--url=x", "--data_pth=d"], ["data_pth", "data_path"]),
+    ("generator out of range", nothing, ["--generate=g", "--root=gen", "--n_users=0"], ["--generate=g", "n_users"]),
+    ("generator over a dataset", lambda d, w: [f"--root={os.path.dirname(d)}"], ["--generate=tiny"],
+     ["--generate=tiny", "already exists", "--overwrite"]),
+    # data
+    ("empty .inter", empty_inter, TRAIN, ["tiny.inter", "empty"]),
+    ("header-only atomic .inter", atomic_header_only, TRAIN, ["tiny.inter", "no interactions"]),
+    ("header-only .inter", header_only_inter, TRAIN, ["tiny.inter", "no interactions"]),
+    ("leading zero item id", item_id("049"), TRAIN, ["tiny.inter, line 6", "'049'"]),
+    ("signed item id", item_id("+3"), TRAIN, ["tiny.inter, line 6", "'+3'"]),
+    ("text item id", item_id("abc"), TRAIN, ["tiny.inter, line 6", "'abc'"]),
+    ("0-byte .npy", zero_byte_npy, TRAIN, ["text_feat.npy", "empty (0 bytes)"]),
+    ("truncated .npy", truncated_npy, TRAIN, ["text_feat.npy", "truncated"]),
+    ("pickled .npy", object_npy, TRAIN, ["text_feat.npy", "pickle"]),
+    ("text as .npy", text_as_npy, TRAIN, ["text_feat.npy", "not a readable .npy"]),
+    ("missing .npy", missing_npy, TRAIN, ["image_feat.npy", "missing"]),
+]
+
+
+def snapshot(folder):
+    return {os.path.join(root, f): os.path.getsize(os.path.join(root, f))
+            for root, _, files in os.walk(folder) for f in files}
+
+
+@pytest.mark.parametrize("name, breaks, args, names", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, monkeypatch, capsys, name, breaks, args, names):
+    monkeypatch.chdir(tmp_path)  # RecBole's log/ and anything relative land here
+    work = str(tmp_path / "work")
+    os.makedirs(work)
+    data, _, _ = write_tiny_mmrec(str(tmp_path / "data"))
+    extra = breaks(data, work)
+    before = snapshot(str(tmp_path / "data")), snapshot(work)
+    saved, results = tmp_path / "saved", tmp_path / "results"
+    argv = args + extra
+    if not args[0].startswith("--generate"):  # the generator has flags of its own
+        argv += [f"--data_path={tmp_path / 'data'}"] + [f"--checkpoint_dir={saved}"] * (not any(
+            a.startswith("--checkpoint_dir=") for a in extra))
+        argv += [f"--{k}={v}" for k, v in FAST.items() if not any(a.startswith(f"--{k}=") for a in args)]
+    if "--leaderboard" in args:
+        argv.append(f"--output={results}")
+    with pytest.raises(SystemExit) as exit_info:
+        run_recbole_ckd.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert "error:" in last and "Traceback" not in err, err
+    for text in names:
+        assert text in last, (text, last)
+    assert not os.path.exists(os.path.join(work, MARKER)), "code from the config ran"
+    assert not saved.exists() and not results.exists() and not (tmp_path / "gen").exists()
+    assert (snapshot(str(tmp_path / "data")), snapshot(work)) == before
+
+
+def test_debug_shows_the_exception(tmp_path, monkeypatch):
+    from recbole_ckd.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    write_tiny_mmrec(str(tmp_path / "data"))
+    with pytest.raises(ConfigError, match="kd_wieght"):
+        run_recbole_ckd.main(TRAIN + ["--kd_wieght=1", "--debug", f"--data_path={tmp_path / 'data'}"])
+
+
+def test_values_recbole_accepts_still_parse(tiny_dataset):
+    from recbole_ckd.config import Config
+
+    config = Config("VBPR", "tiny", cmd_args=[
+        "--learning_rate=1e-3", "--epochs=7", "--reproducibility=false", "--topk=[5,10]", "--metrics=['Recall','NDCG']",
+        "--eval_args={'split':{'RS':[0.7,0.2,0.1]},'order':'RO'}", "--teacher_learning_rate=None", "--state=WARNING",
+        "--device_sampling=True", "--seed=-3", f"--data_path={tiny_dataset['root']}"])
+    assert config["learning_rate"] == 0.001 and config["epochs"] == 7 and config["reproducibility"] is False
+    assert config["topk"] == [5, 10] and config["metrics"] == ["Recall", "NDCG"] and config["seed"] == -3
+    assert config["eval_args"]["split"] == {"RS": [0.7, 0.2, 0.1]} and config["teacher_learning_rate"] is None
+    # a searcher's numpy scalars are numbers too
+    config = Config("VBPR_CKD", "tiny", config_dict={"data_path": tiny_dataset["root"], "gd_samples": np.int64(300),
+                                                    "kd_weight": np.float32(0.5), "state": "WARNING"})
+    assert config["gd_samples"] == 300 and config["kd_weight"] == 0.5
+
+
+def test_own_keys_are_declared_on_purpose(tiny_dataset, tmp_path):
+    from recbole_ckd.config import Config
+    from recbole_ckd.errors import ConfigError
+
+    settings = {"data_path": tiny_dataset["root"], "state": "WARNING"}
+    with pytest.raises(ConfigError, match="my_note"):
+        Config("VBPR", "tiny", config_dict={**settings, "my_note": 1})
+    assert Config("VBPR", "tiny", config_dict={**settings, "my_note": 1, "extra_config_keys": ["my_note"]})["my_note"] == 1
+    own = tmp_path / "own.yaml"
+    own.write_text("my_note: 2\n")  # a key the user's own config file sets is known
+    assert Config("VBPR", "tiny", [str(own)], cmd_args=["--my_note=3"], config_dict=settings)["my_note"] == 3
+    # every key of every properties file (the plugin's and RecBole's) is known, whatever the model
+    config = Config("BPR", "tiny", config_dict={**settings, "train_preference": False, "n_layers": 3,
+                                                "protocol": "mine", "train_sampler": "interactions"})
+    assert config["train_preference"] is False and config["n_layers"] == 3
+
+
+def test_a_sweep_value_with_code_does_not_run(tiny_dataset, tmp_path):
+    """A trial's config dict holds the searched values as they are in hyper.test (strings too)."""
+    from recbole_ckd.config import Config
+    from recbole_ckd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="kd_temperature"):
+        Config("VBPR_CKD", "tiny", config_dict={"data_path": tiny_dataset["root"],
+                                                "kd_temperature": _touch_payload(str(tmp_path))})
+    assert not (tmp_path / MARKER).exists()
+    # a key that takes any text keeps the text as it is
+    config = Config("VBPR_CKD", "tiny", config_dict={"data_path": tiny_dataset["root"],
+                                                     "protocol": _touch_payload(str(tmp_path))})
+    assert config["protocol"] == _touch_payload(str(tmp_path)) and not (tmp_path / MARKER).exists()
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_planted_dataset_pickle_is_never_loaded(tmp_path):
+    """RecBole's create_dataset unpickles <checkpoint_dir>/<dataset>-<Class>.pth for any
+    non-general model (here SASRec); the plugin's never does."""
+    from recbole.data.dataset import SequentialDataset
+
+    from recbole_ckd.config import Config
+    from recbole_ckd.registry import create_dataset
+
+    data = tmp_path / "data" / "seq"
+    data.mkdir(parents=True)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    lines += [f"{u}\t{(u * 7 + k) % 20}\t{k}" for u in range(12) for k in range(8)]
+    (data / "seq.inter").write_text("\n".join(lines) + "\n")
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    marker = tmp_path / MARKER
+    with open(saved / "seq-SequentialDataset.pth", "wb") as f:
+        pickle.dump(_Payload(str(marker)), f)
+    config = Config("SASRec", "seq", config_dict={"data_path": str(tmp_path / "data"), "checkpoint_dir": str(saved),
+                                                  "state": "WARNING", "loss_type": "BPR", "eval_args": {"split": {"LS": "valid_and_test"},
+                                                  "order": "TO", "group_by": "user", "mode": "full"}})
+    dataset = create_dataset(config)
+    assert isinstance(dataset, SequentialDataset) and len(dataset.inter_feat) == 96
+    assert not marker.exists()
+    assert sorted(os.listdir(saved)) == ["seq-SequentialDataset.pth"]  # and none written
+
+
+def test_generate_help_shows_the_generators_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_recbole_ckd.main(["--generate=x", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--n_interactions" in out and "--strength" in out
+
+
+def test_every_key_of_every_properties_file_is_accepted(tiny_dataset):
+    """The plugin's overall, model, dataset and protocol YAMLs and RecBole's own: any of their keys may be
+    given on the command line of any model (here BPR, whose own YAML sets none of the plugin's keys)."""
+    from pathlib import Path
+
+    import recbole
+
+    from recbole_ckd.config import Config, properties_dir, read_yaml
+    from recbole_ckd.errors import ConfigError
+
+    roots = [properties_dir(), Path(recbole.__file__).parent / "properties"]
+    files = [p for root in roots for p in sorted(root.rglob("*.yaml"))]
+    assert {p.parent.name for p in files} >= {"model", "dataset", "protocol", "properties"}
+    values = {}
+    for path in files:
+        for key, value in read_yaml(path).items():
+            values.setdefault(key, value)
+    values = {k: v for k, v in values.items() if k not in ("model", "dataset")}
+    assert {"train_preference", "protocol", "learning_rate_scheduler", "train_sampler", "n_layers"} <= set(values)
+    try:  # names are checked before values: whatever the values do to each other, no name is refused
+        Config("BPR", "tiny", config_dict={**values, "data_path": tiny_dataset["root"], "state": "WARNING"})
+    except ConfigError as err:
+        assert "unknown config key" not in str(err), str(err)

@@ -1,0 +1,81 @@
+"""Every stage heals like the teachers: an unreadable or missing checkpoint of one stage retrains
+that stage (to the same result) and nothing else; a finished cache on a read-only filesystem is
+reported without writing."""
+
+import builtins
+import errno
+import os
+
+import pytest
+from conftest import FAST
+
+from recbole_ckd.quick_start import run
+
+
+def ckd_config(tiny_dataset, tmp_path):
+    return {**FAST, "epochs": 2, "stopping_step": 100, "gd_samples": 20, "data_path": tiny_dataset["root"],
+            "checkpoint_dir": str(tmp_path / "saved"), "state": "INFO"}
+
+
+def stamps(folder):
+    return {os.path.join(folder, f): os.stat(os.path.join(folder, f)).st_mtime_ns for f in os.listdir(folder)}
+
+
+@pytest.mark.parametrize("stage", ["student", "teacher t"])
+@pytest.mark.parametrize("name, damage", [("best.pth", "truncate"), ("best.pth", "delete"), ("last.pth", "truncate")])
+def test_an_unreadable_checkpoint_retrains_only_its_stage(tiny_dataset, tmp_path, monkeypatch, caplog, stage, name, damage):
+    monkeypatch.chdir(tmp_path)
+    settings = ckd_config(tiny_dataset, tmp_path)
+    first = run("VBPR_CKD", "tiny", config_dict=settings)
+    dirs = first["checkpoints"]
+    path = os.path.join(dirs[stage], name)
+    if damage == "truncate":
+        with open(path, "r+b") as f:
+            f.truncate(100)
+    else:
+        os.remove(path)  # what the old message said to do; the stage then claimed to be finished
+    others = {k: stamps(d) for k, d in dirs.items() if k != stage}
+    caplog.clear()
+    again = run("VBPR_CKD", "tiny", config_dict=settings)
+    assert f"unusable checkpoint in {dirs[stage]}" in caplog.text and "training this stage again" in caplog.text
+    assert again["test_result"] == first["test_result"] and again["modes"] == first["modes"]
+    assert {k: stamps(d) for k, d in dirs.items() if k != stage} == others  # nothing else retrained
+    caplog.clear()
+    run("VBPR_CKD", "tiny", config_dict=settings)  # healed: the next run reuses every stage
+    assert "unusable checkpoint" not in caplog.text
+
+
+def test_a_finished_cache_on_a_read_only_filesystem_is_reported(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = ckd_config(tiny_dataset, tmp_path)
+    first = run("VBPR_CKD", "tiny", config_dict=settings)
+    saved = str(tmp_path / "saved")
+    attempts = []
+
+    def refuse(path):
+        if os.path.abspath(os.fspath(path)).startswith(saved):
+            attempts.append(os.fspath(path))
+            raise OSError(errno.EROFS, "Read-only file system", os.fspath(path))
+
+    real_open, real_os_open, real_mkdir, real_replace, real_remove = builtins.open, os.open, os.mkdir, os.replace, os.remove
+
+    def ro_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, bytes, os.PathLike)) and any(c in mode for c in "wax+"):
+            refuse(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def ro_os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            refuse(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", ro_open)
+    monkeypatch.setattr(os, "open", ro_os_open)
+    # mkdir of a folder that exists fails with EEXIST, as on a read-only filesystem
+    monkeypatch.setattr(os, "mkdir", lambda path, *a, **k: (os.path.isdir(path) or refuse(path), real_mkdir(path, *a, **k)))
+    monkeypatch.setattr(os, "replace", lambda src, dst, *a: (refuse(dst), real_replace(src, dst, *a)))
+    monkeypatch.setattr(os, "remove", lambda path, *a, **k: (refuse(path), real_remove(path, *a, **k)))
+    again = run("VBPR_CKD", "tiny", config_dict=settings)
+    assert again["test_result"] == first["test_result"] and again["modes"] == first["modes"]
+    # the only write tried is the teacher lock, which a read-only cache does without
+    assert attempts and all(a.endswith(".lock") for a in attempts)
