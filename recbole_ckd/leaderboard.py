@@ -307,9 +307,6 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
              "weights": plot_weights(cells, os.path.join(output, f"{dataset}-weights.png"))}
     stats = _dataset_statistics(first, dataset)
     props = properties_dir()
-    # records written before they carried the stopping rule ran with the plugin's defaults
-    defaults = read_yaml(os.path.join(props, "overall.yaml"))
-    rule = {key: first.get(key, (config_dict or {}).get(key, defaults[key])) for key in ("eval_step", "stopping_step")}
     protocols = {describe_protocol(_training_protocol(r, dataset, config_files, config_dict))
                  for records in cells.values() for r in records}
     lines = [f"# {dataset}: leaderboard", "",
@@ -319,9 +316,8 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
              f"- Split: {stats.get('split', 'see the dataset')}",
              f"- Training protocol: {'; '.join(sorted(protocols))}.",
              f"- Evaluation: full ranking over all items; {PROTOCOL_TEXT.get(protocol, protocol)}.",
-             f"- Selection: validation {first['valid_metric']} every {rule['eval_step']} epoch(s), stop after "
-             f"{rule['stopping_step']} + 1 validations without improvement (RecBole's rule); test reported at "
-             "the selected epoch.",
+             f"- Selection: validation {first['valid_metric']}, on the protocol's schedule; test reported at the "
+             "selected epoch.",
              f"- Code: {_code_versions(cells)}.",
              "- Counterfactual masking: a masked modality's item features are replaced by their mean over items and its "
              "user-side parameters by their mean over users; item-item graph terms of a masked modality are dropped.",
