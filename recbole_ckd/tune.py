@@ -343,12 +343,9 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
               scheduler="none", cpus_per_trial=1.0, gpus_per_trial=0.0, output="sweeps", ray_address=None,
               max_epochs_asha=None, verbose=1):
     """Run the sweep and return ``{"trials", "best", "best_config_file", "test_result"}``."""
-    import ray
-    from ray import air, tune
+    from ray import tune
 
-    from recbole_ckd.config import Config
-    from recbole_ckd.model import ckd_backbone_name
-    from recbole_ckd.quick_start import run, train_teachers
+    from recbole_ckd.quick_start import run
     from recbole_ckd.reports import format_report
 
     params = parse_hyper_file(hyper_file)
@@ -361,6 +358,40 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
     if resume:  # before anything else runs: Ray's resume state is pickles
         check_sweep_signature(path)
     config_files = [os.path.abspath(f) for f in (config_files or [])]
+    overrides, base_dict = _trial_settings(model, dataset, params, hyper_file, config_files, cmd_args)
+    early_stopping = _early_stopping(scheduler, overrides, max_epochs_asha)
+    base = {"model": model, "dataset": dataset, "config_files": config_files or None, "config_dict": base_dict,
+            "bigger": overrides["valid_metric_bigger"]}
+    results = _fit(base, params, search, num_samples, early_stopping, cpus_per_trial, gpus_per_trial,
+                   output, name, resume, ray_address, verbose)
+
+    trials = _collect(results)
+    table = trial_table(trials, list(params), overrides["valid_metric"])
+    print(table, flush=True)
+    unfinished = [t for t in trials if t["status"] == "unfinished"]
+    if unfinished:  # no selection and no test set on a partial search
+        raise Interrupted(
+            f"the sweep stopped with {len(unfinished)} of {len(trials)} trials unfinished; its state is saved in {path}. "
+            "Run the same command again (same --output) to resume it; the best configuration and its test "
+            "result come only when every trial has ended."
+        )
+    best = select_best(trials, overrides["valid_metric_bigger"])
+    best_config_file = _write_outputs(output, name, trials, params, table, best,
+                                      {"model": model, "dataset": dataset, **base_dict}, overrides["valid_metric"])
+    print(f"best configuration (validation only): {best_config_file}", flush=True)
+    # the test set is used once, for the selected configuration (its trial's checkpoint resumes)
+    test = run(model, dataset, config_files + [best_config_file], {"show_progress": False})
+    print(format_report(test), flush=True)
+    return {"trials": trials, "best": best, "best_config_file": best_config_file, "test_result": test}
+
+
+def _trial_settings(model, dataset, params, hyper_file, config_files, cmd_args):
+    """``(the resolved config, the dict every trial starts from)``; the space is checked against it,
+    and the teachers are trained once here when no swept key can change them."""
+    from recbole_ckd.config import Config
+    from recbole_ckd.model import ckd_backbone_name
+    from recbole_ckd.quick_start import train_teachers
+
     overrides = Config(model, dataset, config_files or None, cmd_args=cmd_args)  # validates, resolves paths
     base_dict = {key: overrides.final_config_dict[key] for key in overrides.cmd_config_dict}
     # absolute paths: Ray workers run in their own folders (Config's data_path ends in the dataset)
@@ -376,22 +407,34 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
         teacher_dict = {**base_dict, "retrain_teachers": overrides["retrain_teachers"]}
         for label, folder in train_teachers(model, dataset, config_files or None, teacher_dict).items():
             print(f"  {label}: {folder}", flush=True)
+    return overrides, base_dict
 
-    metric, mode = "valid_score", "max" if overrides["valid_metric_bigger"] else "min"
-    base = {"model": model, "dataset": dataset, "config_files": config_files or None, "config_dict": base_dict,
-            "bigger": overrides["valid_metric_bigger"]}
+
+def _early_stopping(scheduler, overrides, max_epochs_asha):
+    """Ray's ASHA scheduler for ``--scheduler=asha``, None for ``none``."""
+    from ray import tune
+
+    if scheduler == "none":
+        return None
+    if scheduler != "asha":
+        raise HyperFileError(f"--scheduler={scheduler}: unknown scheduler; use 'asha' or 'none'")
+    max_t = max_epochs_asha or overrides["epochs"]
+    # a trial gets at least half its patience before ASHA may stop it
+    return tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=max_t,
+                                         grace_period=min(max_t, max(1, overrides["stopping_step"] // 2)))
+
+
+def _fit(base, params, search, num_samples, early_stopping, cpus_per_trial, gpus_per_trial, output, name, resume,
+         ray_address, verbose):
+    """Ray Tune's results of the trials (a new sweep, or the saved one resumed); the folder is signed
+    once Ray has stopped writing it."""
+    import ray
+    from ray import air, tune
+
+    path = os.path.join(output, name)
+    metric, mode = "valid_score", "max" if base["bigger"] else "min"
     trainable = tune.with_resources(tune.with_parameters(trial, base=base),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-    if scheduler == "asha":
-        max_t = max_epochs_asha or overrides["epochs"]
-        # a trial gets at least half its patience before ASHA may stop it
-        asha = tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=max_t,
-                                             grace_period=min(max_t, max(1, overrides["stopping_step"] // 2)))
-    elif scheduler == "none":
-        asha = None
-    else:
-        raise HyperFileError(f"--scheduler={scheduler}: unknown scheduler; use 'asha' or 'none'")
-
     ray.init(address=ray_address, include_dashboard=False, ignore_reinit_error=True,
              **({} if ray_address else {"num_cpus": os.cpu_count()}))
     try:
@@ -403,7 +446,7 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
                 trainable,
                 param_space=search_space(params, search),
                 tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=num_samples,
-                                            search_alg=make_searcher(search, metric, mode), scheduler=asha),
+                                            search_alg=make_searcher(search, metric, mode), scheduler=early_stopping),
                 run_config=air.RunConfig(name=name, storage_path=output, verbose=verbose,
                                          failure_config=air.FailureConfig(max_failures=0, fail_fast=False)),
             )
@@ -415,18 +458,12 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
     finally:
         ray.shutdown()
     sign_sweep(path)  # once Ray has stopped writing: the state this sweep leaves may be resumed
+    return results
 
-    trials = _collect(results)
-    table = trial_table(trials, list(params), overrides["valid_metric"])
-    print(table, flush=True)
-    unfinished = [t for t in trials if t["status"] == "unfinished"]
-    if unfinished:  # no selection and no test set on a partial search
-        raise Interrupted(
-            f"the sweep stopped with {len(unfinished)} of {len(trials)} trials unfinished; its state is saved in {path}. "
-            "Run the same command again (same --output) to resume it; the best configuration and its test "
-            "result come only when every trial has ended."
-        )
-    best = select_best(trials, overrides["valid_metric_bigger"])
+
+def _write_outputs(output, name, trials, params, table, best, settings, valid_metric):
+    """The trial table (markdown, CSV), the searched ranges and the best configuration
+    (``settings`` plus the best trial's values, a file ``--config_files`` accepts); returns its path."""
     os.makedirs(output, exist_ok=True)
     with open(os.path.join(output, f"{name}-trials.md"), "w") as f:
         f.write(table + "\n")
@@ -438,17 +475,12 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
                              t["best_epoch"], t["status"], t["error"] or ""])
     with open(os.path.join(output, f"{name}-space.yaml"), "w") as f:  # the ranges, for the leaderboard
         yaml.safe_dump({p.name: p.describe() for p in params.values()}, f, sort_keys=False)
-    best_config = {"model": model, "dataset": dataset, **base_dict, **best["params"]}
     best_config_file = os.path.join(output, f"{name}-best.yaml")
     with open(best_config_file, "w") as f:
-        f.write(f"# best of the sweep {name} on validation {overrides['valid_metric']} "
+        f.write(f"# best of the sweep {name} on validation {valid_metric} "
                 f"({best['best_valid_score']:.4f}, trial {best['trial_id']})\n")
-        yaml.safe_dump({k: _plain(v) for k, v in best_config.items()}, f, sort_keys=False)
-    print(f"best configuration (validation only): {best_config_file}", flush=True)
-    # the test set is used once, for the selected configuration (its trial's checkpoint resumes)
-    test = run(model, dataset, config_files + [best_config_file], {"show_progress": False})
-    print(format_report(test), flush=True)
-    return {"trials": trials, "best": best, "best_config_file": best_config_file, "test_result": test}
+        yaml.safe_dump({k: _plain(v) for k, v in {**settings, **best["params"]}.items()}, f, sort_keys=False)
+    return best_config_file
 
 
 def _plain(value):
