@@ -292,6 +292,14 @@ class MultimodalRecommender(GeneralRecommender):
         """Modality ``m``'s frozen kNN item graph (sparse ``[n_items, n_items]``)."""
         return getattr(self, f"_item_graph_{m}")
 
+    def edge_product(self, dst, src, n_dst, n_src):
+        """The CSR products (:class:`~recbole_ckd.model.graphs.EdgeProduct`) of the model's fixed
+        edges ``dst <- src``, built once on the device the edges are on (again after a move)."""
+        cached = getattr(self, "_edge_product", None)
+        if cached is None or cached[0] != dst.device:
+            self._edge_product = cached = (dst.device, graphs.EdgeProduct(dst, src, n_dst, n_src))
+        return cached[1]
+
     def lightgcn(self, graph, user_weight, item_weight, n_layers):
         """LightGCN: the mean of layers ``0..n_layers`` of ``graph``-propagated embeddings,
         split into ``(users, items)``."""

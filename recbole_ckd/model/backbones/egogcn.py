@@ -119,7 +119,6 @@ class EgoGCN(NodeTableRecommender):
         self.register_buffer("edge_dst", torch.cat([users, items]), persistent=False)
         self.register_buffer("edge_src", torch.cat([items, users]), persistent=False)
         self.register_buffer("id_graph", self.user_item_graph(users, items - self.n_users, "sym"), persistent=False)
-        self._edge_product = None
 
         self.id_embedding = nn.Parameter(nn.init.xavier_normal_(torch.empty(self.n_users + self.n_items, dim)))
         self.preference = nn.ParameterDict(
@@ -141,10 +140,7 @@ class EgoGCN(NodeTableRecommender):
     @property
     def edges(self):
         """The directed edges (``dst <- src``) as CSR products, built on the buffers' device."""
-        if self._edge_product is None or self._edge_product[0] != self.edge_dst.device:
-            product = graphs.EdgeProduct(self.edge_dst, self.edge_src, self.n_nodes, self.n_nodes)
-            self._edge_product = (self.edge_dst.device, product)
-        return self._edge_product[1]
+        return self.edge_product(self.edge_dst, self.edge_src, self.n_nodes, self.n_nodes)
 
     # ------------------------------------------------------------ branches
     def inputs(self, m, is_masked):

@@ -4,7 +4,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_ckd.model import graphs
 from recbole_ckd.model.multimodal import NodeTableRecommender, bpr
 
 
@@ -93,7 +92,6 @@ class GRCN(NodeTableRecommender):
         inter = dataset.inter_matrix(form="coo")
         self.register_buffer("edge_users", torch.from_numpy(inter.row).long(), persistent=False)
         self.register_buffer("edge_items", torch.from_numpy(inter.col).long(), persistent=False)
-        self._edge_product = None
 
         self.id_embedding = nn.Parameter(nn.init.xavier_normal_(torch.empty(self.n_users + self.n_items, dim)))
         self.preference = nn.ParameterDict(
@@ -110,10 +108,7 @@ class GRCN(NodeTableRecommender):
     @property
     def edges(self):
         """The training edges (user <- item) as CSR products, built on the buffers' device."""
-        if self._edge_product is None or self._edge_product[0] != self.edge_users.device:
-            product = graphs.EdgeProduct(self.edge_users, self.edge_items, self.n_users, self.n_items)
-            self._edge_product = (self.edge_users.device, product)
-        return self._edge_product[1]
+        return self.edge_product(self.edge_users, self.edge_items, self.n_users, self.n_items)
 
     # ------------------------------------------------------------ graph refining layer
     def refine(self, m, is_masked):
