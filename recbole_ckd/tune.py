@@ -343,14 +343,17 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
               scheduler="none", cpus_per_trial=1.0, gpus_per_trial=0.0, output="sweeps", ray_address=None,
               max_epochs_asha=None, verbose=1):
     """Run the sweep and return ``{"trials", "best", "best_config_file", "test_result"}``."""
-    from ray import tune
-
     from recbole_ckd.quick_start import run
     from recbole_ckd.reports import format_report
 
     params = parse_hyper_file(hyper_file)
     if search not in SEARCH_ALGORITHMS:
         raise HyperFileError(f"--search={search}: unknown search algorithm; use one of {', '.join(SEARCH_ALGORITHMS)}")
+    try:
+        from ray import tune
+    except ModuleNotFoundError:
+        raise UserError("--hyper runs its trials with Ray Tune, which is not installed: pip install \"ray[tune]\" "
+                        "(this project's pinned stack: pip install -e ., which includes ray[tune]==2.6.3).") from None
     output = os.path.abspath(output)
     name = f"{model}-{dataset}"
     path = os.path.join(output, name)

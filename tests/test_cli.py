@@ -112,3 +112,17 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_recbole_ckd.main(["--model=VBPR", "--dataset=x"])
     assert exit_info.value.code == 130 and "run the same command again to resume" in capsys.readouterr().err
+
+
+def test_a_sweep_without_ray_is_one_line_saying_how_to_install_it(tiny_dataset, tmp_path, monkeypatch, capsys):
+    import sys
+
+    hyper = tmp_path / "hyper.test"
+    hyper.write_text("kd_weight choice [0.01,0.1]\n")
+    monkeypatch.setitem(sys.modules, "ray", None)  # as on a stack without Ray: importing it fails
+    with pytest.raises(SystemExit) as exit_info:
+        run_recbole_ckd.main(["--model=VBPR_CKD", "--dataset=tiny", f"--data_path={tiny_dataset['root']}",
+                              f"--checkpoint_dir={tmp_path / 'saved'}", f"--hyper={hyper}", f"--output={tmp_path / 'sw'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[-1].startswith("error: --hyper") and 'pip install "ray[tune]"' in err[-1]
+    assert not (tmp_path / "sw").exists()
