@@ -36,17 +36,11 @@ def with_safe_checkpoints(trainer_class):
 # ----------------------------------------------------------------------------- learning-rate schedule
 def learning_rate_schedule(optimizer, setting):
     """MMRec's ``learning_rate_scheduler: [a, b]``: the learning rate of epoch ``e`` is
-    ``learning_rate * a^(e / b)`` (stepped after every training epoch); None for ``~``."""
+    ``learning_rate * a^(e / b)`` (stepped after every training epoch); None for ``~``. The
+    Config has checked the setting."""
     if setting is None:
         return None
-    try:
-        factor, period = (float(x) for x in setting)
-    except (TypeError, ValueError):
-        factor = period = None
-    if factor is None or factor <= 0 or period <= 0:
-        raise ValueError(
-            f"learning_rate_scheduler must be [factor, epochs] with both > 0 (e.g. [0.96, 50]) or ~, got {setting!r}."
-        )
+    factor, period = (float(x) for x in setting)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: factor ** (epoch / period))
 
 

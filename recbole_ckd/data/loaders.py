@@ -30,7 +30,6 @@ from recbole.utils import InputType, ModelType
 from recbole_ckd.errors import ConfigError
 
 MAX_REDRAW_ROUNDS = 1000
-TRAIN_SAMPLERS = ("interactions", "user_uniform")
 
 
 class DeviceTrainDataLoader(TrainDataLoader):
@@ -183,8 +182,6 @@ def build_dataloaders(config, dataset):
 
     built = dataset.build()
     samplers = create_samplers(config, dataset, built)
-    if config["train_sampler"] not in TRAIN_SAMPLERS:
-        raise ConfigError(f"train_sampler must be one of {list(TRAIN_SAMPLERS)}, got {config['train_sampler']!r}.")
     if config["device_sampling"] and DeviceTrainDataLoader.supports(config):
         train_class = DeviceTrainDataLoader
     elif config["train_sampler"] == "user_uniform":
