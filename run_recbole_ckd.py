@@ -3,6 +3,7 @@
     python run_recbole_ckd.py --model=VBPR --dataset=ml-100k-mm [--key=value ...]
     python run_recbole_ckd.py --model=VBPR_CKD --dataset=ml-100k-mm --hyper=hyper.test [--num_samples=8 ...]
     python run_recbole_ckd.py --leaderboard --dataset=ml-100k-mm --models=BPR,VBPR,VBPR_CKD --seeds=3
+    python run_recbole_ckd.py --leaderboard --study=balancing --dataset=ml-100k-mm --models=VBPR,EgoGCN
     python run_recbole_ckd.py --download=baby --url=URL [--sha256=HEX] [--data_path=dataset/]
     python run_recbole_ckd.py --generate=NAME [--n_users=... --strength v=0.3 ...]
 
@@ -40,6 +41,8 @@ def build_parser():
     board.add_argument("--models", help="comma-separated models for --leaderboard, e.g. BPR,LightGCN,VBPR,VBPR_CKD")
     board.add_argument("--seeds", help="a count (default 3: seeds 2020, 2021, 2022) or a list (1,2,3)")
     board.add_argument("--sweeps", metavar="DIR", help="use the best configurations sweeps left in DIR")
+    board.add_argument("--study", help="'balancing': for each backbone in --models, the plain model, CKD, CKD's "
+                       "ablations and the balancing baselines; writes results/<dataset>-balancing.md")
     data = parser.add_argument_group("data commands")
     data.add_argument("--download", metavar="NAME", help="fetch dataset NAME's archive, verify it, unpack it")
     data.add_argument("--url", help="archive URL (or local path) for --download; default: the dataset YAML's")
@@ -75,7 +78,7 @@ def download(args, overrides):
 FLAG_COMMANDS = {
     **dict.fromkeys(("--num_samples", "--search", "--scheduler", "--cpus_per_trial", "--gpus_per_trial",
                      "--ray_address"), ("--hyper",)),
-    **dict.fromkeys(("--models", "--seeds", "--sweeps"), ("--leaderboard",)),
+    **dict.fromkeys(("--models", "--seeds", "--sweeps", "--study"), ("--leaderboard",)),
     **dict.fromkeys(("--url", "--sha256", "--force"), ("--download",)),
     "--output": ("--hyper", "--leaderboard"),
     "--model": (None, "--hyper"),
@@ -146,17 +149,19 @@ def dispatch(argv):
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         return download(args, rest)
     if args.leaderboard:
-        from recbole_ckd.leaderboard import parse_models, parse_seeds, run_leaderboard
+        from recbole_ckd.leaderboard import parse_models, parse_seeds, run_leaderboard, study_entries
 
         if not args.dataset or not args.models:
             parser.error("--leaderboard needs --dataset and --models")
         try:
             seeds = parse_seeds(args.seeds or "3")
             models = parse_models(args.models)
+            if args.study:
+                study_entries(args.study, models)
         except ValueError as error:
             parser.error(str(error))
         return run_leaderboard(args.dataset, models, seeds, args.output or "results",
-                               split_config_files(args.config_files), rest, args.sweeps)
+                               split_config_files(args.config_files), rest, args.sweeps, args.study)
     if not args.model or not args.dataset:
         parser.error("--model and --dataset are required to train (or use --download / --generate)")
 

@@ -374,6 +374,15 @@ CONFIG_RULES = {
     "kd_temperature": _number(0, low_open=True),
     "gd_samples": _number(1, integer=True),
     "cf_clamp": _pair(lambda low: low >= 0, lambda low, high: low < high, "[low, high] with 0 <= low < high"),
+    "ckd_specific": _boolean(),
+    "ckd_generic": _boolean(),
+    "ckd_weighting": _one_of("counterfactual", "teacher_gap", "uniform"),
+    "mdrop_prob": _number(0, 1),
+    "mdrop_unit": _one_of("triple", "batch"),
+    "ogm_alpha": _number(0),
+    "ogm_noise": _boolean(),
+    "ogm_epochs": _pair(lambda start: _is_integer(start) and start >= 0, lambda start, end: _is_integer(end) and start <= end,
+                        "[first, last] epochs, integers with 0 <= first <= last"),
     "learning_rate_scheduler": (lambda value: value is None or _pair(lambda a: a > 0, lambda a, b: b > 0, "")[0](value),
                                 "[factor, epochs] with both > 0 (e.g. [0.96, 50]), or ~"),
     "learner": _name_among("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam"),
@@ -418,6 +427,9 @@ def validate(config):
     for key, (accepts, allowed) in CONFIG_RULES.items():
         if key in final and not accepts(final[key]):
             raise ConfigError(f"config key {key}: {final[key]!r} is not allowed; {key} must be {allowed}.")
+    if final.get("ckd_specific") is False and final.get("ckd_generic") is False:
+        raise ConfigError("config keys ckd_specific and ckd_generic are both False: nothing is distilled; keep one of "
+                          "them, or set kd_weight: 0 for the plain backbone's objective.")
     checkpoint_dir = final.get("checkpoint_dir")
     if isinstance(checkpoint_dir, str) and os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
         raise ConfigError(f"config key checkpoint_dir: {checkpoint_dir} is a file; give a folder (it holds every checkpoint).")

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import tempfile
+from typing import NamedTuple
 
 import yaml
 
@@ -83,6 +84,51 @@ def paired_t_test(a, b):
     return t, float(2 * stats.t.sf(abs(t), df=len(a) - 1))
 
 
+# ----------------------------------------------------------------------------- what runs
+class Entry(NamedTuple):
+    """One row of a leaderboard: ``label`` (its name in tables and cell files), the ``model`` that
+    runs, and the config ``overrides`` that make it this variant (an ablation of a CKD model)."""
+
+    label: str
+    model: str
+    overrides: dict
+
+
+def as_entry(item):
+    """A model name is the entry of that model with no overrides."""
+    return item if isinstance(item, Entry) else Entry(item, item, {})
+
+
+# The balancing study (--study=balancing), per backbone B: the plain model, CKD, its ablations
+# (docs/method.md, section 8) and the balancing baselines (section 9), as (label, model, overrides).
+BALANCING_STUDY = (
+    ("{B}", "{B}", {}),
+    ("{B}_CKD", "{B}_CKD", {}),
+    ("{B}_CKD-no_specific", "{B}_CKD", {"ckd_specific": False}),
+    ("{B}_CKD-no_generic", "{B}_CKD", {"ckd_generic": False}),
+    ("{B}_CKD-uniform_weights", "{B}_CKD", {"ckd_weighting": "uniform"}),
+    ("{B}_CKD-teacher_gap", "{B}_CKD", {"ckd_weighting": "teacher_gap"}),
+    ("{B}_MDrop", "{B}_MDrop", {}),
+    ("{B}_OGMGE", "{B}_OGMGE", {}),
+)
+STUDIES = {"balancing": BALANCING_STUDY}
+
+
+def study_entries(study, backbones):
+    """Every entry of ``study`` for each backbone, backbone by backbone."""
+    from recbole_ckd.model import MODELS
+
+    if study not in STUDIES:
+        raise ValueError(f"--study={study}: unknown study; the studies are {', '.join(sorted(STUDIES))}")
+    for name in backbones:
+        backbone = MODELS.get(name)
+        if backbone is None or getattr(backbone, "backbone", None) is not None or not backbone.ranks_with_modalities:
+            raise ValueError(f"--models: {name} is not a multimodal backbone that ranks with its modalities; "
+                             f"--study={study} takes backbones, e.g. --models=VBPR,LATTICE,EgoGCN")
+    return [Entry(label.format(B=name), model.format(B=name), dict(overrides))
+            for name in backbones for label, model, overrides in STUDIES[study]]
+
+
 # ----------------------------------------------------------------------------- cells
 def _write_json(record, path):
     """Atomic: a cell file is either complete or absent."""
@@ -94,13 +140,14 @@ def _write_json(record, path):
 
 
 def run_cells(dataset, models, seeds, output, config_files=None, config_dict=None, tuned=None, log=None):
-    """Every (model, seed) result, from the cache where present; returns ``{model: [records]}``.
+    """Every (entry, seed) result, from the cache where present; returns ``{label: [records]}``.
 
-    A cell is cached as ``<model>-seed<seed>-<run key>.json``, the run key being the digest of
-    everything that determines the run (every resolved config key, properties files included,
-    and the dataset files' contents; not runtime flags such as paths or logging). A cell is
-    reused only while its run key is the one the current config and data resolve to; after an
-    edit the cached cell is stale and the run happens again.
+    ``models`` are model names or :class:`Entry` rows. A cell is cached as
+    ``<label>-seed<seed>-<run key>.json``, the run key being the digest of everything that
+    determines the run (every resolved config key, properties files included, and the dataset
+    files' contents; not runtime flags such as paths or logging). A cell is reused only while
+    its run key is the one the current config and data resolve to; after an edit the cached
+    cell is stale and the run happens again.
     """
     from recbole_ckd.config import Config
     from recbole_ckd.quick_start import run
@@ -110,16 +157,16 @@ def run_cells(dataset, models, seeds, output, config_files=None, config_dict=Non
     cell_dir = os.path.join(output, dataset, "cells")
     # every config is built (and so validated) before the first cell runs
     plan = []
-    for model in models:
-        files = list(config_files or []) + ([tuned[model]] if tuned and model in tuned else [])
+    for entry in map(as_entry, models):
+        files = list(config_files or []) + ([tuned[entry.label]] if tuned and entry.label in tuned else [])
         for seed in seeds:
-            settings = {**(config_dict or {}), "seed": seed, "show_progress": False}
-            plan.append((model, seed, files, settings, config_key(Config(model, dataset, files or None, settings))))
+            settings = {**(config_dict or {}), **entry.overrides, "seed": seed, "show_progress": False}
+            plan.append((entry, seed, files, settings, config_key(Config(entry.model, dataset, files or None, settings))))
     cells = {}
-    for done, (model, seed, files, settings, key) in enumerate(plan, start=1):
+    for done, (entry, seed, files, settings, key) in enumerate(plan, start=1):
         key = key[:RUN_KEY_LENGTH]
-        label = f"[{done}/{len(plan)}] {model} seed {seed}"
-        path, record, stale = _find_cell(cell_dir, model, seed, key)
+        label = f"[{done}/{len(plan)}] {entry.label} seed {seed}"
+        path, record, stale = _find_cell(cell_dir, entry.label, seed, key)
         if record is not None:
             log(f"{label}: cached ({path})")
         else:
@@ -127,9 +174,10 @@ def run_cells(dataset, models, seeds, output, config_files=None, config_dict=Non
                 log(f"{label}: {len(stale)} cached cell(s) computed under another config or data "
                     f"(run keys {', '.join(stale)}; now {key}): the properties, the config or the dataset changed")
             log(f"{label}: running ...")
-            record = run(model, dataset, files or None, settings)
-            _write_json(record, os.path.join(cell_dir, f"{model}-seed{seed}-{recorded_run_key(record)}.json"))
-        cells.setdefault(model, []).append(record)
+            record = {**run(entry.model, dataset, files or None, settings), "variant": entry.label,
+                      "overrides": entry.overrides}
+            _write_json(record, os.path.join(cell_dir, f"{entry.label}-seed{seed}-{recorded_run_key(record)}.json"))
+        cells.setdefault(entry.label, []).append(record)
     return cells
 
 
@@ -166,19 +214,20 @@ def summarize(cells, metrics=TABLE_METRICS):
     }
 
 
-def ckd_comparisons(summary, metrics=TABLE_METRICS):
-    """Each ``X_CKD`` against ``X``: relative improvement of the means and the paired test."""
-    from recbole_ckd.model import ckd_backbone_name
+def variant_comparisons(summary, cells, metrics=TABLE_METRICS):
+    """Each variant (``X_CKD``, its ablations, ``X_MDrop``, ...) against its plain backbone ``X``:
+    relative improvement of the means and the paired test across seeds."""
+    from recbole_ckd.model import variant_backbone_name
 
     rows = []
-    for model in summary:
-        backbone = ckd_backbone_name(model)
+    for label in summary:
+        backbone = variant_backbone_name(cells[label][0]["model"])
         if backbone not in summary:
             continue
         for m in metrics:
-            new, old = summary[model][m], summary[backbone][m]
+            new, old = summary[label][m], summary[backbone][m]
             test = paired_t_test(new[2], old[2]) if len(new[2]) == len(old[2]) else None
-            rows.append({"model": model, "backbone": backbone, "metric": m, "ckd": new[0], "base": old[0],
+            rows.append({"model": label, "backbone": backbone, "metric": m, "variant": new[0], "base": old[0],
                          "improvement": relative_improvement(new[0], old[0]),
                          "t": None if test is None else test[0], "p": None if test is None else test[1]})
     return rows
@@ -202,13 +251,13 @@ def method_table(summary, reference=None, metrics=TABLE_METRICS):
 
 
 def comparison_table(rows, n_seeds):
-    lines = ["| CKD model | metric | backbone | CKD | improvement | paired t | p |", "|" + " --- |" * 7]
+    lines = ["| variant | metric | backbone | variant | improvement | paired t | p |", "|" + " --- |" * 7]
     for r in rows:
         improvement = "-" if r["improvement"] is None else f"{100 * r['improvement']:+.2f}%"
         t = "-" if r["t"] is None else f"{r['t']:.2f}"
         p = "-" if r["p"] is None else f"{r['p']:.3g}"
-        lines.append(f"| {r['model']} | {r['metric']} | {r['base']:.4f} | {r['ckd']:.4f} | {improvement} | {t} | {p} |")
-    note = (f"Paired two-sided t-test across the {n_seeds} seeds (same seed, same data, backbone vs its CKD "
+        lines.append(f"| {r['model']} | {r['metric']} | {r['base']:.4f} | {r['variant']:.4f} | {improvement} | {t} | {p} |")
+    note = (f"Paired two-sided t-test across the {n_seeds} seeds (same seed, same data, backbone vs its "
             "variant); with few seeds it has little power, read p together with the spread.")
     return "\n".join(lines) + "\n\n" + note
 
@@ -254,6 +303,59 @@ def plot_modalities(cells, path):
     return path
 
 
+def study_modes(cells):
+    """``{backbone: {method: {mode: mean test Recall@20}}}`` for the study's picture: the plain
+    backbone, its teachers, the CKD student and each balancing baseline, jointly and per "only m"."""
+    from recbole_ckd.model import variant_backbone_name
+
+    groups = {}
+    for label, records in cells.items():
+        model = records[0]["model"]
+        if records[0].get("overrides"):
+            continue  # ablations: the table has them
+        backbone = variant_backbone_name(model) or model
+        for record in records:
+            for mode, result in (record.get("modes") or {}).items():
+                if mode.startswith("backbone "):
+                    continue  # the plain backbone has its own cells
+                method, _, mode_name = mode.rpartition(" ")
+                if method == "teacher":  # "teacher t" ranks with t only
+                    method, mode_name = "teachers", f"only_{mode_name}"
+                else:
+                    method = label
+                values = groups.setdefault(backbone, {}).setdefault(method, {}).setdefault(mode_name, [])
+                values.append(result["test"]["recall@20"])
+    return {b: {method: {mode: sum(v) / len(v) for mode, v in modes.items()} for method, modes in methods.items()}
+            for b, methods in groups.items()}
+
+
+def plot_study_modalities(cells, path):
+    """Grouped bars per backbone: each mode (joint, only m) for every method of :func:`study_modes`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = study_modes(cells)
+    if not groups:
+        return None
+    fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4), squeeze=False)
+    for ax, (backbone, methods) in zip(axes[0], groups.items()):
+        modes = sorted({mode for values in methods.values() for mode in values}, key=lambda m: (m != "joint", m))
+        width = 0.8 / len(methods)
+        for k, (method, values) in enumerate(methods.items()):
+            xs = [i + k * width for i, mode in enumerate(modes) if mode in values]
+            ax.bar(xs, [values[mode] for mode in modes if mode in values], width, label=method)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(modes))], modes)
+        ax.set_title(backbone)
+        ax.set_ylabel("test Recall@20")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_weights(cells, path):
     """Per-epoch mean weight r_m of every CKD model during stage 2 (first seed)."""
     import matplotlib
@@ -283,34 +385,38 @@ def plot_weights(cells, path):
 
 
 # ----------------------------------------------------------------------------- the page
-def write_page(dataset, cells, output, config_files=None, config_dict=None, tuned=None, spaces=None):
-    """Write ``<output>/<dataset>.md`` and ``.csv`` (and the plots); returns the page path."""
+def write_page(dataset, cells, output, config_files=None, config_dict=None, tuned=None, spaces=None, study=None):
+    """Write ``<output>/<dataset>.md`` (``<dataset>-<study>.md`` for a study) and ``.csv`` (and the
+    plots); returns the page path."""
     from recbole_ckd.config import properties_dir, read_yaml
     from recbole_ckd.reports import describe_protocol
 
     summary = summarize(cells)
-    comparisons = ckd_comparisons(summary)
+    comparisons = variant_comparisons(summary, cells)
+    name = f"{dataset}-{study}" if study else dataset
     first = next(iter(cells.values()))[0]
     protocol = first["test_masking"]
     reference = MMREC_REFERENCE.get(dataset) if protocol == "train" else None
     seeds = sorted({r["seed"] for records in cells.values() for r in records})
     os.makedirs(output, exist_ok=True)
 
-    with open(os.path.join(output, f"{dataset}.csv"), "w", newline="") as f:
+    with open(os.path.join(output, f"{name}.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["model", "metric", "mean", "std", "n_seeds", "values"])
         for model, row in summary.items():
             for m, (mean, std, values) in row.items():
                 writer.writerow([model, m, f"{mean:.6f}", f"{std:.6f}", len(values), " ".join(f"{v:.4f}" for v in values)])
 
-    plots = {"modalities": plot_modalities(cells, os.path.join(output, f"{dataset}-modalities.png")),
-             "weights": plot_weights(cells, os.path.join(output, f"{dataset}-weights.png"))}
+    plot = plot_study_modalities if study else plot_modalities
+    plots = {"modalities": plot(cells, os.path.join(output, f"{name}-modalities.png")),
+             "weights": plot_weights(cells, os.path.join(output, f"{name}-weights.png"))}
     stats = _dataset_statistics(first, dataset)
     props = properties_dir()
     protocols = {describe_protocol(_training_protocol(r, dataset, config_files, config_dict))
                  for records in cells.values() for r in records}
-    lines = [f"# {dataset}: leaderboard", "",
-             "Generated by `python run_recbole_ckd.py --leaderboard` (recbole-ckd); every number is the mean ± sample "
+    command = "--leaderboard" + (f" --study={study}" if study else "")
+    lines = [f"# {dataset}: {f'the {study} study' if study else 'leaderboard'}", "",
+             f"Generated by `python run_recbole_ckd.py {command}` (recbole-ckd); every number is the mean ± sample "
              f"standard deviation over seeds {', '.join(map(str, seeds))} of the test result at the best validation epoch.",
              "", "## Experimental setting", "",
              f"- Split: {stats.get('split', 'see the dataset')}",
@@ -324,10 +430,16 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
              "", "## Dataset statistics", "", stats["table"], "", "## Properties used", "",
              "```yaml", _properties_text(props, dataset, cells, config_files, config_dict), "```", "",
              "## Results (test)", "", method_table(summary, reference), ""]
+    variants = {label: records[0] for label, records in cells.items() if records[0].get("overrides")}
+    if variants:
+        lines += ["Variants that are a model with other settings:", "", "| variant | model | settings |", "| --- | --- | --- |"]
+        lines += [f"| {label} | {r['model']} | {', '.join(f'{k}: {v}' for k, v in sorted(r['overrides'].items()))} |"
+                  for label, r in variants.items()]
+        lines.append("")
     if reference:
         lines += [f"Reference columns: {MMREC_REFERENCE['source']}; same protocol, real Amazon features.", ""]
     if comparisons:
-        lines += ["## CKD against its backbone", "", comparison_table(comparisons, len(seeds)), ""]
+        lines += ["## Each variant against its backbone", "", comparison_table(comparisons, len(seeds)), ""]
     if tuned:
         lines += ["## Tuned values", "", "| model | key | tuned | range |", "| --- | --- | --- | --- |"]
         for model, path in tuned.items():
@@ -338,12 +450,14 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
     if plots["modalities"] or plots["weights"]:
         lines += ["## Diagnostics", ""]
         if plots["modalities"]:
-            lines += ["Recall@20 of each teacher, of the plain backbone and of the CKD student, each modality alone "
-                      "and jointly (\"1 + 1 < 2\"):", "", f"![modalities]({os.path.basename(plots['modalities'])})", ""]
+            who = "of the plain backbone, each teacher, the CKD student and each balancing baseline" if study else \
+                "of each teacher, of the plain backbone and of the CKD student"
+            lines += [f"Recall@20 {who}, each modality alone and jointly (\"1 + 1 < 2\"):", "",
+                      f"![modalities]({os.path.basename(plots['modalities'])})", ""]
         if plots["weights"]:
             lines += ["Mean CKD weight r_m per epoch of stage 2 (above 1: the modality the student under-uses):", "",
                       f"![weights]({os.path.basename(plots['weights'])})", ""]
-    page = os.path.join(output, f"{dataset}.md")
+    page = os.path.join(output, f"{name}.md")
     with open(page, "w") as f:
         f.write("\n".join(lines))
     return page
@@ -395,9 +509,13 @@ def _training_protocol(record, dataset, config_files, config_dict):
 
 
 def _properties_text(props, dataset, cells, config_files, config_dict):
+    from recbole_ckd.model import MODELS
+
     parts = [f"# properties/overall.yaml\n{open(os.path.join(props, 'overall.yaml')).read().strip()}"]
+    models = {records[0]["model"] for records in cells.values()}
+    names = {name for model in models for name in (MODELS[model].config_names() if model in MODELS else [model])}
     for path in [os.path.join(props, "dataset", f"{dataset}.yaml")] + sorted(
-        {os.path.join(props, "model", f"{m}.yaml") for m in cells}
+        os.path.join(props, "model", f"{name}.yaml") for name in names
     ):
         if os.path.isfile(path):
             parts.append(f"# {os.path.relpath(path, os.path.dirname(props))}\n{open(path).read().strip()}")
@@ -425,16 +543,19 @@ def tuned_configs(sweeps_dir, dataset, models):
     return tuned, spaces
 
 
-def run_leaderboard(dataset, models, seeds, output="results", config_files=None, cmd_args=(), sweeps_dir=None):
-    """Run (or reuse) every cell and write the page; returns the page path."""
+def run_leaderboard(dataset, models, seeds, output="results", config_files=None, cmd_args=(), sweeps_dir=None,
+                    study=None):
+    """Run (or reuse) every cell and write the page; returns the page path. With ``study``,
+    ``models`` are backbones and every entry of the study runs for each (:func:`study_entries`)."""
     from recbole_ckd.config import Config
 
+    entries = study_entries(study, models) if study else [as_entry(m) for m in models]
     config_dict = {}
     if cmd_args:
-        config_dict = dict(Config(models[0], dataset, config_files, cmd_args=cmd_args).cmd_config_dict)
-    tuned, spaces = tuned_configs(sweeps_dir, dataset, models) if sweeps_dir else ({}, {})
-    cells = run_cells(dataset, models, seeds, output, config_files, config_dict, tuned)
-    page = write_page(dataset, cells, output, config_files, config_dict, tuned, spaces)
+        config_dict = dict(Config(entries[0].model, dataset, config_files, cmd_args=cmd_args).cmd_config_dict)
+    tuned, spaces = tuned_configs(sweeps_dir, dataset, [e.label for e in entries]) if sweeps_dir else ({}, {})
+    cells = run_cells(dataset, entries, seeds, output, config_files, config_dict, tuned)
+    page = write_page(dataset, cells, output, config_files, config_dict, tuned, spaces, study)
     print(f"leaderboard: {page}")
     return page
 

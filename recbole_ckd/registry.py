@@ -11,6 +11,7 @@ from recbole.utils import get_trainer as recbole_get_trainer
 from recbole_ckd import model as plugin_models
 from recbole_ckd.data.dataset import MultimodalDataset
 from recbole_ckd.errors import ConfigError
+from recbole_ckd.model.balancing import balancing_refusal
 from recbole_ckd.model.ckd import ckd_refusal
 from recbole_ckd.trainer import with_safe_checkpoints
 
@@ -21,7 +22,9 @@ def get_model(name):
     backbone = getattr(model_class, "backbone", None)
     if backbone is not None and not backbone.ranks_with_modalities:
         # refuse before any data is read; models that do not declare it are checked when built
-        raise ConfigError(ckd_refusal(backbone.__name__, "any"))
+        if getattr(model_class, "is_ckd_student", False):
+            raise ConfigError(ckd_refusal(backbone.__name__, "any"))
+        raise ConfigError(balancing_refusal(name, backbone.__name__))
     if model_class is not None:
         return model_class
     try:

@@ -39,14 +39,14 @@ def fake_record(model, seed, recall20, modes=None, stats=None):
             "dataset_statistics": {"users": 3, "items": 4, "interactions": 9, "split": {"train": 7, "valid": 1, "test": 1}}}
 
 
-def test_summary_and_ckd_comparison():
+def test_summary_and_variant_comparison():
     cells = {
         "VBPR": [fake_record("VBPR", s, v) for s, v in zip((1, 2, 3), (0.10, 0.12, 0.14))],
         "VBPR_CKD": [fake_record("VBPR_CKD", s, v) for s, v in zip((1, 2, 3), (0.11, 0.14, 0.15))],
     }
     summary = lb.summarize(cells)
     assert summary["VBPR"]["recall@20"][:2] == pytest.approx((0.12, 0.02))
-    (row, *_) = [r for r in lb.ckd_comparisons(summary) if r["metric"] == "recall@20"]
+    (row, *_) = [r for r in lb.variant_comparisons(summary, cells) if r["metric"] == "recall@20"]
     assert row["improvement"] == pytest.approx((0.4 / 3 - 0.12) / 0.12)
     assert row["t"] == pytest.approx(4.0) and row["p"] == pytest.approx(1 - 4 / math.sqrt(18))
     table = lb.method_table(summary, lb.MMREC_REFERENCE["baby"])
@@ -72,7 +72,7 @@ def test_page_and_plots_render(tmp_path):
     text = open(page).read()
     for part in ("Code: not recorded by cells older than that record (2 cells)",
                  "## Experimental setting", "## Dataset statistics", "## Properties used", "## Results (test)",
-                 "## CKD against its backbone", "MMRec public leaderboard", "![modalities](baby-modalities.png)",
+                 "## Each variant against its backbone", "MMRec public leaderboard", "![modalities](baby-modalities.png)",
                  "![weights](baby-weights.png)", "train 7, valid 1, test 1", "kd_weight"):
         assert part in text, part
     for name in ("baby-modalities.png", "baby-weights.png"):

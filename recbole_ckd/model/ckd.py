@@ -40,6 +40,14 @@ def counterfactual_effect(joint_margin, without_margin, only_margin, clamp=(1e-8
     return torch.nan_to_num(ratio, nan=low).clamp(low, high)
 
 
+def teacher_gap(teacher_margin, only_margin, clamp=(1e-8, 10.0)):
+    """``clamp(sigmoid(d_only_m) / sigmoid(d_teacher_m))``, detached: how much of its teacher's
+    preference the student's "only m" mode already holds (the ``teacher_gap`` ablation, which
+    replaces the counterfactual effect by this factual estimate)."""
+    low, high = clamp
+    return (torch.sigmoid(only_margin.detach()) / torch.sigmoid(teacher_margin.detach())).clamp(low, high)
+
+
 def modality_weights(effects):
     """``r_m = M (1/c_m) / sum_k (1/c_k)`` per triple: the larger effect gets the smaller weight.
 
@@ -77,6 +85,9 @@ class CKDStudentMixin:
         self.kd_temperature = config["kd_temperature"]
         self.gd_samples = config["gd_samples"]
         self.cf_clamp = tuple(config["cf_clamp"])
+        # ablation switches (docs/method.md, section 8); the Config refuses both terms off
+        self.use_specific, self.use_generic = config["ckd_specific"], config["ckd_generic"]
+        self.weighting = config["ckd_weighting"]
         self.check_masking_changes_scores()
         train_users = torch.unique(dataset.inter_feat[dataset.uid_field])
         self.register_buffer("_train_users", train_users, persistent=False)
@@ -139,7 +150,7 @@ class CKDStudentMixin:
         users = interaction[self.USER_ID]
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
         batch = len(users)
-        g_users, g_a, g_b = self.generic_triples()
+        g_users, g_a, g_b = self.generic_triples() if self.use_generic else (users[:0], pos[:0], neg[:0])
         # one forward for the BPR triples and the generic triples, every mode at once; the
         # backbone's objective reads its joint part
         step = self.triple_margins(
@@ -149,16 +160,18 @@ class CKDStudentMixin:
         gen_margin = {name: d[batch:] for name, d in step.margins.items()}
         terms = self.objective(interaction, TrainingPass(batch_margin, step.joint, step.memo))
 
-        effects, specific, generic = [], [], []
+        teacher_batch, specific, generic = {}, [], []
         for m in self.modalities:
             t_users, t_items = self.teacher_tables[m]
-            teacher_batch = margins(t_users[users], t_items[pos], t_items[neg])
-            teacher_gen = margins(t_users[g_users], t_items[g_a], t_items[g_b])
+            teacher_batch[m] = margins(t_users[users], t_items[pos], t_items[neg])
             only = batch_margin[f"only_{m}"]
-            specific.append(specific_distillation(teacher_batch, only))
-            generic.append(generic_distillation(teacher_gen, gen_margin[f"only_{m}"], self.kd_temperature))
-            effects.append(counterfactual_effect(batch_margin["joint"], batch_margin[self.without_key(m)], only, self.cf_clamp))
-        weights = modality_weights(torch.stack(effects))  # [M, B], no gradient
+            specific.append(specific_distillation(teacher_batch[m], only) if self.use_specific else torch.zeros_like(only))
+            if self.use_generic:
+                teacher_gen = margins(t_users[g_users], t_items[g_a], t_items[g_b])
+                generic.append(generic_distillation(teacher_gen, gen_margin[f"only_{m}"], self.kd_temperature))
+            else:
+                generic.append(only.new_zeros(()))
+        weights = self.distillation_weights(batch_margin, teacher_batch)  # [M, B], no gradient
         specific, generic = torch.stack(specific), torch.stack(generic)  # [M, B], [M]
         distill = (weights * (specific + self.gd_weight * generic[:, None])).sum(dim=0).mean()
         terms["distill"] = self.kd_weight * distill
@@ -170,6 +183,19 @@ class CKDStudentMixin:
             pieces[f"r_{m}_sum"], pieces[f"r_{m}_sq"] = weights[k].sum(), weights[k].pow(2).sum()
         self.weight_stats.add({**pieces, "triples": batch})
         return loss
+
+    def distillation_weights(self, batch_margin, teacher_margin):
+        """The weights ``r_m`` ``[M, B]`` of ``ckd_weighting``: from the counterfactual effects (the
+        method), from each "only m" mode's gap to its teacher, or all 1 (docs/method.md, section 8)."""
+        joint = batch_margin["joint"]
+        if self.weighting == "uniform":
+            return torch.ones(len(self.modalities), len(joint), device=joint.device)
+        if self.weighting == "teacher_gap":
+            effects = [teacher_gap(teacher_margin[m], batch_margin[f"only_{m}"], self.cf_clamp) for m in self.modalities]
+        else:
+            effects = [counterfactual_effect(joint, batch_margin[self.without_key(m)], batch_margin[f"only_{m}"], self.cf_clamp)
+                       for m in self.modalities]
+        return modality_weights(torch.stack(effects))
 
     def generic_triples(self):
         """G random triples: users with training data (without replacement when G <= their
@@ -191,7 +217,7 @@ class CKDStudentMixin:
         means = self.weight_stats.pop()  # per-step means: ratios of them are ratios of totals
         if not means:
             return result
-        result["specific"], result["generic"] = means["specific"], means["generic"]
+        result["specific"], result["generic"] = means["specific"], means["generic"]  # 0 when ablated
         for m in self.modalities:
             mean = means[f"r_{m}_sum"] / means["triples"]
             var = max(means[f"r_{m}_sq"] / means["triples"] - mean**2, 0.0)

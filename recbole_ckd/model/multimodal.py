@@ -162,6 +162,19 @@ class MultimodalRecommender(GeneralRecommender):
         """Mean of a per-user parameter over all users (row 0 is padding), ``[1, dim]``."""
         return weight[1:].mean(dim=0, keepdim=True)
 
+    def modality_parameters(self):
+        """``{m: [parameters]}``: the parameters that belong to modality ``m`` alone (what OGM-GE
+        modulates). By convention a backbone keeps them in a ``ModuleDict`` / ``ParameterDict``
+        keyed by the modality's name (``projection.v``, ``feature_table.t``, ``branches.v``, ...);
+        a backbone laid out otherwise overrides this. Shared parameters (ID embeddings, fusion
+        weights) belong to no modality."""
+        groups = {m: [] for m in self.modalities}
+        for name, param in self.named_parameters():
+            owners = [m for m in self.modalities if m in name.split(".")]
+            if len(owners) == 1:
+                groups[owners[0]].append(param)
+        return groups
+
     def only(self, name):
         """The masked set of the "only ``name``" mode."""
         return frozenset(self.modalities) - {name}
