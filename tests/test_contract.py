@@ -21,7 +21,17 @@ pytestmark = [pytest.mark.filterwarnings("error::ResourceWarning"),
               pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")]
 
 STUDENT_BACKBONES = [cls.__name__ for cls in BACKBONES if cls.ranks_with_modalities]
-ALL_MODELS = [cls.__name__ for cls in BACKBONES] + [f"{name}_CKD" for name in STUDENT_BACKBONES]
+BASELINES = ("MDrop", "OGMGE")
+ALL_MODELS = [cls.__name__ for cls in BACKBONES] + [
+    f"{name}_{suffix}" for suffix in ("CKD",) + BASELINES for name in STUDENT_BACKBONES
+]
+# the CKD ablation switches (docs/method.md, section 8) and what the reference formula then computes
+ABLATIONS = {
+    "no_specific": ({"ckd_specific": False}, {"specific": False}),
+    "no_generic": ({"ckd_generic": False}, {"generic": False}),
+    "uniform_weights": ({"ckd_weighting": "uniform"}, {"weighting": "uniform"}),
+    "teacher_gap": ({"ckd_weighting": "teacher_gap"}, {"weighting": "teacher_gap"}),
+}
 # settings that change how a backbone uses its features, checked by the masking contract too
 VARIANTS = {
     "MGCN": [{"train_features": False}],
@@ -64,8 +74,9 @@ def loss_and_grads(model, batch):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def reference_distillation(student, batch, triples):
-    """The distillation term from the full tables of every mode (docs/method.md, section 4, two modalities)."""
+def reference_distillation(student, batch, triples, specific=True, generic=True, weighting="counterfactual"):
+    """The distillation term from the full tables of every mode (docs/method.md, sections 4 and
+    8, two modalities), with the ablation switches' terms left out."""
     with torch.no_grad():
         tables = {name: student.forward(masked) for name, masked in student.modes().items()}
     tables.update(student.teacher_tables)
@@ -79,15 +90,20 @@ def reference_distillation(student, batch, triples):
     v, t = student.modalities.index("v"), student.modalities.index("t")
     assert {v, t} == {0, 1}
     d_j = d("joint", u, i, j)
-    c_t = ((d_j - d("only_v", u, i, j)) / d("only_t", u, i, j)).nan_to_num(nan=1e-8).clamp(1e-8, 10)
-    c_v = ((d_j - d("only_t", u, i, j)) / d("only_v", u, i, j)).nan_to_num(nan=1e-8).clamp(1e-8, 10)
-    weight = {"t": 2 * c_v / (c_t + c_v), "v": 2 * c_t / (c_t + c_v)}
+    if weighting == "counterfactual":
+        c_t = ((d_j - d("only_v", u, i, j)) / d("only_t", u, i, j)).nan_to_num(nan=1e-8).clamp(1e-8, 10)
+        c_v = ((d_j - d("only_t", u, i, j)) / d("only_v", u, i, j)).nan_to_num(nan=1e-8).clamp(1e-8, 10)
+    else:  # teacher_gap
+        c_t, c_v = ((torch.sigmoid(d(f"only_{m}", u, i, j)) / torch.sigmoid(d(m, u, i, j))).clamp(1e-8, 10)
+                    for m in ("t", "v"))
+    weight = {"t": 2 * c_v / (c_t + c_v), "v": 2 * c_t / (c_t + c_v)} if weighting != "uniform" else {"t": 1, "v": 1}
     tau, total = student.kd_temperature, 0.0
     for m in ("v", "t"):
-        specific = torch.relu(d(m, u, i, j) - d(f"only_{m}", u, i, j))
-        p_t, p_s = torch.sigmoid(d(m, gu, ga, gb) / tau), torch.sigmoid(d(f"only_{m}", gu, ga, gb) / tau)
-        generic = -(p_t * torch.log(p_s + 1e-8) + (1 - p_t) * torch.log(1 - p_s + 1e-8)).mean()
-        total = total + weight[m] * (specific + student.gd_weight * generic)
+        term = torch.relu(d(m, u, i, j) - d(f"only_{m}", u, i, j)) if specific else torch.zeros_like(d_j)
+        if generic:
+            p_t, p_s = torch.sigmoid(d(m, gu, ga, gb) / tau), torch.sigmoid(d(f"only_{m}", gu, ga, gb) / tau)
+            term = term + student.gd_weight * -(p_t * torch.log(p_s + 1e-8) + (1 - p_t) * torch.log(1 - p_s + 1e-8)).mean()
+        total = total + weight[m] * term
     return total.mean()
 
 
@@ -118,6 +134,82 @@ def test_student_adds_exactly_kd_weight_times_the_distillation(tiny_dataset, tmp
     assert backbone_terms <= set(student.last_loss_terms)
     for name in backbone_terms:
         torch.testing.assert_close(student.last_loss_terms[name], plain.last_loss_terms[name], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("backbone", STUDENT_BACKBONES)
+def test_each_ablation_switch_changes_exactly_its_term(tiny_dataset, tmp_path, backbone):
+    """The student's loss minus the backbone's is kd_weight times the reference distillation
+    with that switch's piece left out; every backbone term stays as it is."""
+    for name, (switch, reference) in ABLATIONS.items():
+        plain, students, batch = build_pair(tiny_dataset["root"], tmp_path / name, backbone, **switch)
+        student = students[0.5]
+        triples = student.generic_triples()
+        student.generic_triples = lambda: triples
+        plain_loss = plain.calculate_loss(batch).detach()
+        student_loss = student.calculate_loss(batch).detach()
+        expected = 0.5 * reference_distillation(student, batch, triples, **reference)
+        torch.testing.assert_close(student_loss - plain_loss, expected, rtol=1e-4, atol=1e-6, msg=name)
+        for term in set(plain.last_loss_terms) - {"loss"}:
+            torch.testing.assert_close(student.last_loss_terms[term], plain.last_loss_terms[term], rtol=1e-5, atol=1e-7)
+
+
+def build_baseline_pair(root, tmp_path, backbone, suffix, **extra):
+    """A plain backbone and its balancing baseline in the same state, and one training batch."""
+    settings = {**FAST, "data_path": root, "checkpoint_dir": str(tmp_path / "saved"), **extra}
+    config = Config(backbone, "tiny", config_dict=settings)
+    train, _, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)
+    plain = MODELS[backbone](config, train.dataset)
+    baseline = MODELS[f"{backbone}_{suffix}"](Config(f"{backbone}_{suffix}", "tiny", config_dict=settings), train.dataset)
+    baseline.load_state_dict(plain.state_dict())
+    return plain.train(), baseline.train(), next(iter(train))
+
+
+@pytest.mark.parametrize("backbone", STUDENT_BACKBONES)
+@pytest.mark.parametrize("suffix, off", [("MDrop", {"mdrop_prob": 0.0}), ("OGMGE", {"ogm_alpha": 0.0, "ogm_noise": False})])
+def test_a_baseline_switched_off_is_its_backbone(tiny_dataset, tmp_path, backbone, suffix, off):
+    """Modality dropout with probability 0 and OGM with alpha 0 (k = 1) and no noise train
+    exactly what the backbone trains: the same loss terms and the same gradients."""
+    plain, baseline, batch = build_baseline_pair(tiny_dataset["root"], tmp_path, backbone, suffix, **off)
+    plain_loss, plain_grads = loss_and_grads(plain, batch)
+    baseline_loss, baseline_grads = loss_and_grads(baseline, batch)
+    torch.testing.assert_close(baseline_loss, plain_loss, rtol=1e-6, atol=0)
+    assert baseline_grads.keys() == plain_grads.keys()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(baseline_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert set(plain.last_loss_terms) <= set(baseline.last_loss_terms)
+
+
+@pytest.mark.parametrize("backbone", STUDENT_BACKBONES)
+def test_modality_parameters_are_disjoint_and_drive_their_modality(tiny_dataset, tmp_path, backbone):
+    """What OGM-GE modulates: every modality owns some parameters, none is owned twice, and
+    moving modality m's parameters changes the "only m" scores or, where they serve only an
+    auxiliary term (FREEDOM ranks through a graph fixed from the raw features), the loss."""
+    model, train = build(backbone, tiny_dataset["root"], tmp_path)
+    batch = next(iter(train))
+    groups = model.modality_parameters()
+    assert set(groups) == set(model.modalities) and all(groups.values())
+    owned = [id(p) for params in groups.values() for p in params]
+    assert len(owned) == len(set(owned))
+
+    def outputs(m):
+        model.eval()
+        with torch.no_grad():
+            only_scores = scores(model, model.only(m))
+            torch.manual_seed(3)
+            return only_scores, model.train().calculate_loss(batch)
+
+    for m, params in groups.items():
+        before = outputs(m)
+        saved = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.randn_like(p))
+        after = outputs(m)
+        assert not (torch.allclose(after[0], before[0], atol=1e-4) and torch.allclose(after[1], before[1])), m
+        with torch.no_grad():
+            for p, value in zip(params, saved):
+                p.copy_(value)
 
 
 # ----------------------------------------------------------------------------- representations
