@@ -158,7 +158,8 @@ def run_cells(dataset, models, seeds, output, config_files=None, config_dict=Non
     # every config is built (and so validated) before the first cell runs
     plan = []
     for entry in map(as_entry, models):
-        files = list(config_files or []) + ([tuned[entry.label]] if tuned and entry.label in tuned else [])
+        # a model's tuned configuration serves every entry of that model (CKD's ablations too)
+        files = list(config_files or []) + ([tuned[entry.model]] if tuned and entry.model in tuned else [])
         for seed in seeds:
             settings = {**(config_dict or {}), **entry.overrides, "seed": seed, "show_progress": False}
             plan.append((entry, seed, files, settings, config_key(Config(entry.model, dataset, files or None, settings))))
@@ -553,7 +554,7 @@ def run_leaderboard(dataset, models, seeds, output="results", config_files=None,
     config_dict = {}
     if cmd_args:
         config_dict = dict(Config(entries[0].model, dataset, config_files, cmd_args=cmd_args).cmd_config_dict)
-    tuned, spaces = tuned_configs(sweeps_dir, dataset, [e.label for e in entries]) if sweeps_dir else ({}, {})
+    tuned, spaces = tuned_configs(sweeps_dir, dataset, sorted({e.model for e in entries})) if sweeps_dir else ({}, {})
     cells = run_cells(dataset, entries, seeds, output, config_files, config_dict, tuned)
     page = write_page(dataset, cells, output, config_files, config_dict, tuned, spaces, study)
     print(f"leaderboard: {page}")
