@@ -147,7 +147,7 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tiny_dataset, tmp_pat
 # ----------------------------------------------------------------------------- interruption and resume state
 class _FakeResult:
     def __init__(self, config, metrics):
-        self.config, self.metrics, self.error, self.log_dir = config, metrics, None, None
+        self.config, self.metrics, self.error, self.path = config, metrics, None, None
 
 
 class _Grid(list):
@@ -280,14 +280,14 @@ def test_a_resumed_trial_reports_the_best_of_all_its_epochs(monkeypatch):
     """After a resume the trial sees only the epochs after the interruption; its result is the
     trainer's best over every epoch, restored from its checkpoint."""
     import ray
-    from ray.air import session
 
     import recbole_ckd.quick_start as qs
+    from recbole_ckd import compat
     from recbole_ckd.tune import trial
 
     reports = []
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
-    monkeypatch.setattr(session, "report", reports.append)
+    monkeypatch.setattr(compat, "ray_tune_api", lambda: compat.TuneAPI(reports.append, None, None))
 
     def resumed_run(model, dataset, files, config_dict, callback_fn, evaluate_test):
         callback_fn(7, 0.20)  # epochs 7 and 8, after the resume: worse than epoch 3's 0.35
