@@ -31,7 +31,7 @@ setup(
         "numpy>=1.26,<2",
         "pandas>=2.2",
         "pyarrow<26",
-        "setuptools<81",
+        "setuptools<80.9",  # ray 2.6.3 imports pkg_resources; 80.9 made its deprecation a UserWarning
         "scipy>=1.10",
         "torch>=1.13",
         "pyyaml",

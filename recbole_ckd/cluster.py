@@ -32,7 +32,9 @@ def ray_session(address, flag):
     try:
         ray.init(address=address, include_dashboard=False, ignore_reinit_error=True,
                  **({} if address else {"num_cpus": os.cpu_count()}))
-    except (ConnectionError, getattr(ray.exceptions, "AuthenticationError", ConnectionError)) as err:
+    except Exception as err:
+        if not address:  # a local Ray that would not start: not the user's address
+            raise
         raise UserError(
             f"--ray_address={address}: no Ray cluster could be joined ({' '.join(str(err).split())[:200]}). Start one "
             "with 'ray start --head'; a cluster of Ray >= 2.59 uses token authentication, so on this machine set "

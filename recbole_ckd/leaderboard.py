@@ -218,9 +218,10 @@ def _run_on_ray(dataset, cells, finished, log, ray_address, cpus, gpus):
             cell = pending.pop(ref)
             try:
                 record = ray.get(ref)
-            except ray.exceptions.RayTaskError as err:
-                error = error or getattr(err, "cause", None) or err
-                log(f"[{done}/{len(cells)} to run] {cell.name()}: failed ({' '.join(str(error).split())[:200]})")
+            except ray.exceptions.RayError as err:  # the run's own error, or its worker died
+                cause = getattr(err, "cause", None) or err
+                error = error or cause
+                log(f"[{done}/{len(cells)} to run] {cell.name()}: failed ({' '.join(str(cause).split())[:200]})")
                 continue
             finished(cell, record)
             log(f"[{done}/{len(cells)} to run] {cell.name()}: done (valid {record['valid_metric']} "

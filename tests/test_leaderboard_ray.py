@@ -110,3 +110,21 @@ def test_a_leaderboard_on_ray_without_ray_is_one_line_saying_how_to_install_it(t
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and err[-1].startswith("error: --leaderboard runs with Ray")
     assert 'pip install "ray[tune]"' in err[-1]
+
+
+def test_a_cluster_that_cannot_be_joined_is_one_line_saying_what_to_set(tiny_dataset, tmp_path, monkeypatch, capsys):
+    import ray
+
+    def refused(**kwargs):  # what a cluster with token authentication answers a client without its token
+        raise ConnectionError("InvalidAuthToken: the token is missing")
+
+    monkeypatch.setattr(ray, "init", refused)
+    with pytest.raises(SystemExit) as exit_info:
+        run_recbole_ckd.main(["--leaderboard", "--dataset=tiny", "--models=BPR", "--seeds=1,",
+                              f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}",
+                              f"--output={tmp_path / 'res'}", "--ray_address=head.invalid:6379"] +
+                             [f"--{k}={v}" for k, v in FAST.items()])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[-1].startswith("error: --ray_address=head.invalid:6379: no Ray cluster")
+    assert "InvalidAuthToken" in err[-1] and "RAY_AUTH_MODE=token" in err[-1] and "--ray_address=auto" in err[-1]
+    assert not (tmp_path / "res").exists()
