@@ -1,8 +1,8 @@
 """Every patch that RecBole 1.2.1 needs against today's packages, in one place.
 
 Each patch is guarded: it only acts where the installed package lacks what RecBole expects,
-so on the pinned stack (numpy 1.26, scipy < 1.13, torch < 2.6, pandas < 3) it is a no-op. The one
-switch that is not about RecBole, the Ray Tune API of the installed Ray, is here too.
+so on the stack RecBole was written for (numpy 1.26, scipy < 1.13, torch < 2.6, pandas 2) it is a
+no-op. The one switch that is not about RecBole, the Ray Tune API of the installed Ray, is here too.
 
 | trigger | what breaks in RecBole 1.2.1 | what this module does |
 | --- | --- | --- |
@@ -15,7 +15,7 @@ switch that is not about RecBole, the Ray Tune API of the installed Ray, is here
 | pandas >= 2.2, torch >= 2.4 | every run prints FutureWarnings from RecBole's own code (chained ``fillna(inplace=True)``, ``torch.cuda.amp.GradScaler``) that its users cannot act on | those FutureWarnings, raised in RecBole's modules only, are not shown |
 | pandas >= 3 | every run prints ``Pandas4Warning`` (RecBole's ``reset_index(inplace=True)``) and torch's "NumPy array is not writable" ``UserWarning`` (RecBole turns each read-only column into a tensor, then drops the DataFrame) | those two, raised in RecBole's modules only, are not shown |
 | numpy >= 2 | ``Interaction.sort`` sorts a tensor with ``np.argsort``: a ``__array_wrap__`` ``DeprecationWarning`` per sort | :func:`_interaction_sort`: the same stable sort with ``torch.argsort`` |
-| Ray (not RecBole) >= 2.4x, newest 2.60 | ``ray.air.session.report`` and ``ray.air.RunConfig`` are deprecated ("will be an error"); ``ray.tune`` has ``report``, ``RunConfig`` and ``FailureConfig`` | :func:`ray_tune_api`: ``ray.tune``'s where it has ``RunConfig``, ``ray.air``'s on the pinned 2.6.3 |
+| Ray with ``ray.tune.RunConfig`` (the newest, 2.60; not RecBole's doing) | ``ray.air.session.report`` and ``ray.air.RunConfig`` are deprecated ("will be an error"); ``ray.tune`` has ``report``, ``RunConfig`` and ``FailureConfig`` | :func:`ray_tune_api`: ``ray.tune``'s where it has ``RunConfig``, ``ray.air``'s on the pinned 2.6.3 |
 """
 
 import logging
