@@ -14,6 +14,7 @@ import csv
 import hashlib
 import hmac
 import json
+import logging
 import math
 import os
 import tempfile
@@ -412,6 +413,9 @@ def _fit(base, params, search, num_samples, early_stopping, cpus_per_trial, gpus
     from recbole_ckd.compat import ray_tune_api
 
     api = ray_tune_api()
+    # a trial stopped before its first validation has no result files; the newest Ray warns of each
+    # one when it restores (or ends) the sweep, and the trial table already marks it unfinished
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     path = os.path.join(output, name)
     metric, mode = "valid_score", "max" if base["bigger"] else "min"
     trainable = tune.with_resources(tune.with_parameters(trial, base=base),
