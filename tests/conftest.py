@@ -111,6 +111,7 @@ def pytest_configure(config):
     for line in (
         "ignore::FutureWarning:recbole.*",
         "ignore::DeprecationWarning:recbole.*",  # pandas 3's Pandas4Warning for RecBole's inplace=True
+        "ignore:The given NumPy array is not writable:UserWarning",  # pandas 3: RecBole's read-only columns
         "ignore:torch.sparse.SparseTensor:UserWarning",
         "ignore:Sparse invariant checks:UserWarning",
         "ignore:Sparse CSR tensor support is in beta:UserWarning",
