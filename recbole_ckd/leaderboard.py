@@ -173,6 +173,9 @@ def run_plan(dataset, plan, output, log=None, ray_address=None, cpus_per_cell=No
         else:
             from recbole_ckd.quick_start import run
 
+            if missing and (cpus_per_cell or gpus_per_cell):
+                log(f"one cell at a time, in this process: this machine has room for fewer than two cells of "
+                    f"{cpus_per_cell or 1:g} CPU(s) and {gpus_per_cell or 0:g} GPU(s) ({os.cpu_count()} CPUs)")
             for k, cell in enumerate(missing, start=1):
                 log(f"[{k}/{len(missing)} to run] {cell.name()}: running ...")
                 finished(cell, run(cell.model, dataset, list(cell.files) or None, cell.settings))
