@@ -26,16 +26,18 @@ def build_parser():
     parser.add_argument("--dataset", help="dataset name (shipped: ml-100k-mm; MMRec: baby, sports, clothing)")
     parser.add_argument("--config_files", help="YAML config files, separated by commas or spaces")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
-    sweep = parser.add_argument_group("sweeps (Ray Tune)")
+    sweep = parser.add_argument_group("sweeps (Ray Tune) and parallel leaderboards (Ray tasks)")
     sweep.add_argument("--hyper", metavar="FILE", help="search the space in FILE (RecBole's hyper.test syntax)")
     sweep.add_argument("--num_samples", type=int, default=4, help="trials to sample (per grid point with --search=grid)")
     sweep.add_argument("--search", default="random", help="random, grid, optuna or hyperopt (the last two if installed)")
     sweep.add_argument("--scheduler", default="none", choices=["none", "asha"], help="early stopping of bad trials")
-    sweep.add_argument("--cpus_per_trial", type=float, default=1.0)
-    sweep.add_argument("--gpus_per_trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5")
+    sweep.add_argument("--cpus_per_trial", type=float, help="CPUs of a trial or leaderboard cell (default 1)")
+    sweep.add_argument("--gpus_per_trial", type=float, help="GPUs of a trial or leaderboard cell (default 0); "
+                       "fractions allowed, e.g. 0.5")
     sweep.add_argument("--output", help="output folder: sweeps/ for --hyper, results/ for --leaderboard; rerun "
                        "with the same one to resume")
-    sweep.add_argument("--ray_address", help="an existing Ray cluster (e.g. ray://host:10001 or auto)")
+    sweep.add_argument("--ray_address", help="run on an existing Ray cluster (auto: the one this node is in, or "
+                       "host:port); a leaderboard then runs its cells as Ray tasks")
     board = parser.add_argument_group("leaderboards")
     board.add_argument("--leaderboard", action="store_true", help="run --models over --seeds, write results/<dataset>.md")
     board.add_argument("--models", help="comma-separated models for --leaderboard, e.g. BPR,LightGCN,VBPR,VBPR_CKD")
@@ -76,8 +78,8 @@ def download(args, overrides):
 
 # the commands each flag belongs to (None: a training run); given to another it would be ignored
 FLAG_COMMANDS = {
-    **dict.fromkeys(("--num_samples", "--search", "--scheduler", "--cpus_per_trial", "--gpus_per_trial",
-                     "--ray_address"), ("--hyper",)),
+    **dict.fromkeys(("--num_samples", "--search", "--scheduler"), ("--hyper",)),
+    **dict.fromkeys(("--cpus_per_trial", "--gpus_per_trial", "--ray_address"), ("--hyper", "--leaderboard")),
     **dict.fromkeys(("--models", "--seeds", "--sweeps", "--study"), ("--leaderboard",)),
     **dict.fromkeys(("--url", "--sha256", "--force"), ("--download",)),
     "--output": ("--hyper", "--leaderboard"),
@@ -161,7 +163,9 @@ def dispatch(argv):
         except ValueError as error:
             parser.error(str(error))
         return run_leaderboard(args.dataset, models, seeds, args.output or "results",
-                               split_config_files(args.config_files), rest, args.sweeps, args.study)
+                               split_config_files(args.config_files), rest, args.sweeps, args.study,
+                               ray_address=args.ray_address, cpus_per_cell=args.cpus_per_trial,
+                               gpus_per_cell=args.gpus_per_trial)
     if not args.model or not args.dataset:
         parser.error("--model and --dataset are required to train (or use --download / --generate)")
 
@@ -171,7 +175,8 @@ def dispatch(argv):
         return run_sweep(
             args.model, args.dataset, args.hyper, split_config_files(args.config_files), rest,
             num_samples=args.num_samples, search=args.search, scheduler=args.scheduler,
-            cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, output=args.output or "sweeps",
+            cpus_per_trial=1.0 if args.cpus_per_trial is None else args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial or 0.0, output=args.output or "sweeps",
             ray_address=args.ray_address,
         )
     from recbole_ckd.quick_start import run

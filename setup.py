@@ -21,15 +21,17 @@ setup(
         "recbole_ckd": ["datasets/*/*"],
     },
     py_modules=["run_recbole_ckd"],
-    # The pinned stack that resolves on Python 3.11 (DESIGN section 5). torch is not pinned:
-    # install the build that fits your machine first (CPU or CUDA).
+    # The pinned stack that resolves on Python 3.11 (DESIGN section 5), pandas 3 included. torch is
+    # not pinned: install the build that fits your machine first (CPU or CUDA). The modern stack
+    # (numpy 2, the newest Ray; any Python >= 3.11) is requirements-modern.txt, installed beside
+    # RecBole and this project with --no-deps, because RecBole 1.2.1's metadata caps Ray at 2.6.3.
     install_requires=[
         "recbole==1.2.1",
         "ray[tune]==2.6.3",
         "numpy>=1.26,<2",
-        "pandas>=2.2,<3",
+        "pandas>=2.2",
         "pyarrow<26",
-        "setuptools<81",
+        "setuptools<80.9",  # ray 2.6.3 imports pkg_resources; 80.9 made its deprecation a UserWarning
         "scipy>=1.10",
         "torch>=1.13",
         "pyyaml",

@@ -82,6 +82,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     if hasattr(trainer, "epoch_stats"):
         result["epoch_stats"] = trainer.epoch_stats
         result["checkpoints"] = trainer.checkpoint_dirs()
+    if hasattr(trainer, "teacher_origins"):
+        result["teachers"] = dict(trainer.teacher_origins)
     if evaluate_test and hasattr(trainer, "mode_results"):  # each modality alone; CKD: and each teacher
         result["modes"] = trainer.mode_results(valid_data, test_data, load_best_model=saved)
     return result

@@ -215,6 +215,7 @@ class CKDTrainer(ResumableTrainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.teacher_trainers = {}
+        self.teacher_origins = {}  # modality -> "trained" (started by this run) or "cached" (found in its folder)
         self.backbone_trainer = None
 
     def teacher_config(self, modality):
@@ -238,7 +239,8 @@ class CKDTrainer(ResumableTrainer):
         seed_stage(config["seed"], train_data)  # the same teacher whatever ran before
         teacher = self.model.backbone(config, train_data.dataset).to(config["device"])
         trainer = ResumableTrainer(config, teacher, run_dir=run_dir)  # retrains an unreadable cache itself
-        if os.path.isfile(trainer.last_file):
+        self.teacher_origins[modality] = "cached" if os.path.isfile(trainer.last_file) else "trained"
+        if self.teacher_origins[modality] == "cached":
             self.logger.info(set_color(f"Teacher '{modality}': cache {run_dir}", "green"))
         else:
             self.logger.info(set_color(f"Teacher '{modality}': training ({run_dir})", "green"))

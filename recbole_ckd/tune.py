@@ -14,14 +14,15 @@ import csv
 import hashlib
 import hmac
 import json
+import logging
 import math
 import os
-import signal
 import tempfile
 from dataclasses import dataclass
 
 import yaml
 
+from recbole_ckd.cluster import ray_session, require_ray, sigterm_as_sigint
 from recbole_ckd.errors import Interrupted, UserError
 from recbole_ckd.run_keys import CKD_KEYS, file_digest
 
@@ -163,15 +164,12 @@ def make_searcher(algorithm, metric, mode):
 # ----------------------------------------------------------------------------- the trial
 def trial(params, base):
     """One sweep trial, inside a Ray worker: an ordinary run reporting validation only."""
-    import ray
-    from ray.air import session
-
+    from recbole_ckd import compat
+    from recbole_ckd.cluster import assigned_devices
     from recbole_ckd.quick_start import run
 
-    gpus = ray.get_gpu_ids()
-    # the GPU Ray assigned: RecBole's Config writes gpu_id into CUDA_VISIBLE_DEVICES
-    config_dict = {**base["config_dict"], **params, "gpu_id": ",".join(str(int(g)) for g in gpus),
-                   "use_gpu": bool(gpus), "show_progress": False}
+    report_metrics = compat.ray_tune_api().report
+    config_dict = {**base["config_dict"], **params, **assigned_devices(), "show_progress": False}
     bigger = base["bigger"]
     best = {"score": None, "epoch": None, "last": 0}
 
@@ -179,7 +177,7 @@ def trial(params, base):
         if best["score"] is None or (valid_score > best["score"] if bigger else valid_score < best["score"]):
             best.update(score=valid_score, epoch=epoch)
         best["last"] = epoch + 1
-        session.report({"valid_score": valid_score, "best_valid_score": best["score"], "best_epoch": best["epoch"],
+        report_metrics({"valid_score": valid_score, "best_valid_score": best["score"], "best_epoch": best["epoch"],
                         "epoch": epoch + 1})
 
     result = run(base["model"], base["dataset"], base["config_files"], config_dict, callback_fn=report,
@@ -187,7 +185,7 @@ def trial(params, base):
     if result["best_valid_score"] != best["score"]:
         # the trial resumed and its best validation came before the interruption (or it had finished):
         # the trainer's best, restored from its checkpoint, is the trial's result
-        session.report({"valid_score": result["best_valid_score"], "best_valid_score": result["best_valid_score"],
+        report_metrics({"valid_score": result["best_valid_score"], "best_valid_score": result["best_valid_score"],
                         "best_epoch": None, "epoch": best["last"]})
 
 
@@ -236,7 +234,7 @@ def _collect(results):
         status = "ERROR" if error else "done" if metrics.get("done") else "unfinished"
         trials.append({
             "trial_id": metrics.get("trial_id") or getattr(ray_trial, "trial_id", None)
-            or os.path.basename(str(result.log_dir or "")),
+            or os.path.basename(str(result.path or "")),
             "params": dict(result.config or getattr(ray_trial, "config", None) or {}),
             "best_valid_score": metrics.get("best_valid_score"),
             "best_epoch": None if metrics.get("best_epoch") is None else int(metrics["best_epoch"]),
@@ -322,23 +320,6 @@ def check_sweep_signature(path):
                               f"{' ...' if len(changed) > 3 else ''}); it is not resumed; {fix}.")
 
 
-@contextlib.contextmanager
-def sigterm_as_sigint():
-    """SIGTERM (a scheduler's stop, ``kill``) handled like Ctrl-C: Ray saves the sweep's state."""
-    def forward(signum, frame):
-        os.kill(os.getpid(), signal.SIGINT)
-
-    try:
-        previous = signal.signal(signal.SIGTERM, forward)
-    except ValueError:  # not the main thread: nothing to install
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_samples=4, search="random",
               scheduler="none", cpus_per_trial=1.0, gpus_per_trial=0.0, output="sweeps", ray_address=None,
               max_epochs_asha=None, verbose=1):
@@ -349,11 +330,7 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
     params = parse_hyper_file(hyper_file)
     if search not in SEARCH_ALGORITHMS:
         raise HyperFileError(f"--search={search}: unknown search algorithm; use one of {', '.join(SEARCH_ALGORITHMS)}")
-    try:
-        from ray import tune
-    except ModuleNotFoundError:
-        raise UserError("--hyper runs its trials with Ray Tune, which is not installed: pip install \"ray[tune]\" "
-                        "(this project's pinned stack: pip install -e ., which includes ray[tune]==2.6.3).") from None
+    tune = require_ray("--hyper", tune=True).tune
     output = os.path.abspath(output)
     name = f"{model}-{dataset}"
     path = os.path.join(output, name)
@@ -431,16 +408,19 @@ def _fit(base, params, search, num_samples, early_stopping, cpus_per_trial, gpus
          ray_address, verbose):
     """Ray Tune's results of the trials (a new sweep, or the saved one resumed); the folder is signed
     once Ray has stopped writing it."""
-    import ray
-    from ray import air, tune
+    from ray import tune
 
+    from recbole_ckd.compat import ray_tune_api
+
+    api = ray_tune_api()
+    # a trial stopped before its first validation has no result files; the newest Ray warns of each
+    # one when it restores (or ends) the sweep, and the trial table already marks it unfinished
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     path = os.path.join(output, name)
     metric, mode = "valid_score", "max" if base["bigger"] else "min"
     trainable = tune.with_resources(tune.with_parameters(trial, base=base),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-    ray.init(address=ray_address, include_dashboard=False, ignore_reinit_error=True,
-             **({} if ray_address else {"num_cpus": os.cpu_count()}))
-    try:
+    with ray_session(ray_address, "--hyper"):
         if resume:
             print(f"Resuming the sweep in {path}", flush=True)
             tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
@@ -450,16 +430,15 @@ def _fit(base, params, search, num_samples, early_stopping, cpus_per_trial, gpus
                 param_space=search_space(params, search),
                 tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=num_samples,
                                             search_alg=make_searcher(search, metric, mode), scheduler=early_stopping),
-                run_config=air.RunConfig(name=name, storage_path=output, verbose=verbose,
-                                         failure_config=air.FailureConfig(max_failures=0, fail_fast=False)),
+                run_config=api.RunConfig(name=name, storage_path=output, verbose=verbose,
+                                         failure_config=api.FailureConfig(max_failures=0, fail_fast=False)),
             )
-        with sigterm_as_sigint():  # Ray stops on SIGINT, saving the state of every trial
-            results = tuner.fit()
-    except KeyboardInterrupt:  # a second Ctrl-C: Ray skipped its last save
-        raise Interrupted(f"the sweep was stopped before Ray saved its state, so {path} cannot be resumed; delete it "
-                          "and run the command again (finished teachers and trial checkpoints are reused).") from None
-    finally:
-        ray.shutdown()
+        try:
+            with sigterm_as_sigint():  # Ray stops on SIGINT, saving the state of every trial
+                results = tuner.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C: Ray skipped its last save
+            raise Interrupted(f"the sweep was stopped before Ray saved its state, so {path} cannot be resumed; delete "
+                              "it and run the command again (finished teachers and trial checkpoints are reused).") from None
     sign_sweep(path)  # once Ray has stopped writing: the state this sweep leaves may be resumed
     return results
 

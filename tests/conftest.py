@@ -110,6 +110,8 @@ def pytest_configure(config):
     # RecBole 1.2.1's own deprecation noise (pandas chained fillna, torch.sparse, GradScaler)
     for line in (
         "ignore::FutureWarning:recbole.*",
+        "ignore::DeprecationWarning:recbole.*",  # pandas 3's Pandas4Warning for RecBole's inplace=True
+        "ignore:The given NumPy array is not writable:UserWarning",  # pandas 3: RecBole's read-only columns
         "ignore:torch.sparse.SparseTensor:UserWarning",
         "ignore:Sparse invariant checks:UserWarning",
         "ignore:Sparse CSR tensor support is in beta:UserWarning",

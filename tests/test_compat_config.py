@@ -27,6 +27,40 @@ def test_numpy_aliases_are_restored_when_missing(monkeypatch):
     assert np.float_ is np.float64 and np.unicode_ is np.str_
 
 
+def test_recbole_nan_filling_fills_under_every_pandas():
+    """RecBole's _fill_nan fills a copy under pandas 3 (copy-on-write); the patched one fills the data."""
+    import types
+
+    import pandas as pd
+    from recbole.data.dataset import Dataset
+    from recbole.utils import FeatureType
+
+    feat = pd.DataFrame({"user": [1.0, np.nan, 3.0], "price": [1.0, np.nan, 3.0]})
+    dataset = types.SimpleNamespace(feat_name_list=["inter_feat"], inter_feat=feat,
+                                    field2type={"user": FeatureType.TOKEN, "price": FeatureType.FLOAT})
+    compat._fill_nan(dataset)
+    assert feat["user"].tolist() == [1.0, 0.0, 3.0] and feat["price"].tolist() == [1.0, 2.0, 3.0]
+    if int(pd.__version__.split(".")[0]) >= 3:
+        assert Dataset._fill_nan is compat._fill_nan
+
+
+def test_interaction_sort_is_stable_with_the_last_key_first():
+    from recbole.data.interaction import Interaction
+
+    inter = Interaction({"a": torch.tensor([2, 1, 2, 1, 2]), "b": torch.tensor([5, 7, 5, 6, 9]),
+                         "row": torch.arange(5)})
+    compat._interaction_sort(inter, ["a", "b"], [True, False])  # a ascending, ties by b descending
+    # a descending key is the stable ascending order reversed, as RecBole meant (its own code fails
+    # there on today's torch: a tensor from a negative-stride array), so rows 0 and 2 (tied) swap
+    assert inter["row"].tolist() == [1, 3, 4, 2, 0]
+    compat._interaction_sort(inter, "row")
+    assert inter["row"].tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="is not exist"):
+        compat._interaction_sort(inter, "missing")
+    if int(np.__version__.split(".")[0]) >= 2:  # np.argsort of a tensor is deprecated there
+        assert Interaction.sort is compat._interaction_sort
+
+
 def test_future_warnings_from_recbole_are_hidden_and_others_are_not():
     import warnings
 
