@@ -461,7 +461,7 @@ def plot_study_modalities(cells, path):
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(modes))], modes)
         ax.set_title(backbone)
         ax.set_ylabel("test Recall@20")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
