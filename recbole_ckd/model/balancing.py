@@ -29,7 +29,9 @@ def balancing_refusal(variant, backbone):
 
 
 class BalancingMixin:
-    """What both baselines share: two or more modalities, all of them active, epoch statistics."""
+    """What every method that balances a backbone's modalities shares (the two baselines here
+    and the CKD student): two or more modalities, all of them active, its own properties file
+    after the backbone's, epoch statistics of its own."""
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -9,6 +9,7 @@ backbone carries a copy of the CKD code. The method is described in ``docs/metho
 import torch
 import torch.nn.functional as F
 
+from recbole_ckd.model.balancing import BalancingMixin
 from recbole_ckd.model.multimodal import EpochStats, TrainingPass
 from recbole_ckd.model.multimodal import margin as margins
 
@@ -67,19 +68,13 @@ def ckd_refusal(backbone, modality):
 
 
 # ----------------------------------------------------------------------------- the student
-class CKDStudentMixin:
+class CKDStudentMixin(BalancingMixin):
     """Turns a backbone into a CKD student; the backbone's own forward is untouched."""
 
     is_ckd_student = True
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        if len(self.modalities) < 2:
-            raise ValueError(
-                f"{type(self).__name__} needs at least two modalities to balance; the dataset has {list(self.modalities)}."
-            )
-        if self.default_masked:
-            raise ValueError(f"{type(self).__name__} is a student over all modalities; do not set active_modalities.")
         self.kd_weight = config["kd_weight"]
         self.gd_weight = config["gd_weight"]
         self.kd_temperature = config["kd_temperature"]
@@ -93,10 +88,6 @@ class CKDStudentMixin:
         self.register_buffer("_train_users", train_users, persistent=False)
         self.teacher_tables = {}
         self.weight_stats = EpochStats()
-
-    @classmethod
-    def config_names(cls):
-        return [cls.backbone.__name__, cls.__name__]
 
     @torch.no_grad()
     def check_masking_changes_scores(self):
