@@ -53,6 +53,13 @@ def one_step(name, root, checkpoint_dir):
     return terms, grads
 
 
+def assert_same_gradient(got, expected, rel, name):
+    """Checksums equal up to ``rel`` of the gradient's absolute sum (a sum near zero is rounding),
+    or within 1e-8 (a gradient that is zero but for rounding: the bias of a projection whose
+    output only enters differences of items, say)."""
+    assert got == pytest.approx(expected, rel=0, abs=max(rel * abs(expected[1]), 1e-8)), name
+
+
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("pinned")
@@ -70,7 +77,45 @@ def test_loss_terms_and_gradients_are_the_recorded_ones(tiny_root, tmp_path, nam
         assert terms[term] == pytest.approx(value, rel=1e-5, abs=1e-7), term
     assert grads.keys() == recorded["grads"].keys()
     for parameter, values in recorded["grads"].items():
-        assert grads[parameter] == pytest.approx(values, rel=1e-4, abs=1e-7), parameter
+        assert_same_gradient(grads[parameter], values, 1e-5, parameter)
+
+
+@pytest.mark.parametrize("name", ["BM3", "FREEDOM", "FREEDOM_CKD"])  # VBPR: tests/test_ckd.py
+def test_projecting_a_batch_gives_the_same_step_whether_it_gathers_rows_or_projects_every_item(
+        tiny_root, tmp_path, monkeypatch, name):
+    from recbole_ckd.model import multimodal
+
+    steps = []
+    for fraction in (0.0, 1.0):  # every batch projects all items / every batch gathers its distinct rows
+        monkeypatch.setattr(multimodal, "PROJECT_ALL_FRACTION", fraction)
+        steps.append(one_step(name, tiny_root, tmp_path / "saved"))
+    (terms_a, grads_a), (terms_b, grads_b) = steps
+    assert terms_a == pytest.approx(terms_b, rel=1e-6, abs=1e-8)
+    assert grads_a.keys() == grads_b.keys()
+    for parameter in grads_a:
+        assert_same_gradient(grads_a[parameter], grads_b[parameter], 1e-6, parameter)
+
+
+@pytest.mark.parametrize("optimizer", ["Adam", "AdamW"])
+def test_the_multi_tensor_update_is_the_per_parameter_loop_bit_for_bit(optimizer):
+    """The trainers' optimizer (``multi_tensor_update``) updates exactly as PyTorch's CPU default."""
+    from recbole_ckd.trainer import multi_tensor_update
+
+    def train(fast):
+        generator = torch.Generator().manual_seed(0)
+        parameters = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in ((31, 12), (64,), (7, 5))]
+        update = getattr(torch.optim, optimizer)(parameters, lr=1e-2, weight_decay=1e-3)
+        if fast:
+            multi_tensor_update(update)
+            assert all(group["foreach"] for group in update.param_groups)
+        for step in range(4):
+            for p in parameters:
+                p.grad = torch.randn(p.shape, generator=generator) * 10.0**-step
+            update.step()
+        return parameters
+
+    for slow, fast in zip(train(False), train(True)):
+        assert torch.equal(slow, fast)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
