@@ -288,14 +288,15 @@ def time_side_by_side(backbone, jobs, dataset, args):
     return runs
 
 
-def side_by_side(args, dataset):
-    """``{backbone: {part: {implementation: runs}}}``."""
-    results = {}
+def side_by_side(args, dataset, record, base):
+    """``record["results"]``: ``{backbone: {part: {implementation: runs}}}``, written after every backbone."""
+    results = record["results"] = {}
     for backbone in args.models.split(","):
         runs = time_side_by_side(backbone, implementations(backbone, args), dataset, args)
         for (part, kind), run in runs.items():
             results.setdefault(backbone, {}).setdefault(part, {})[kind] = run
             print(f"{backbone:<8} {part:<8} {kind:<14} {summary_line(run)}", flush=True)
+        write_results(record, base)  # an interrupted run keeps what it measured
     return results
 
 
@@ -415,9 +416,9 @@ def main(argv=None):
               + (argv if argv is not None else sys.argv[1:])), "dataset": dataset, "shape_name": args.shape,
               "shape": shape, "machine": machine, "repeats": args.repeats, "evals": args.evals,
               "ours": ROOT, "baseline": args.baseline, "mmrec": args.mmrec, "ckd_reference": args.ckd_reference}
-    record["results"] = side_by_side(args, dataset)
     os.makedirs(args.output, exist_ok=True)
     base = os.path.join(args.output, f"bench_reference-cpu-{args.shape}-x{args.scale:g}-{stamp}")
+    side_by_side(args, dataset, record, base)
     print("\n".join(write_results(record, base)))
     print(f"written: {base}.json, {base}.md")
     return record

@@ -53,8 +53,9 @@ class BM3(MultimodalRecommender):
     ``freeze=False``). This implementation's own choices: the padding user and item (id 0)
     are left out of the regulariser; the dropout mask of the target view is drawn per table
     row and gathered, so a row repeated in a batch shares its mask as in the reference, which
-    drops out whole tables; only the batch items' features are projected (the same gradients
-    as projecting all items and then indexing, at a fraction of the cost).
+    drops out whole tables; each distinct batch item's features are projected once, or the
+    whole table when most items occur (``project_rows``: the same values and gradients as
+    projecting all items and then indexing, at the smaller cost).
 
     Masking (``active_modalities``): a masked modality's auxiliary losses see the mean of its
     feature table over all items (the rule of docs/method.md, section 2, for every use of a masked modality's
