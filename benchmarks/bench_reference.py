@@ -73,16 +73,16 @@ def worker_ours(args):
     from recbole_ckd.model import MODELS
     from recbole_ckd.registry import create_dataset, get_trainer
 
-    base = {"data_path": args.data_root, "state": "ERROR", "show_progress": False, "use_gpu": False,
+    base = {"data_path": args.data_root, "state": "ERROR", "show_progress": False, "use_gpu": args.device == "cuda",
             "checkpoint_dir": os.path.join(args.data_root, ".bench-saved"), "seed": args.seed}
     config = Config(args.model, args.dataset, config_dict=base)
     train, valid, _ = data_preparation(config, create_dataset(config))
-    model = MODELS[args.model](config, train.dataset)
+    model = MODELS[args.model](config, train.dataset).to(config["device"])
     backbone = getattr(model, "backbone", None)
     if backbone is not None:  # one teacher stands in for every modality's: the cost is the same
         first = model.modalities[0]
         teacher = backbone(Config(backbone.__name__, args.dataset, config_dict={**base, "active_modalities": [first]}),
-                           train.dataset)
+                           train.dataset).to(config["device"])
         with torch.no_grad():
             model.set_teacher_tables({m: teacher.eval().forward(model.only(m)) for m in model.modalities})
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
@@ -101,7 +101,7 @@ def worker_mmrec(args):
     from utils.dataset import RecDataset
     from utils.utils import get_model, get_trainer, init_seed
 
-    fields = {"use_gpu": False, "gpu_id": 0, "data_path": os.path.join(os.path.abspath(args.data_root), ""),
+    fields = {"use_gpu": args.device == "cuda", "gpu_id": 0, "data_path": os.path.join(os.path.abspath(args.data_root), ""),
               "USER_ID_FIELD": "userID", "ITEM_ID_FIELD": "itemID", "TIME_FIELD": "timestamp",
               "inter_file_name": f"{args.dataset}.inter", "vision_feature_file": "image_feat.npy",
               "text_feature_file": "text_feat.npy", "user_graph_dict_file": "user_graph_dict.npy",
@@ -162,6 +162,12 @@ def serve(args):
     def answer(**values):
         print(PROTOCOL + json.dumps(values), flush=True)
 
+    def synchronize():
+        if args.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
     try:
         epoch, evaluation, info = WORKERS[args.worker](args)
         logged = args.worker == "ckd_reference"  # its times come from its log, in order
@@ -183,8 +189,10 @@ def serve(args):
         if fn is None:
             answer(seconds=None)
             continue
+        synchronize()
         start = time.perf_counter()
         fn()
+        synchronize()
         answer(seconds=time.perf_counter() - start)
 
 
@@ -195,7 +203,7 @@ class Worker:
     def __init__(self, kind, code, model, dataset, args, ours_settings="{}"):
         command = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--code", code, "--model", model,
                    "--dataset", dataset, "--data_root", args.data_root, "--seed", str(args.seed),
-                   "--epochs", str(args.repeats), "--ours_settings", ours_settings]
+                   "--epochs", str(args.repeats), "--device", args.device, "--ours_settings", ours_settings]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, text=True, env=env)
@@ -390,6 +398,7 @@ def main(argv=None):
     parser.add_argument("--ckd_reference_dataset", default="ckd-devset", help="the dataset name the authors' code reads")
     parser.add_argument("--data_root", default=os.path.join(HERE, ".data"))
     parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--output", default=os.path.join(HERE, "results"))
     # a worker (internal)
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -406,7 +415,7 @@ def main(argv=None):
     import bench_ckd
 
     dataset, shape = bench_ckd.dataset_for(args.shape, args.scale, args.data_root, args.seed)
-    machine = {**bench_ckd.machine_info("cpu"), "torch_threads": 1}
+    machine = {**bench_ckd.machine_info(args.device), "torch_threads": 1}
     print(f"dataset {dataset}: {shape}; {machine}", flush=True)
     for name in ("mmrec", "ckd_reference"):
         if not getattr(args, name):
@@ -417,7 +426,7 @@ def main(argv=None):
               "shape": shape, "machine": machine, "repeats": args.repeats, "evals": args.evals,
               "ours": ROOT, "baseline": args.baseline, "mmrec": args.mmrec, "ckd_reference": args.ckd_reference}
     os.makedirs(args.output, exist_ok=True)
-    base = os.path.join(args.output, f"bench_reference-cpu-{args.shape}-x{args.scale:g}-{stamp}")
+    base = os.path.join(args.output, f"bench_reference-{args.device}-{args.shape}-x{args.scale:g}-{stamp}")
     side_by_side(args, dataset, record, base)
     print("\n".join(write_results(record, base)))
     print(f"written: {base}.json, {base}.md")
