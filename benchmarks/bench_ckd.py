@@ -2,7 +2,8 @@
 
 On a generated dataset of a published shape (``--shape``: Baby 19,445 users / 7,050 items /
 160,792 interactions, Clothing 39,387 / 23,033 / 278,677, Elec 192,403 / 63,001 / 1,689,188;
-4096-d and 384-d features; ``--scale`` shrinks users, items and interactions together), for
+4096-d and 384-d features; or ``devset``, the team's ckd-devset shape, 3,000 / 1,200 / 30,047
+with 512-d and 384-d features; ``--scale`` shrinks users, items and interactions together), for
 each backbone: the median training seconds per epoch of the plain backbone, of a teacher (the
 backbone in its "only m" mode) and of the CKD student (with teacher tables in place), the
 median seconds of one full evaluation pass (all validation users, all items, every metric of
