@@ -2,7 +2,8 @@
 
 On a generated dataset of a published shape (``--shape``: Baby 19,445 users / 7,050 items /
 160,792 interactions, Clothing 39,387 / 23,033 / 278,677, Elec 192,403 / 63,001 / 1,689,188;
-4096-d and 384-d features; ``--scale`` shrinks users, items and interactions together), for
+4096-d and 384-d features; or ``devset``, the team's ckd-devset shape, 3,000 / 1,200 / 30,047
+with 512-d and 384-d features; ``--scale`` shrinks users, items and interactions together), for
 each backbone: the median training seconds per epoch of the plain backbone, of a teacher (the
 backbone in its "only m" mode) and of the CKD student (with teacher tables in place), the
 median seconds of one full evaluation pass (all validation users, all items, every metric of
@@ -38,6 +39,9 @@ from recbole_ckd.registry import create_dataset, get_trainer  # noqa: E402
 
 # published shapes (reference/published.md)
 SHAPES = {
+    # the shape of issue 17's side-by-side with MMRec (the team's ckd-devset: 512-d image features)
+    "devset": {"n_users": 3000, "n_items": 1200, "n_interactions": 30047,
+               "modalities": {"v": ("image_feat.npy", 512, 0.3), "t": ("text_feat.npy", 384, 0.8)}},
     "baby": {"n_users": 19445, "n_items": 7050, "n_interactions": 160792},
     "clothing": {"n_users": 39387, "n_items": 23033, "n_interactions": 278677},
     "elec": {"n_users": 192403, "n_items": 63001, "n_interactions": 1689188},
@@ -47,7 +51,7 @@ MIB = 2**20
 
 
 def dataset_for(shape_name, scale, root, seed):
-    shape = {k: max(50, int(v * scale)) for k, v in SHAPES[shape_name].items()}
+    shape = {k: v if k == "modalities" else max(50, int(v * scale)) for k, v in SHAPES[shape_name].items()}
     name = f"{shape_name}-x{scale:g}-s{seed}"
     if not os.path.isfile(os.path.join(root, name, f"{name}.inter")):
         print(f"generating {name} {shape} ...", flush=True)

@@ -3,7 +3,9 @@
 #   1. bench_ckd at Baby shape, every backbone, plain / teacher / student (median of 3 epochs),
 #   2. bench_ckd at Clothing shape, every backbone, one timed epoch each (peak GPU memory),
 #   3. bench_ckd at Elec shape, VBPR and FREEDOM students (do they train and evaluate),
-#   4. the whole LATTICE_CKD pipeline at Baby shape (two teachers, the student, early stopping).
+#   4. the whole LATTICE_CKD pipeline at Baby shape (two teachers, the student, early stopping),
+#   5. (only when asked: STAGES=5) bench_reference's side-by-side at the devset shape on the GPU
+#      (ours, plain and student; add --mmrec / --ckd_reference where such a checkout is on the machine).
 # Prepare here: bash benchmarks/device_wheels.sh. Then, with the device tool, two calls on the
 # same (warm) machine, since one call may run 600 s:
 #   run(command="STAGES='1 2 4' bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=600)
@@ -31,6 +33,8 @@ for stage in $STAGES; do
            { time timeout 240 python3 run_recbole_ckd.py --model=LATTICE_CKD --dataset=baby-x1-s2024 \
                  --data_path=benchmarks/.data --checkpoint_dir=/tmp/gpu-saved --show_progress=False ; } \
                > "$OUT/gpu_check-4-lattice-pipeline.log" 2>&1 ;;
+        5) timeout 150 python3 benchmarks/bench_reference.py --device cuda --shape devset --repeats 5 --evals 3 \
+               --output "$OUT" 2>&1 | grep -v Warning > "$OUT/gpu_check-5-side-by-side.log" ;;
     esac
     echo "stage $stage: exit $?"; tail -25 "$OUT"/gpu_check-"$stage"-*.log
 done

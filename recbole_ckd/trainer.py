@@ -44,6 +44,19 @@ def learning_rate_schedule(optimizer, setting):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: factor ** (epoch / period))
 
 
+# ----------------------------------------------------------------------------- optimizer
+def multi_tensor_update(optimizer):
+    """``optimizer`` (Adam or AdamW) set to PyTorch's multi-tensor ("foreach") update where it is
+    left to PyTorch's default, which on CPU is a loop over the parameters: the same arithmetic,
+    bit for bit (tests/test_pinned_values.py checks it), about 3x faster over a large fine-tuned
+    feature table (FREEDOM's and BM3's 7,050 x 4,096 at Baby's shape)."""
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        for group in optimizer.param_groups:
+            if group.get("foreach") is None and not group.get("fused"):
+                group["foreach"] = True
+    return optimizer
+
+
 # ----------------------------------------------------------------------------- resumable stage
 class ResumableTrainer(SafeCheckpointMixin, Trainer):
     """RecBole's training loop with a checkpoint per validation, so Ctrl-C loses nothing.
@@ -63,6 +76,9 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
         self._epoch = None
         self._validating, self._train_data = True, None
         self.lr_scheduler = learning_rate_schedule(self.optimizer, config["learning_rate_scheduler"])
+
+    def _build_optimizer(self, **kwargs):
+        return multi_tensor_update(super()._build_optimizer(**kwargs))
 
     @property
     def last_file(self):
@@ -100,6 +116,7 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
             return False
         self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
+        multi_tensor_update(self.optimizer)  # a checkpoint of older code left it to PyTorch's default
         if self.lr_scheduler is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         restore_rng_state(state["rng"], train_data.generator)

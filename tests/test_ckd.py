@@ -294,13 +294,13 @@ def test_non_finite_loss_stops_with_epoch_term_and_checkpoint(tiny_dataset, tmp_
 
 
 def test_vbpr_projects_a_batch_the_same_whether_it_gathers_rows_or_projects_every_item(tiny_dataset, monkeypatch):
-    from recbole_ckd.model.backbones import vbpr
+    from recbole_ckd.model import multimodal
 
     _, train, student, _ = build_student(tiny_dataset["root"], "VBPR_CKD")
     batch = next(iter(train))
     results = []
     for fraction in (0.0, 1.0):  # every batch projects all items / every batch gathers its rows first
-        monkeypatch.setattr(vbpr, "PROJECT_ALL_FRACTION", fraction)
+        monkeypatch.setattr(multimodal, "PROJECT_ALL_FRACTION", fraction)
         student.zero_grad()
         margins, joint, _ = student.triple_margins(batch["userID"], batch["itemID"], batch["neg_itemID"], student.modes())
         sum(m.sum() for m in margins.values()).backward()

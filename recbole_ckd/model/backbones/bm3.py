@@ -53,8 +53,9 @@ class BM3(MultimodalRecommender):
     ``freeze=False``). This implementation's own choices: the padding user and item (id 0)
     are left out of the regulariser; the dropout mask of the target view is drawn per table
     row and gathered, so a row repeated in a batch shares its mask as in the reference, which
-    drops out whole tables; only the batch items' features are projected (the same gradients
-    as projecting all items and then indexing, at a fraction of the cost).
+    drops out whole tables; each distinct batch item's features are projected once, or the
+    whole table when most items occur (``project_rows``: the same values and gradients as
+    projecting all items and then indexing, at the smaller cost).
 
     Masking (``active_modalities``): a masked modality's auxiliary losses see the mean of its
     feature table over all items (the rule of docs/method.md, section 2, for every use of a masked modality's
@@ -104,11 +105,12 @@ class BM3(MultimodalRecommender):
         users, items = self.propagate()
         return self.predictor(users), self.predictor(items)
 
-    def projected_features(self, m, items, masked=frozenset()):
-        """Projected features ``W_m f_i^m`` of ``items``; a masked modality's are its projected mean."""
+    def projected_features(self, m, items, masked=frozenset(), distinct=None):
+        """Projected features ``W_m f_i^m`` of ``items``; a masked modality's are its projected mean
+        (``distinct``: :meth:`distinct_items` of ``items``, shared by the modalities)."""
         if m in masked:
             return self.projection[m](self.trained_feature_mean(m)).expand(len(items), -1)
-        return self.projection[m](self.trained_feature(m, items))
+        return self.project_rows(self.projection[m], self.trained_feature(m), items, distinct)
 
     def target_view(self, values, index, n_rows):
         """``values`` (rows ``index`` of an ``n_rows`` table) detached, with dropout; the mask is
@@ -131,9 +133,9 @@ class BM3(MultimodalRecommender):
             "iu": alignment_loss(self.predictor(h_i), u_target),
             "reg": (user_table[1:].norm() + item_table[1:].norm()) / (self.n_items - 1),
         }
-        multimodal = 0.0
+        multimodal, distinct = 0.0, self.distinct_items(items)
         for m in self.modalities:
-            h_m = self.projected_features(m, items, self.default_masked)
+            h_m = self.projected_features(m, items, self.default_masked, distinct)
             online = self.predictor(h_m)
             terms[f"align_{m}"] = alignment_loss(online, i_target)
             terms[f"mask_{m}"] = alignment_loss(online, self.target_view(h_m, items, self.n_items))

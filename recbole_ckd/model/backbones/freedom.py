@@ -168,11 +168,13 @@ class FREEDOM(ItemGraphRecommender):
         terms = super().objective(interaction, step)
         user_reps = step.joint[0]
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
+        items = torch.cat([pos, neg])
+        distinct = self.distinct_items(items)  # each distinct item projected once, for every modality
         modality_bpr = 0.0
         for m in self.modalities:
             if m in self.default_masked:
                 continue  # the mean features give a constant term (see the class docstring)
-            projected = self.projection[m](self.trained_feature(m, torch.cat([pos, neg])))
+            projected = self.project_rows(self.projection[m], self.trained_feature(m), items, distinct)
             pos_m, neg_m = projected.split(len(pos))
             modality_bpr = modality_bpr + bpr(margin(user_reps, pos_m, neg_m))
         terms["modality_bpr"] = self.mm_bpr_weight * modality_bpr

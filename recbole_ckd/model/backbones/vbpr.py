@@ -5,11 +5,6 @@ from torch import nn
 
 from recbole_ckd.model.multimodal import MultimodalRecommender, TrainingPass
 
-# Above this fraction of all items in one batch, VBPR projects every item's features rather than
-# gathering the batch's rows first (the row copy then costs more than the extra projections:
-# measured on CPU with Baby's 4096-d features, the two break even near two thirds).
-PROJECT_ALL_FRACTION = 2 / 3
-
 
 class VBPR(MultimodalRecommender):
     """Late fusion: ``score(u, i) = <g_u, g_i> + sum_m <theta_u^m, E_m f_i^m>``.
@@ -53,19 +48,15 @@ class VBPR(MultimodalRecommender):
             "item_id": self.item_id_embedding.weight if all_items else self.item_id_embedding(items),
         }
         if not all_items:
-            # project each distinct item once (a batch repeats items; CKD's extra triples more so);
-            # when most items occur, projecting the whole table is cheaper than copying its rows
-            unique_items, inverse = torch.unique(items, return_inverse=True)
-            project_all = len(unique_items) > PROJECT_ALL_FRACTION * self.n_items
+            # project each distinct item once (a batch repeats items; CKD's extra triples more so)
+            distinct = self.distinct_items(items)
         for m in self.modalities:
             weight = self.user_preference[m].weight
             parts[("user", m)] = weight if all_users else weight[users]
             if all_items:
                 parts[("item", m)] = self.projection[m](self.feature(m))
-            elif project_all:
-                parts[("item", m)] = self.projection[m](self.feature(m))[items]
             else:
-                parts[("item", m)] = self.projection[m](self.feature(m)[unique_items])[inverse]
+                parts[("item", m)] = self.project_rows(self.projection[m], self.feature(m), items, distinct)
             if m in masked_anywhere:
                 # affine projection: project the mean once instead of a tiled mean matrix
                 parts[("user_mean", m)] = self.user_mean(weight).expand(n_users, -1)

@@ -1,0 +1,437 @@
+"""Side by side: seconds per training epoch (and of one full evaluation) of this project's
+backbones and CKD students against a reference implementation's, on the same machine, the same
+generated data and the same hyper-parameters, in the same run.
+
+    python benchmarks/bench_reference.py --shape devset --mmrec ~/src/MMRec --ckd_reference ~/src/Balanced-Multimodal-Rec
+
+Implementations, each set up in its own worker process (one thread: ``OMP_NUM_THREADS=1`` and
+``torch.set_num_threads(1)``), all of one backbone's at once (plain and student, ours and the
+references); then their epochs run in turns (the order reversed every other turn), so that a
+busy machine slows all of them alike. Every number
+is the median of ``--repeats`` epochs (``--evals`` full evaluations) after one warm-up each:
+
+- ``ours``: this checkout (``<Backbone>`` and ``<Backbone>_CKD``, the student with teacher
+  tables in place, as ``bench_ckd.py`` times it);
+- ``baseline`` (``--baseline=PATH``): another checkout of this project, e.g. ``git worktree add
+  /tmp/main main``, to measure a change before and after in one run;
+- ``mmrec`` (``--mmrec=PATH``): a local checkout of MMRec (github.com/enoche/MMRec), whose
+  ``src/`` is imported by the worker: its ``Config``, ``RecDataset``, ``TrainDataLoader``
+  (its own negative sampling), model and ``Trainer``; an epoch is
+  ``model.pre_epoch_processing()`` and ``Trainer._train_epoch``, as in its ``fit``. The data
+  are the same files (MMRec's format); every hyper-parameter MMRec grid-searches is set to
+  this project's default where MMRec's grid has it (``REFERENCE_NAMES`` maps the names that
+  differ), else to the grid's first value, and the JSON records what was used;
+- ``ckd_reference`` (``--ckd_reference=PATH``): the CKD authors' code
+  (github.com/CRIPAC-DIG/Balanced-Multimodal-Rec), VBPR with CKD only: ``codes/train_kd.py``
+  run for ``repeats + 1`` epochs with its own defaults and no validation, its per-epoch times
+  read from its log lines (``Epoch N [T s]``). It reads its own data layout and teacher files
+  (``--ckd_reference_dataset``, prepared as its README says) and calls ``.cuda()``: on a CPU
+  machine run a copy with those calls removed.
+
+None of the references' code is in this repository. Without ``--mmrec`` / ``--ckd_reference``
+their columns are absent ("not measured"): no number is ever filled in for them. Results
+(JSON and markdown, with the machine and the command) go to ``benchmarks/results/``.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BACKBONES = "VBPR,MMGCN,GRCN,LATTICE,BM3,FREEDOM,MGCN,EgoGCN"
+MMREC_MODELS = {"VBPR", "MMGCN", "GRCN", "LATTICE", "BM3", "FREEDOM", "MGCN"}  # EgoGCN is not in MMRec
+# this project's name of a hyper-parameter MMRec names otherwise, per backbone
+REFERENCE_NAMES = {"FREEDOM": {"reg_weight": "mm_bpr_weight"}}
+# issue 17, measured on this project's 2-core CPU machine before the work of that issue (MMRec at its
+# HEAD, ours at main), devset shape: printed as a reminder only, never mixed with this run's numbers
+RECORDED_EARLIER = {"VBPR": ("0.10", "0.06"), "MMGCN": ("1.9", "0.6"), "GRCN": ("1.0", "0.35"),
+                    "LATTICE": ("0.27-0.30", "0.10"), "BM3": ("0.21", "0.28"), "FREEDOM": ("0.20", "0.32")}
+
+
+# ----------------------------------------------------------------------------- workers
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(1)
+    return torch
+
+
+def worker_ours(args):
+    """``(epoch, evaluation, info)`` of ``args.model`` with the recbole_ckd found at ``args.code``."""
+    torch = _one_thread()
+    sys.path.insert(0, args.code)
+    import recbole_ckd
+    from recbole_ckd.config import Config
+    from recbole_ckd.data.dataset import data_preparation
+    from recbole_ckd.model import MODELS
+    from recbole_ckd.registry import create_dataset, get_trainer
+
+    base = {"data_path": args.data_root, "state": "ERROR", "show_progress": False, "use_gpu": args.device == "cuda",
+            "checkpoint_dir": os.path.join(args.data_root, ".bench-saved"), "seed": args.seed}
+    config = Config(args.model, args.dataset, config_dict=base)
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    model = MODELS[args.model](config, train.dataset).to(config["device"])
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None:  # one teacher stands in for every modality's: the cost is the same
+        first = model.modalities[0]
+        teacher = backbone(Config(backbone.__name__, args.dataset, config_dict={**base, "active_modalities": [first]}),
+                           train.dataset).to(config["device"])
+        with torch.no_grad():
+            model.set_teacher_tables({m: teacher.eval().forward(model.only(m)) for m in model.modalities})
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer.eval_collector.data_collect(train)
+    return (lambda: trainer._train_epoch(train, 0), lambda: trainer.evaluate(valid, load_best_model=False),
+            {"code": os.path.dirname(os.path.dirname(recbole_ckd.__file__))})
+
+
+def worker_mmrec(args):
+    """``(epoch, evaluation, info)`` of MMRec's ``args.model`` (a checkout at ``args.code``)."""
+    torch = _one_thread()
+    sys.path.insert(0, os.path.join(args.code, "src"))
+    os.chdir(args.code)  # MMRec reads src/configs relative to the working directory
+    from utils.configurator import Config
+    from utils.dataloader import EvalDataLoader, TrainDataLoader
+    from utils.dataset import RecDataset
+    from utils.utils import get_model, get_trainer, init_seed
+
+    fields = {"use_gpu": args.device == "cuda", "gpu_id": 0, "data_path": os.path.join(os.path.abspath(args.data_root), ""),
+              "USER_ID_FIELD": "userID", "ITEM_ID_FIELD": "itemID", "TIME_FIELD": "timestamp",
+              "inter_file_name": f"{args.dataset}.inter", "vision_feature_file": "image_feat.npy",
+              "text_feature_file": "text_feat.npy", "user_graph_dict_file": "user_graph_dict.npy",
+              "field_separator": "\t", "filter_out_cod_start_users": True}
+    config = Config(args.model, args.dataset, fields)
+    ours, used = json.loads(args.ours_settings), {}
+    names = REFERENCE_NAMES.get(args.model, {})
+    for name in config["hyper_parameters"]:
+        if name == "seed":
+            config["seed"] = args.seed
+        elif isinstance(config[name], list):
+            mine = ours.get(names.get(name, name))
+            config[name] = mine if mine in config[name] else config[name][0]
+        used[name] = config[name]
+    init_seed(config["seed"])
+    train_set, valid_set, _ = RecDataset(config).split()
+    train = TrainDataLoader(config, train_set, batch_size=config["train_batch_size"], shuffle=True)
+    valid = EvalDataLoader(config, valid_set, additional_dataset=train_set, batch_size=config["eval_batch_size"])
+    train.pretrain_setup()
+    model = get_model(config["model"])(config, train).to(config["device"])
+    try:
+        trainer = get_trainer()(config, model, False)
+    except TypeError:  # MMRec before its "mg" argument
+        trainer = get_trainer()(config, model)
+
+    def epoch():
+        model.pre_epoch_processing()
+        trainer._train_epoch(train, 0)
+
+    def evaluation():
+        with torch.no_grad():
+            trainer.evaluate(valid)
+
+    return epoch, evaluation, {"settings": used}
+
+
+def worker_ckd_reference(args):
+    """The CKD authors' VBPR with CKD (``codes/train_kd.py`` of ``args.code``), run once for all
+    epochs: ``(epoch, None, info)``, ``epoch`` handing out its logged epoch times in turn."""
+    command = [sys.executable, "train_kd.py", "--dataset", args.dataset, "--epoch", str(args.epochs + 1),
+               "--verbose", str(10**6), "--model_name", "VBPR"]
+    done = subprocess.run(command, cwd=os.path.join(args.code, "codes"), capture_output=True, text=True)
+    output = done.stdout + done.stderr
+    times = [float(t) for t in re.findall(r"Epoch \d+ \[([0-9.]+)s\]", output)]
+    if len(times) < args.epochs + 1:  # it ends with an error after its last epoch (no test result): fine
+        raise RuntimeError(f"train_kd.py gave {len(times)} epoch times (exit {done.returncode}): {output[-300:]}")
+    logged = iter(times)
+    return lambda: next(logged), None, {"timing": "its own log lines (one process for all epochs)"}
+
+
+WORKERS = {"ours": worker_ours, "baseline": worker_ours, "mmrec": worker_mmrec, "ckd_reference": worker_ckd_reference}
+PROTOCOL = "@@bench "  # prefix of the lines a worker answers with (the code it runs may print anything)
+
+
+def serve(args):
+    """A worker: set up (one warm-up epoch and evaluation), then time what stdin asks, one at a
+    time ("train", "eval"), so the parent can run every implementation's epochs in turns."""
+    def answer(**values):
+        print(PROTOCOL + json.dumps(values), flush=True)
+
+    def synchronize():
+        if args.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    try:
+        epoch, evaluation, info = WORKERS[args.worker](args)
+        logged = args.worker == "ckd_reference"  # its times come from its log, in order
+        epoch()  # the warm-up (for the authors' code: its first logged epoch, dropped)
+        if evaluation is not None:
+            evaluation()
+    except Exception as error:  # reported as this implementation's failure, the others go on
+        answer(error=f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}")
+        return
+    answer(ready=True, **info)
+    for line in sys.stdin:
+        what = line.strip()
+        if what == "quit":
+            return
+        if logged and what == "train":
+            answer(seconds=epoch())
+            continue
+        fn = epoch if what == "train" else evaluation
+        if fn is None:
+            answer(seconds=None)
+            continue
+        synchronize()
+        start = time.perf_counter()
+        fn()
+        synchronize()
+        answer(seconds=time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------- the side-by-side
+class Worker:
+    """One implementation of one model in its own process (:func:`serve`), timed on request."""
+
+    def __init__(self, kind, code, model, dataset, args, ours_settings="{}"):
+        command = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--code", code, "--model", model,
+                   "--dataset", dataset, "--data_root", args.data_root, "--seed", str(args.seed),
+                   "--epochs", str(args.repeats), "--device", args.device, "--ours_settings", ours_settings]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True, env=env)
+        self.info = None
+
+    def read(self):
+        for line in self.process.stdout:
+            if line.startswith(PROTOCOL):
+                return json.loads(line[len(PROTOCOL):])
+        return {"error": f"the worker ended (exit {self.process.wait()}) without an answer"}
+
+    def ready(self):
+        if self.info is None:
+            self.info = self.read()
+        return "error" not in self.info
+
+    def time(self, what):
+        self.process.stdin.write(what + "\n")
+        self.process.stdin.flush()
+        return self.read().get("seconds")
+
+    def close(self):
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.write("quit\n")
+                self.process.stdin.close()
+            except BrokenPipeError:
+                pass
+        self.process.wait()
+        self.process.stdout.close()
+
+
+def our_settings(model, dataset, args):
+    """This project's resolved config of ``model`` (the values MMRec's grids are matched against)."""
+    sys.path.insert(0, ROOT)
+    from recbole_ckd.config import Config
+
+    config = Config(model, dataset, config_dict={"data_path": args.data_root, "state": "ERROR", "use_gpu": False})
+    return json.dumps({k: v for k, v in config.final_config_dict.items() if isinstance(v, (int, float, str, bool))})
+
+
+def implementations(backbone, args):
+    """``[(part, implementation, code, model)]`` of ``backbone``: what is timed side by side."""
+    sys.path.insert(0, ROOT)
+    from recbole_ckd.model import MODELS
+
+    models = {"plain": backbone}
+    if MODELS[backbone].ranks_with_modalities:
+        models["student"] = f"{backbone}_CKD"
+    jobs = []
+    for part, model in models.items():
+        jobs.append((part, "ours", ROOT, model))
+        if args.baseline:
+            jobs.append((part, "baseline", os.path.abspath(args.baseline), model))
+    if args.mmrec and backbone in MMREC_MODELS:
+        jobs.append(("plain", "mmrec", os.path.abspath(args.mmrec), backbone))
+    if args.ckd_reference and backbone == "VBPR":
+        jobs.append(("student", "ckd_reference", os.path.abspath(args.ckd_reference), backbone))
+    return jobs
+
+
+def time_side_by_side(backbone, jobs, dataset, args):
+    """``{(part, implementation): runs}`` of one backbone: every worker set up, then their epochs
+    (and evaluations) in turns, the order reversed every other turn, so the student / plain and
+    ours / reference ratios compare epochs run under the same load."""
+    workers = {}
+    for part, kind, code, model in jobs:
+        settings = our_settings(backbone, dataset, args) if kind == "mmrec" else "{}"
+        data = args.ckd_reference_dataset if kind == "ckd_reference" else dataset
+        workers[part, kind] = Worker(kind, code, model, data, args, settings)
+    runs = {}
+    try:
+        for key, worker in workers.items():
+            runs[key] = {"train_runs": [], "eval_runs": []} if worker.ready() else {"error": worker.info["error"]}
+            runs[key].update({k: v for k, v in worker.info.items() if k not in ("ready", "error")})
+        live = [key for key in workers if "error" not in runs[key]]
+        for what, field, n in (("train", "train_runs", args.repeats), ("eval", "eval_runs", args.evals)):
+            for turn in range(n):
+                for key in live if turn % 2 == 0 else live[::-1]:
+                    seconds = workers[key].time(what)
+                    if seconds is not None:
+                        runs[key][field].append(seconds)
+    finally:
+        for worker in workers.values():
+            worker.close()
+    for run in runs.values():
+        if "error" not in run:
+            run["train_s_per_epoch"] = statistics.median(run["train_runs"]) if run["train_runs"] else None
+            run["eval_s"] = statistics.median(run["eval_runs"]) if run["eval_runs"] else None
+    return runs
+
+
+def side_by_side(args, dataset, record, base):
+    """``record["results"]``: ``{backbone: {part: {implementation: runs}}}``, written after every backbone."""
+    results = record["results"] = {}
+    for backbone in args.models.split(","):
+        runs = time_side_by_side(backbone, implementations(backbone, args), dataset, args)
+        for (part, kind), run in runs.items():
+            results.setdefault(backbone, {}).setdefault(part, {})[kind] = run
+            print(f"{backbone:<8} {part:<8} {kind:<14} {summary_line(run)}", flush=True)
+        write_results(record, base)  # an interrupted run keeps what it measured
+    return results
+
+
+def summary_line(run):
+    if "error" in run:
+        return f"failed: {run['error']}"
+    epochs = ", ".join(f"{t:.3f}" for t in run["train_runs"])
+    evals = ", ".join(f"{t:.3f}" for t in run["eval_runs"])
+    return f"train s/epoch [{epochs}]  eval s [{evals}]"
+
+
+def ratio(a, b):
+    return None if a is None or b is None else a / b
+
+
+def table(record):
+    def cell(run, key="train_s_per_epoch"):
+        if run is None:
+            return "not measured"
+        if "error" in run:
+            return "failed"
+        return "-" if run.get(key) is None else f"{run[key]:.3f}"
+
+    def number(value):
+        return "-" if value is None else f"{value:.2f}"
+
+    def seconds(run, key="train_s_per_epoch"):
+        return None if run is None or "error" in run else run.get(key)
+
+    has_baseline = bool(record["baseline"])
+    head = ["backbone", "part", "ours s/epoch"]
+    if has_baseline:
+        head += ["baseline s/epoch", "ours / baseline"]
+    head += ["reference s/epoch", "ours / reference", "student / plain (ours)"]
+    if has_baseline:
+        head += ["student / plain (baseline)"]
+    head += ["ours eval s", "reference eval s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for backbone, parts in record["results"].items():
+        plain = parts.get("plain", {})
+        for part, runs in parts.items():
+            ours, base = runs.get("ours"), runs.get("baseline")
+            reference = runs.get("mmrec") or runs.get("ckd_reference")
+            name = "MMRec" if "mmrec" in runs else "CKD authors" if "ckd_reference" in runs else None
+            row = [backbone, part, cell(ours)]
+            if has_baseline:
+                row += [cell(base), number(ratio(seconds(ours), seconds(base)))]
+            ref_cell = cell(reference) if reference is not None else "not measured"
+            row += [f"{ref_cell} ({name})" if name else ref_cell, number(ratio(seconds(ours), seconds(reference)))]
+            row += [number(ratio(seconds(ours), seconds(plain.get("ours")))) if part == "student" else "1.00"]
+            if has_baseline:
+                row += [number(ratio(seconds(base), seconds(plain.get("baseline")))) if part == "student" else "1.00"]
+            row += [cell(ours, "eval_s"), cell(reference, "eval_s") if reference is not None else "not measured"]
+            lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def write_results(record, base):
+    with open(base + ".json", "w") as f:
+        json.dump(record, f, indent=2)
+    missing = [f"`--{name}`" for name in ("mmrec", "ckd_reference") if not record[name]]
+    lines = [f"# bench_reference, {record['machine']['device']}, {record['dataset']} {record['shape']}", "",
+             f"command: `{record['command']}`", "", f"machine: {record['machine']}", "",
+             f"one process and one thread per implementation, their epochs in turns; median of {record['repeats']} "
+             f"epochs after a warm-up epoch (evaluation: of {record['evals']} after one); ours: {record['ours']}"
+             + (f"; baseline: {record['baseline']}" if record["baseline"] else ""), ""]
+    if missing:
+        lines += [f"Reference columns absent for {' and '.join(missing)}: no local checkout was given, so nothing "
+                  "of theirs was measured in this run.", ""]
+    lines += table(record)
+    if record["shape_name"] == "devset":
+        lines += ["", "Recorded earlier, not this run (issue 17, the same machine and shape, MMRec at its HEAD, ours "
+                  "before that issue), s/epoch:", "", "| backbone | MMRec | ours then |", "| --- | --- | --- |"]
+        lines += [f"| {b} | {m} | {o} |" for b, (m, o) in RECORDED_EARLIER.items()]
+    with open(base + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="devset", help="a bench_ckd.py shape (default devset: 3,000 users, "
+                        "1,200 items, 30,047 interactions, 512-d and 384-d features)")
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--models", default=BACKBONES, help=f"comma-separated backbones (default {BACKBONES})")
+    parser.add_argument("--repeats", type=int, default=5, help="timed epochs per implementation after one warm-up")
+    parser.add_argument("--evals", type=int, default=3, help="timed evaluations per implementation after one warm-up")
+    parser.add_argument("--baseline", help="another checkout of this project, timed beside this one")
+    parser.add_argument("--mmrec", help="a local checkout of MMRec (github.com/enoche/MMRec)")
+    parser.add_argument("--ckd_reference", help="a local checkout of the CKD authors' code (CRIPAC-DIG/Balanced-Multimodal-Rec)")
+    parser.add_argument("--ckd_reference_dataset", default="ckd-devset", help="the dataset name the authors' code reads")
+    parser.add_argument("--data_root", default=os.path.join(HERE, ".data"))
+    parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--output", default=os.path.join(HERE, "results"))
+    # a worker (internal)
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--code", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--dataset", help=argparse.SUPPRESS)
+    parser.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ours_settings", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return serve(args)
+
+    sys.path.insert(0, HERE)
+    import bench_ckd
+
+    dataset, shape = bench_ckd.dataset_for(args.shape, args.scale, args.data_root, args.seed)
+    machine = {**bench_ckd.machine_info(args.device), "torch_threads": 1}
+    print(f"dataset {dataset}: {shape}; {machine}", flush=True)
+    for name in ("mmrec", "ckd_reference"):
+        if not getattr(args, name):
+            print(f"--{name} not given: its column is absent (nothing of theirs is measured)", flush=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    record = {"benchmark": "bench_reference", "time": stamp, "command": " ".join(["python", "benchmarks/bench_reference.py"]
+              + (argv if argv is not None else sys.argv[1:])), "dataset": dataset, "shape_name": args.shape,
+              "shape": shape, "machine": machine, "repeats": args.repeats, "evals": args.evals,
+              "ours": ROOT, "baseline": args.baseline, "mmrec": args.mmrec, "ckd_reference": args.ckd_reference}
+    os.makedirs(args.output, exist_ok=True)
+    base = os.path.join(args.output, f"bench_reference-{args.device}-{args.shape}-x{args.scale:g}-{stamp}")
+    side_by_side(args, dataset, record, base)
+    print("\n".join(write_results(record, base)))
+    print(f"written: {base}.json, {base}.md")
+    return record
+
+
+if __name__ == "__main__":
+    main()
