@@ -72,6 +72,37 @@ def scores(model, masked=()):
     return users @ items.T
 
 
+def build_baseline_pair(root, tmp_path, backbone, suffix, **extra):
+    """A plain backbone and its balancing baseline ``<backbone>_<suffix>`` in the same state, and
+    one training batch."""
+    import torch
+
+    from recbole_ckd.config import Config
+    from recbole_ckd.data.dataset import data_preparation
+    from recbole_ckd.model import MODELS
+    from recbole_ckd.registry import create_dataset
+
+    settings = {**FAST, "data_path": root, "checkpoint_dir": str(tmp_path / "saved"), **extra}
+    config = Config(backbone, "tiny", config_dict=settings)
+    train, _, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)
+    plain = MODELS[backbone](config, train.dataset)
+    baseline = MODELS[f"{backbone}_{suffix}"](Config(f"{backbone}_{suffix}", "tiny", config_dict=settings), train.dataset)
+    baseline.load_state_dict(plain.state_dict())
+    return plain.train(), baseline.train(), next(iter(train))
+
+
+def loss_and_grads(model, batch):
+    """One step's loss and every parameter's gradient (the same draws for any dropout or noise)."""
+    import torch
+
+    model.zero_grad()
+    torch.manual_seed(5)
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
 def attach_random_teachers(student, dim=6, seed=1):
     """Random frozen teacher tables for a CKD student built outside the trainer."""
     import torch

@@ -9,34 +9,15 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAST
+from conftest import FAST, build_baseline_pair, loss_and_grads
 
 from recbole_ckd import leaderboard as lb
-from recbole_ckd.config import Config
-from recbole_ckd.data.dataset import data_preparation
-from recbole_ckd.model import MODELS
 from recbole_ckd.model.balancing import dropout_choice, modulation_coefficients
-from recbole_ckd.registry import create_dataset
 
 
 def build_pair(root, tmp_path, suffix, **extra):
     """Plain VBPR and its baseline in the same state, and one training batch."""
-    settings = {**FAST, "data_path": root, "checkpoint_dir": str(tmp_path / "saved"), **extra}
-    config = Config("VBPR", "tiny", config_dict=settings)
-    train, _, _ = data_preparation(config, create_dataset(config))
-    torch.manual_seed(0)
-    plain = MODELS["VBPR"](config, train.dataset)
-    baseline = MODELS[f"VBPR_{suffix}"](Config(f"VBPR_{suffix}", "tiny", config_dict=settings), train.dataset)
-    baseline.load_state_dict(plain.state_dict())
-    return plain.train(), baseline.train(), next(iter(train))
-
-
-def grads(model, batch):
-    model.zero_grad()
-    torch.manual_seed(7)
-    loss = model.calculate_loss(batch)
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return build_baseline_pair(root, tmp_path, "VBPR", suffix, **extra)
 
 
 def margins(model, masked, users, pos, neg):
@@ -65,7 +46,7 @@ def test_dropout_loss_and_gradients_by_hand(tiny_dataset, tmp_path):
     u, i, j = batch["userID"], batch["itemID"], batch["neg_itemID"]
     choice = torch.arange(len(u)) % 3  # 0: joint, 1: modality 0 masked, 2: modality 1 masked
     model.dropout_choice = lambda n: choice
-    loss, got = grads(model, batch)
+    loss, got = loss_and_grads(model, batch)
 
     model.zero_grad()
     modes = [set(), {model.modalities[0]}, {model.modalities[1]}]
@@ -107,9 +88,9 @@ def test_modulation_damps_only_the_dominant_modality(tiny_dataset, tmp_path):
     first, second = model.modalities
     rho = score[first] / score[second]
     dominant, k = (first, 1 - math.tanh(0.5 * rho)) if rho > 1 else (second, 1 - math.tanh(0.5 / rho))
-    _, plain_grads = grads(plain, batch)
-    loss, got = grads(model, batch)
-    torch.testing.assert_close(loss, grads(plain, batch)[0])
+    _, plain_grads = loss_and_grads(plain, batch)
+    loss, got = loss_and_grads(model, batch)
+    torch.testing.assert_close(loss, loss_and_grads(plain, batch)[0])
     owner = owners(model)
     damped = 0
     for name, param in model.named_parameters():
@@ -123,8 +104,8 @@ def test_modulation_damps_only_the_dominant_modality(tiny_dataset, tmp_path):
 
 def test_generalisation_noise_has_the_gradients_spread_and_only_modality_parameters_get_it(tiny_dataset, tmp_path):
     plain, model, batch = build_pair(tiny_dataset["root"], tmp_path, "OGMGE", ogm_alpha=0.5, ogm_noise=True)
-    _, plain_grads = grads(plain, batch)
-    _, got = grads(model, batch)
+    _, plain_grads = loss_and_grads(plain, batch)
+    _, got = loss_and_grads(model, batch)
     owner = owners(model)
     for name, param in model.named_parameters():
         m = owner.get(id(param))
@@ -139,10 +120,10 @@ def test_generalisation_noise_has_the_gradients_spread_and_only_modality_paramet
 
 def test_no_modulation_outside_its_epochs(tiny_dataset, tmp_path):
     plain, model, batch = build_pair(tiny_dataset["root"], tmp_path, "OGMGE", ogm_alpha=0.5, ogm_epochs=[2, 3])
-    _, plain_grads = grads(plain, batch)
+    _, plain_grads = loss_and_grads(plain, batch)
     for epoch, modulated in ((1, False), (2, True), (3, True), (4, False)):
         model.pre_epoch(epoch)
-        _, got = grads(model, batch)
+        _, got = loss_and_grads(model, batch)
         same = all(torch.allclose(got[n], g, rtol=1e-5, atol=1e-8) for n, g in plain_grads.items())
         assert same is not modulated, epoch
         assert (model.coefficients is not None) is modulated

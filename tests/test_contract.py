@@ -4,7 +4,7 @@ whole objective plus ``kd_weight`` times the distillation term, nothing removed.
 
 import pytest
 import torch
-from conftest import FAST, attach_random_teachers, build_model, scores, write_tiny_mmrec
+from conftest import FAST, attach_random_teachers, build_baseline_pair, build_model, loss_and_grads, scores, write_tiny_mmrec
 from recbole.data.interaction import Interaction
 
 from recbole_ckd.compat import load_checkpoint
@@ -64,14 +64,6 @@ def build_pair(root, tmp_path, backbone, **extra):
         student.load_state_dict(plain.state_dict())
         students[kd_weight] = attach_random_teachers(student)
     return plain, students, next(iter(train))
-
-
-def loss_and_grads(model, batch):
-    model.zero_grad()
-    torch.manual_seed(5)  # the same draws for any dropout a backbone uses
-    loss = model.calculate_loss(batch)
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def reference_distillation(student, batch, triples, specific=True, generic=True, weighting="counterfactual"):
@@ -151,18 +143,6 @@ def test_each_ablation_switch_changes_exactly_its_term(tiny_dataset, tmp_path, b
         torch.testing.assert_close(student_loss - plain_loss, expected, rtol=1e-4, atol=1e-6, msg=name)
         for term in set(plain.last_loss_terms) - {"loss"}:
             torch.testing.assert_close(student.last_loss_terms[term], plain.last_loss_terms[term], rtol=1e-5, atol=1e-7)
-
-
-def build_baseline_pair(root, tmp_path, backbone, suffix, **extra):
-    """A plain backbone and its balancing baseline in the same state, and one training batch."""
-    settings = {**FAST, "data_path": root, "checkpoint_dir": str(tmp_path / "saved"), **extra}
-    config = Config(backbone, "tiny", config_dict=settings)
-    train, _, _ = data_preparation(config, create_dataset(config))
-    torch.manual_seed(0)
-    plain = MODELS[backbone](config, train.dataset)
-    baseline = MODELS[f"{backbone}_{suffix}"](Config(f"{backbone}_{suffix}", "tiny", config_dict=settings), train.dataset)
-    baseline.load_state_dict(plain.state_dict())
-    return plain.train(), baseline.train(), next(iter(train))
 
 
 @pytest.mark.parametrize("backbone", STUDENT_BACKBONES)

@@ -76,11 +76,10 @@ class ModalityDropoutMixin(BalancingMixin):
         that read the representations (L2, auxiliary losses) see the unmasked forward."""
         if self.mdrop_prob == 0:  # exactly the backbone, no random draws
             return super().training_pass(interaction)
-        users = interaction[self.USER_ID]
-        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
+        triples = self.batch_triples(interaction)
         modes = {"joint": frozenset(), **{f"without_{m}": frozenset({m}) for m in self.modalities}}
-        step = self.triple_margins(users, pos, neg, modes)
-        choice = self.dropout_choice(len(users))
+        step = self.triple_margins(*triples, modes)
+        choice = self.dropout_choice(len(triples[0]))
         stacked = torch.stack([step.margins[name] for name in modes])  # [1 + M, B], in choice's order
         dropped = stacked.gather(0, choice[None]).squeeze(0)
         self.balancing_stats.add({"masked_share": (choice > 0).float().mean()})
@@ -134,10 +133,8 @@ class GradientModulationMixin(BalancingMixin):
         if not self.modulating():
             self.coefficients = None
             return super().training_pass(interaction)
-        users = interaction[self.USER_ID]
-        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
         modes = {"joint": frozenset(), **{f"only_{m}": self.only(m) for m in self.modalities}}
-        step = self.triple_margins(users, pos, neg, modes)
+        step = self.triple_margins(*self.batch_triples(interaction), modes)
         scores = torch.stack([torch.sigmoid(step.margins[f"only_{m}"].detach()).sum() for m in self.modalities])
         coefficients, ratios = modulation_coefficients(scores, self.ogm_alpha)
         self.coefficients = dict(zip(self.modalities, coefficients))

@@ -138,8 +138,7 @@ class CKDStudentMixin(BalancingMixin):
             return super().calculate_loss(interaction)
         if not self.teacher_tables:
             raise RuntimeError("The CKD student has no teachers: train it with CKDTrainer.")
-        users = interaction[self.USER_ID]
-        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
+        users, pos, neg = self.batch_triples(interaction)
         batch = len(users)
         g_users, g_a, g_b = self.generic_triples() if self.use_generic else (users[:0], pos[:0], neg[:0])
         # one forward for the BPR triples and the generic triples, every mode at once; the

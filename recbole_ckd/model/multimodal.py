@@ -250,11 +250,13 @@ class MultimodalRecommender(GeneralRecommender):
         """
         return {"bpr": bpr(step.margins["joint"]), "l2": self.reg_weight * l2_per_triple(*step.joint)}
 
+    def batch_triples(self, interaction):
+        """``(users, positives, negatives)`` of a pairwise training batch."""
+        return interaction[self.USER_ID], interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
+
     def training_pass(self, interaction):
         """The forward of a plain training step: the batch's triples in the model's own mode."""
-        users = interaction[self.USER_ID]
-        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        return self.triple_margins(users, pos, neg, {"joint": self.default_masked})
+        return self.triple_margins(*self.batch_triples(interaction), {"joint": self.default_masked})
 
     def calculate_loss(self, interaction):
         return self.sum_terms(self.objective(interaction, self.training_pass(interaction)))
