@@ -192,9 +192,18 @@ def random_edges(n_dst, n_src, n_edges, seed=0):
     return torch.randint(n_dst, (n_edges,), generator=generator), torch.randint(n_src, (n_edges,), generator=generator)
 
 
-def test_edge_product_equals_gather_and_index_add_and_its_gradients_check():
+def csr_sorted(dst, src, n_src):
+    order = torch.argsort(dst * n_src + src, stable=True)
+    return dst[order], src[order]
+
+
+@pytest.mark.parametrize("in_csr_order", [False, True])
+def test_edge_product_equals_gather_and_index_add_and_its_gradients_check(in_csr_order):
     dst, src = random_edges(9, 7, 40)
+    if in_csr_order:  # edges already sorted by (dst, src): the products skip their permutation
+        dst, src = csr_sorted(dst, src, 7)
     product = graphs.EdgeProduct(dst, src, 9, 7)
+    assert (product._index.order is None) == in_csr_order
     weights = torch.rand(40, dtype=torch.float64, requires_grad=True)
     x, y = torch.randn(7, 3, dtype=torch.float64), torch.randn(9, 3, dtype=torch.float64)
     expected = torch.zeros(9, 3, dtype=torch.float64).index_add(0, dst, weights[:, None] * x[src])
@@ -206,6 +215,24 @@ def test_edge_product_equals_gather_and_index_add_and_its_gradients_check():
     assert torch.autograd.gradcheck(product.mm, (weights, x))
     assert torch.autograd.gradcheck(product.t().mm, (weights, y))
     assert torch.autograd.gradcheck(product.edge_dots, (y, x))
+
+
+@pytest.mark.parametrize("in_csr_order", [False, True])
+def test_edge_softmax_is_a_softmax_over_each_rows_edges_and_its_gradient_checks(in_csr_order):
+    dst, src = random_edges(9, 7, 40, seed=2)  # rows 0..8 of dst; some rows of src have no edge
+    dst[dst == 4] = 5  # a dst row without edges
+    if in_csr_order:
+        dst, src = csr_sorted(dst, src, 7)
+    product = graphs.EdgeProduct(dst, src, 9, 7)
+    scores = (torch.randn(40, dtype=torch.float64) * 30).requires_grad_()  # large: the shift matters
+    for rows, n_rows, softmax in ((dst, 9, product.softmax), (src, 7, product.t().softmax)):
+        alpha = softmax(scores)
+        for row in range(n_rows):
+            edges = (rows == row).nonzero().flatten()
+            if len(edges):
+                torch.testing.assert_close(alpha[edges], torch.softmax(scores[edges], dim=0))
+        assert torch.isfinite(alpha).all()
+        assert torch.autograd.gradcheck(softmax, (scores,))
 
 
 def test_spmm_equals_torch_sparse_mm_and_keeps_its_index_on_the_graph():

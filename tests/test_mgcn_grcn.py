@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import attach_random_teachers, build_model
 
-from recbole_ckd.model.backbones.grcn import segment_softmax
+from recbole_ckd.model.graphs import segment_softmax
 from recbole_ckd.model.backbones.mgcn import info_nce
 
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_ckd.model import graphs
-from recbole_ckd.model.backbones.grcn import interleaved_l2, segment_softmax
+from recbole_ckd.model.backbones.grcn import interleaved_l2
 from recbole_ckd.model.graphs import spmm
 from recbole_ckd.model.multimodal import NodeTableRecommender, bpr
 
@@ -76,9 +76,11 @@ class EgoGCN(NodeTableRecommender):
       (``--NA``, ``Model_routing_21NA.py``), word-token text features, and its learning-rate
       schedule (x0.8 every 50 epochs with a fresh Adam; ``learning_rate_scheduler`` is the
       smooth version here). Its argparse defaults (``weight_mode confid``) disable the ID branch
-      and are not the published setting. Every sum over edges and every per-edge dot product is
-      a CSR product (:class:`~recbole_ckd.model.graphs.EdgeProduct`): no ``[edges x dim]``
-      tensor and no dense matrix.
+      and are not the published setting. Every sum over edges, every per-edge dot product and every
+      softmax over a node's edges is a CSR pass (:class:`~recbole_ckd.model.graphs.EdgeProduct`;
+      the edges are kept in CSR order): no ``[edges x dim]`` tensor and no dense matrix. The
+      first attention of a branch depends only on its own modality's inputs, so masking modes
+      that leave it alike share it.
 
     Masking modality m (docs/method.md, section 2): m's item features are replaced by their mean
     (projected once) and its preferences ``P_m`` by their mean over users, so every item has the
@@ -115,9 +117,12 @@ class EgoGCN(NodeTableRecommender):
 
         users, items = graphs.interaction_edges(dataset)
         items = items + self.n_users
-        # every training edge both ways: edge e carries a message from edge_src[e] to edge_dst[e]
-        self.register_buffer("edge_dst", torch.cat([users, items]), persistent=False)
-        self.register_buffer("edge_src", torch.cat([items, users]), persistent=False)
+        # every training edge both ways: edge e carries a message from edge_src[e] to edge_dst[e];
+        # sorted by (dst, src), the CSR order, so the products need no permutation
+        dst, src = torch.cat([users, items]), torch.cat([items, users])
+        order = torch.argsort(dst * self.n_nodes + src)
+        self.register_buffer("edge_dst", dst[order], persistent=False)
+        self.register_buffer("edge_src", src[order], persistent=False)
         self.register_buffer("id_graph", self.user_item_graph(users, items - self.n_users, "sym"), persistent=False)
 
         self.id_embedding = nn.Parameter(nn.init.xavier_normal_(torch.empty(self.n_users + self.n_items, dim)))
@@ -155,14 +160,17 @@ class EgoGCN(NodeTableRecommender):
 
     def attention(self, scores):
         """Softmax of per-edge scores over the edges into each node."""
-        return segment_softmax(scores, self.edge_dst, self.n_nodes)
+        return self.edges.softmax(scores)
 
-    def fusion(self, m, inputs, masked):
+    def fusion(self, m, inputs, masked, memo):
         """The EGO fusion layer of modality ``m``'s branch (see the class docstring)."""
         edges, x = self.edges, inputs[m]
         others = [k for k in self.modalities if k != m and not (self.masked_fusion == "drop" and k in masked)]
-        scores = edges.edge_dots(x, x)  # <x_dst, x_src> of every edge
-        alpha = self.attention(scores)
+        key = ("attention", m, m in masked)  # the first attention sees only m's inputs: shared by masking modes
+        if key not in memo:
+            scores = edges.edge_dots(x, x)  # <x_dst, x_src> of every edge
+            memo[key] = scores, self.attention(scores)
+        scores, alpha = memo[key]
         if self.modulation == "soft":
             # the gates depend only on the source node: the modulated source is a node table
             gated = sum((torch.sigmoid(self.gates[m][k](inputs[k])) * inputs[k] for k in others), x)
@@ -194,7 +202,7 @@ class EgoGCN(NodeTableRecommender):
             if key not in memo:
                 memo[key] = self.inputs(k, k in masked)
             inputs[k] = memo[key]
-        return self.routing(self.fusion(m, inputs, masked))
+        return self.routing(self.fusion(m, inputs, masked, memo))
 
     def id_representation(self):
         """``e + A e + ... + A^L e`` with ``e = normalize(E)`` (``repeat_id_layer``: the reference's

@@ -7,15 +7,6 @@ from torch import nn
 from recbole_ckd.model.multimodal import NodeTableRecommender, bpr
 
 
-def segment_softmax(scores, index, n_segments):
-    """Softmax of ``scores`` within each group of equal ``index`` (edges grouped by a node)."""
-    shift = scores.new_full((n_segments,), float("-inf"))
-    shift = shift.scatter_reduce(0, index, scores.detach(), reduce="amax", include_self=True)
-    exp = (scores - shift[index]).exp()
-    total = scores.new_zeros(n_segments).index_add(0, index, exp)
-    return exp / total[index]
-
-
 class GRCN(NodeTableRecommender):
     """GRCN: a graph refining layer per modality, then ID graph convolution on the refined graph.
 
@@ -60,9 +51,9 @@ class GRCN(NodeTableRecommender):
       visual-only term the authors' code lacks); it is not reproduced. The L2 term covers only
       the preferences of unmasked modalities (a masked modality's preferences act only through
       their mean);
-    - ``segment_softmax`` shifts by each group's maximum (the reference does not; the softmax is
-      the same, and the shift keeps it finite for any input).
-    - every sum over edges and every per-edge dot product is a CSR product
+    - the softmax over a node's edges shifts by the group's maximum (the reference does not; the
+      softmax is the same, and the shift keeps it finite for any input).
+    - every sum over edges, every per-edge dot product and every softmax over a node's edges is a CSR pass
       (:class:`~recbole_ckd.model.graphs.EdgeProduct`), and a masked modality's refining layer
       is computed in closed form (:meth:`_refine_masked`): the same values, without
       ``[edges x dim]`` intermediates.
@@ -116,15 +107,15 @@ class GRCN(NodeTableRecommender):
         affinities of every training edge, ``(a_{i->u}, a_{u->i})``."""
         if is_masked:
             return self._refine_masked(m)
-        users, items, edges = self.edge_users, self.edge_items, self.edges
+        edges = self.edges
         content = F.normalize(F.leaky_relu(self.projection[m](self.feature(m))), dim=1)
         preference = F.normalize(self.preference[m], dim=1)
         for _ in range(self.n_routing):
-            weights = segment_softmax(edges.edge_dots(preference, content), users, self.n_users)
+            weights = edges.softmax(edges.edge_dots(preference, content))
             preference = F.normalize(preference + edges.mm(weights, content), dim=1)
         scores = edges.edge_dots(preference, content)  # <p_u, f_i> of every edge
-        to_user = segment_softmax(scores, users, self.n_users)  # a_{i->u}: over the user's items
-        to_item = segment_softmax(scores, items, self.n_items)  # a_{u->i}: over the item's users
+        to_user = edges.softmax(scores)  # a_{i->u}: over the user's items
+        to_item = edges.t().softmax(scores)  # a_{u->i}: over the item's users
         user_rep = preference + edges.mm(to_user, content)
         item_rep = content + edges.t().mm(to_item, preference)
         return torch.cat([user_rep, item_rep]), to_user, to_item
