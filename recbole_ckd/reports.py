@@ -36,7 +36,7 @@ def code_version():
 
     version = {"recbole_ckd": recbole_ckd.__version__, "commit": None}
     root = os.path.dirname(os.path.dirname(os.path.abspath(recbole_ckd.__file__)))
-    if os.path.isdir(os.path.join(root, ".git")):
+    if os.path.exists(os.path.join(root, ".git")):  # a folder, or a file in a git worktree
         try:
             git = ["git", "-C", root]
             commit = subprocess.run(git + ["rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True)

@@ -3,6 +3,8 @@
 import hashlib
 import io
 import os
+import shutil
+import subprocess
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -126,3 +128,26 @@ def test_a_sweep_without_ray_is_one_line_saying_how_to_install_it(tiny_dataset, 
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and err[-1].startswith("error: --hyper") and 'pip install "ray[tune]"' in err[-1]
     assert not (tmp_path / "sw").exists()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_runs_record_the_commit_in_a_git_worktree_too(tmp_path, monkeypatch):
+    import recbole_ckd
+    from recbole_ckd import reports
+
+    def git(*args, cwd):
+        command = ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args]
+        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+    repo, worktree = tmp_path / "repo", tmp_path / "worktree"
+    (repo / "recbole_ckd").mkdir(parents=True)
+    (repo / "recbole_ckd" / "__init__.py").write_text("")
+    git("init", "-q", cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "first", cwd=repo)
+    git("worktree", "add", "-q", str(worktree), cwd=repo)  # its .git is a file, not a folder
+    monkeypatch.setattr(recbole_ckd, "__file__", str(worktree / "recbole_ckd" / "__init__.py"))
+    head = git("rev-parse", "--short=12", "HEAD", cwd=worktree)
+    assert reports.code_version()["commit"] == head
+    (worktree / "recbole_ckd" / "__init__.py").write_text("changed = True\n")
+    assert reports.code_version()["commit"] == head + "+dirty"
