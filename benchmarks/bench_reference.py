@@ -48,7 +48,7 @@ ROOT = os.path.dirname(HERE)
 BACKBONES = "VBPR,MMGCN,GRCN,LATTICE,BM3,FREEDOM,MGCN,EgoGCN"
 MMREC_MODELS = {"VBPR", "MMGCN", "GRCN", "LATTICE", "BM3", "FREEDOM", "MGCN"}  # EgoGCN is not in MMRec
 # this project's name of a hyper-parameter MMRec names otherwise, per backbone
-REFERENCE_NAMES = {"FREEDOM": {"reg_weight": "mm_bpr_weight"}}
+REFERENCE_NAMES = {"FREEDOM": {"reg_weight": "mm_bpr_weight"}, "MGCN": {"cl_loss": "cl_weight"}}
 # issue 17, measured on this project's 2-core CPU machine before the work of that issue (MMRec at its
 # HEAD, ours at main), devset shape: printed as a reminder only, never mixed with this run's numbers
 RECORDED_EARLIER = {"VBPR": ("0.10", "0.06"), "MMGCN": ("1.9", "0.6"), "GRCN": ("1.0", "0.35"),
@@ -118,6 +118,8 @@ def worker_mmrec(args):
         used[name] = config[name]
     init_seed(config["seed"])
     train_set, valid_set, _ = RecDataset(config).split()
+    for part in (train_set, valid_set):  # its str() sets inter_num, which the loaders read (quick_start logs it)
+        str(part)
     train = TrainDataLoader(config, train_set, batch_size=config["train_batch_size"], shuffle=True)
     valid = EvalDataLoader(config, valid_set, additional_dataset=train_set, batch_size=config["eval_batch_size"])
     train.pretrain_setup()
