@@ -20,7 +20,9 @@ is the median of ``--repeats`` epochs (``--evals`` full evaluations) after one w
   ``model.pre_epoch_processing()`` and ``Trainer._train_epoch``, as in its ``fit``. The data
   are the same files (MMRec's format); every hyper-parameter MMRec grid-searches is set to
   this project's default where MMRec's grid has it (``REFERENCE_NAMES`` maps the names that
-  differ), else to the grid's first value, and the JSON records what was used;
+  differ), else to the grid's first value, and the JSON records what was used. Its LATTICE, MGCN
+  and GRCN call ``.cuda()`` and its BM3 and FREEDOM ``dok_matrix._update`` (gone in scipy 1.13):
+  on a CPU machine, with this project's packages, run a copy with those lines changed;
 - ``ckd_reference`` (``--ckd_reference=PATH``): the CKD authors' code
   (github.com/CRIPAC-DIG/Balanced-Multimodal-Rec), VBPR with CKD only: ``codes/train_kd.py``
   run for ``repeats + 1`` epochs with its own defaults and no validation, its per-epoch times
