@@ -20,7 +20,9 @@ is the median of ``--repeats`` epochs (``--evals`` full evaluations) after one w
   ``model.pre_epoch_processing()`` and ``Trainer._train_epoch``, as in its ``fit``. The data
   are the same files (MMRec's format); every hyper-parameter MMRec grid-searches is set to
   this project's default where MMRec's grid has it (``REFERENCE_NAMES`` maps the names that
-  differ), else to the grid's first value, and the JSON records what was used;
+  differ), else to the grid's first value, and the JSON records what was used. Its LATTICE, MGCN
+  and GRCN call ``.cuda()`` and its BM3 and FREEDOM ``dok_matrix._update`` (gone in scipy 1.13):
+  on a CPU machine, with this project's packages, run a copy with those lines changed;
 - ``ckd_reference`` (``--ckd_reference=PATH``): the CKD authors' code
   (github.com/CRIPAC-DIG/Balanced-Multimodal-Rec), VBPR with CKD only: ``codes/train_kd.py``
   run for ``repeats + 1`` epochs with its own defaults and no validation, its per-epoch times
@@ -48,7 +50,7 @@ ROOT = os.path.dirname(HERE)
 BACKBONES = "VBPR,MMGCN,GRCN,LATTICE,BM3,FREEDOM,MGCN,EgoGCN"
 MMREC_MODELS = {"VBPR", "MMGCN", "GRCN", "LATTICE", "BM3", "FREEDOM", "MGCN"}  # EgoGCN is not in MMRec
 # this project's name of a hyper-parameter MMRec names otherwise, per backbone
-REFERENCE_NAMES = {"FREEDOM": {"reg_weight": "mm_bpr_weight"}}
+REFERENCE_NAMES = {"FREEDOM": {"reg_weight": "mm_bpr_weight"}, "MGCN": {"cl_loss": "cl_weight"}}
 # issue 17, measured on this project's 2-core CPU machine before the work of that issue (MMRec at its
 # HEAD, ours at main), devset shape: printed as a reminder only, never mixed with this run's numbers
 RECORDED_EARLIER = {"VBPR": ("0.10", "0.06"), "MMGCN": ("1.9", "0.6"), "GRCN": ("1.0", "0.35"),
@@ -118,6 +120,8 @@ def worker_mmrec(args):
         used[name] = config[name]
     init_seed(config["seed"])
     train_set, valid_set, _ = RecDataset(config).split()
+    for part in (train_set, valid_set):  # its str() sets inter_num, which the loaders read (quick_start logs it)
+        str(part)
     train = TrainDataLoader(config, train_set, batch_size=config["train_batch_size"], shuffle=True)
     valid = EvalDataLoader(config, valid_set, additional_dataset=train_set, batch_size=config["eval_batch_size"])
     train.pretrain_setup()

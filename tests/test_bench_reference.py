@@ -34,16 +34,19 @@ FAKE_MMREC = {
                 assert os.path.isfile(path), path
             def split(self):
                 return self, self, self
+            def __str__(self):  # as MMRec's: str() sets inter_num, which its loaders read
+                self.inter_num = 1
+                return "RecDataset"
         ''',
     "src/utils/dataloader.py": '''
         class TrainDataLoader:
             def __init__(self, config, dataset, batch_size, shuffle):
-                pass
+                assert dataset.inter_num
             def pretrain_setup(self):
                 pass
         class EvalDataLoader:
             def __init__(self, config, dataset, additional_dataset, batch_size):
-                pass
+                assert dataset.inter_num
         ''',
     "src/utils/utils.py": '''
         def init_seed(seed):
