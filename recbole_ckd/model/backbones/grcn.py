@@ -53,8 +53,9 @@ class GRCN(NodeTableRecommender):
       their mean);
     - the softmax over a node's edges shifts by the group's maximum (the reference does not; the
       softmax is the same, and the shift keeps it finite for any input).
-    - every sum over edges, every per-edge dot product and every softmax over a node's edges is a CSR pass
-      (:class:`~recbole_ckd.model.graphs.EdgeProduct`), and a masked modality's refining layer
+    - every sum over edges and every per-edge dot product is a CSR product, the softmax over a
+      user's edges one pass over the CSR rows (:class:`~recbole_ckd.model.graphs.EdgeProduct`,
+      ``softmax``), and a masked modality's refining layer
       is computed in closed form (:meth:`_refine_masked`): the same values, without
       ``[edges x dim]`` intermediates.
 
