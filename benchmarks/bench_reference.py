@@ -26,9 +26,17 @@ is the median of ``--repeats`` epochs (``--evals`` full evaluations) after one w
 - ``ckd_reference`` (``--ckd_reference=PATH``): the CKD authors' code
   (github.com/CRIPAC-DIG/Balanced-Multimodal-Rec), VBPR with CKD only: ``codes/train_kd.py``
   run for ``repeats + 1`` epochs with its own defaults and no validation, its per-epoch times
-  read from its log lines (``Epoch N [T s]``). It reads its own data layout and teacher files
-  (``--ckd_reference_dataset``, prepared as its README says) and calls ``.cuda()``: on a CPU
-  machine run a copy with those calls removed.
+  read from its log lines (``Epoch N [T s]``: 0.1 s resolution) and those lines (its losses) kept in
+  the JSON. Being one process for all its epochs, it starts once the other workers are set up and
+  idle, so its epochs run in one block rather than in turns with the others'. It reads its own data
+  layout (LATTICE's, as its README says): ``data/<name>/5-core/{train,val,test}.json`` (``{"user":
+  [items]}``, the rows of our ``x_label`` 0 / 1 / 2; ids as ours) and ``data/<name>/image_feat.npy``,
+  ``text_feat.npy`` beside ``codes/``; and its uni-modal teachers ``teacher_models/VBPR_<name>_2`` and
+  ``_3``, which its ``train_unimodal.py --model_name VBPR --train_type 2`` (and ``3``) ``--save_model 1``
+  writes (a few epochs do: the epoch time does not depend on them). On a CPU machine run a copy with
+  its ``.cuda()`` and ``torch.cuda.set_device`` calls changed; its ``utility/batch_test.py``
+  (``data_generator``, ``test_torch``, as in LATTICE) must be present, which the public code index
+  used here does not hold.
 
 None of the references' code is in this repository. Without ``--mmrec`` / ``--ckd_reference``
 their columns are absent ("not measured"): no number is ever filled in for them. Results
@@ -149,11 +157,13 @@ def worker_ckd_reference(args):
                "--verbose", str(10**6), "--model_name", "VBPR"]
     done = subprocess.run(command, cwd=os.path.join(args.code, "codes"), capture_output=True, text=True)
     output = done.stdout + done.stderr
-    times = [float(t) for t in re.findall(r"Epoch \d+ \[([0-9.]+)s\]", output)]
+    lines = re.findall(r"Epoch \d+ \[[0-9.]+s\].*", output)
+    times = [float(re.search(r"\[([0-9.]+)s\]", line).group(1)) for line in lines]
     if len(times) < args.epochs + 1:  # it ends with an error after its last epoch (no test result): fine
         raise RuntimeError(f"train_kd.py gave {len(times)} epoch times (exit {done.returncode}): {output[-300:]}")
     logged = iter(times)
-    return lambda: next(logged), None, {"timing": "its own log lines (one process for all epochs)"}
+    return lambda: next(logged), None, {"timing": "its own log lines, 0.1 s resolution (one process for all "
+                                        "epochs, run once the others are set up)", "log": lines}
 
 
 WORKERS = {"ours": worker_ours, "baseline": worker_ours, "mmrec": worker_mmrec, "ckd_reference": worker_ckd_reference}
@@ -275,6 +285,9 @@ def time_side_by_side(backbone, jobs, dataset, args):
     ours / reference ratios compare epochs run under the same load."""
     workers = {}
     for part, kind, code, model in jobs:
+        if kind == "ckd_reference":  # it runs all its epochs while setting up: not beside the others' setup
+            for worker in workers.values():
+                worker.ready()
         settings = our_settings(backbone, dataset, args) if kind == "mmrec" else "{}"
         data = args.ckd_reference_dataset if kind == "ckd_reference" else dataset
         workers[part, kind] = Worker(kind, code, model, data, args, settings)
@@ -378,6 +391,10 @@ def write_results(record, base):
     if missing:
         lines += [f"Reference columns absent for {' and '.join(missing)}: no local checkout was given, so nothing "
                   "of theirs was measured in this run.", ""]
+    if record["ckd_reference"]:
+        lines += ["CKD authors: their `train_kd.py`'s own per-epoch times (its log lines, 0.1 s resolution), all "
+                  "its epochs in one process, run once the other implementations were set up; its loss lines are in "
+                  "the JSON. Its epoch is its own: its sampler's batches and defaults (see the docstring).", ""]
     lines += table(record)
     if record["shape_name"] == "devset":
         lines += ["", "Recorded earlier, not this run (issue 17, the same machine and shape, MMRec at its HEAD, ours "

@@ -108,6 +108,8 @@ def test_side_by_side_with_a_baseline_and_both_references(tmp_path):
     assert len(vbpr["plain"]["mmrec"]["eval_runs"]) == 1
     # the authors' logged epoch times, the first (warm-up) dropped
     assert vbpr["student"]["ckd_reference"]["train_runs"] == [1.5, 2.5]
+    assert [line.split(":")[0] for line in vbpr["student"]["ckd_reference"]["log"]] == [
+        "Epoch 0 [0.5s]", "Epoch 1 [1.5s]", "Epoch 2 [2.5s]"]  # its loss lines are kept
     (json_file,) = (tmp_path / "out").glob("bench_reference-*.json")
     assert json.loads(json_file.read_text())["machine"]["torch_threads"] == 1
     table = json_file.with_suffix(".md").read_text()
