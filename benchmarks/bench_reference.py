@@ -33,7 +33,8 @@ is the median of ``--repeats`` epochs (``--evals`` full evaluations) after one w
   [items]}``, the rows of our ``x_label`` 0 / 1 / 2; ids as ours) and ``data/<name>/image_feat.npy``,
   ``text_feat.npy`` beside ``codes/``; and its uni-modal teachers ``teacher_models/VBPR_<name>_2`` and
   ``_3``, which its ``train_unimodal.py --model_name VBPR --train_type 2`` (and ``3``) ``--save_model 1``
-  writes (a few epochs do: the epoch time does not depend on them). On a CPU machine run a copy with
+  writes (a few epochs do: the epoch time does not depend on them); ``--prepare_ckd_reference``
+  writes those data for ``--shape`` and prints the two teacher commands. On a CPU machine run a copy with
   its ``.cuda()`` and ``torch.cuda.set_device`` calls changed; its ``utility/batch_test.py``
   (``data_generator``, ``test_torch``, as in LATTICE) must be present, which the public code index
   used here does not hold.
@@ -47,6 +48,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -164,6 +166,28 @@ def worker_ckd_reference(args):
     logged = iter(times)
     return lambda: next(logged), None, {"timing": "its own log lines, 0.1 s resolution (one process for all "
                                         "epochs, run once the others are set up)", "log": lines}
+
+
+def write_ckd_reference_data(data_dir, checkout, name):
+    """The generated dataset ``data_dir`` (MMRec's format) in the layout the CKD authors' code reads:
+    ``<checkout>/data/<name>/5-core/{train,val,test}.json`` (``{"user": [items]}`` from the rows
+    with ``x_label`` 0 / 1 / 2, ids as ours) and the two feature files beside them. Returns the
+    commands that train its two uni-modal teachers (run in ``<checkout>/codes``)."""
+    import pandas as pd
+
+    inter = pd.read_csv(os.path.join(data_dir, os.path.basename(os.path.normpath(data_dir)) + ".inter"), sep="\t")
+    target = os.path.join(checkout, "data", name)
+    os.makedirs(os.path.join(target, "5-core"), exist_ok=True)
+    for label, split in enumerate(("train", "val", "test")):
+        rows = inter[inter["x_label"] == label]
+        lists = {str(int(u)): [int(i) for i in items] for u, items in rows.groupby("userID", sort=True)["itemID"]}
+        with open(os.path.join(target, "5-core", f"{split}.json"), "w") as f:
+            json.dump(lists, f)
+    for feature in ("image_feat.npy", "text_feat.npy"):
+        shutil.copyfile(os.path.join(data_dir, feature), os.path.join(target, feature))
+    # its training types 2 and 3 are its textual and visual teachers; a few epochs are enough to time the student
+    return [f"python train_unimodal.py --dataset {name} --model_name VBPR --train_type {kind} --save_model 1 "
+            "--epoch 3 --verbose 1" for kind in (2, 3)]
 
 
 WORKERS = {"ours": worker_ours, "baseline": worker_ours, "mmrec": worker_mmrec, "ckd_reference": worker_ckd_reference}
@@ -417,6 +441,8 @@ def main(argv=None):
     parser.add_argument("--mmrec", help="a local checkout of MMRec (github.com/enoche/MMRec)")
     parser.add_argument("--ckd_reference", help="a local checkout of the CKD authors' code (CRIPAC-DIG/Balanced-Multimodal-Rec)")
     parser.add_argument("--ckd_reference_dataset", default="ckd-devset", help="the dataset name the authors' code reads")
+    parser.add_argument("--prepare_ckd_reference", action="store_true", help="write --shape's data into the "
+                        "--ckd_reference checkout in its layout, print the commands for its teachers, and stop")
     parser.add_argument("--data_root", default=os.path.join(HERE, ".data"))
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -436,6 +462,14 @@ def main(argv=None):
     import bench_ckd
 
     dataset, shape = bench_ckd.dataset_for(args.shape, args.scale, args.data_root, args.seed)
+    if args.prepare_ckd_reference:
+        if not args.ckd_reference:
+            parser.error("--prepare_ckd_reference needs --ckd_reference=PATH (the authors' checkout)")
+        commands = write_ckd_reference_data(os.path.join(args.data_root, dataset), args.ckd_reference,
+                                            args.ckd_reference_dataset)
+        print(f"wrote {args.ckd_reference}/data/{args.ckd_reference_dataset}; now, in its codes/ folder:")
+        print("\n".join(commands))
+        return commands
     machine = {**bench_ckd.machine_info(args.device), "torch_threads": 1}
     print(f"dataset {dataset}: {shape}; {machine}", flush=True)
     for name in ("mmrec", "ckd_reference"):

@@ -7,6 +7,9 @@ import os
 import sys
 import textwrap
 
+import numpy as np
+from conftest import write_tiny_mmrec
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -125,3 +128,15 @@ def test_without_references_their_columns_say_not_measured(tmp_path):
     table = next((tmp_path / "out").glob("*.md")).read_text()
     assert "Reference columns absent for `--mmrec` and `--ckd_reference`" in table
     assert "| BM3 | plain |" in table and "not measured" in table
+
+
+def test_the_ckd_reference_data_are_our_split_in_its_layout(tmp_path):
+    path, df, features = write_tiny_mmrec(str(tmp_path / "data"), rows=[
+        (0, 3, 1.0, 1, 0), (0, 1, 1.0, 2, 0), (0, 2, 1.0, 3, 1), (1, 0, 1.0, 4, 0), (1, 4, 1.0, 5, 2)])
+    commands = bench_reference.write_ckd_reference_data(path, str(tmp_path / "ckd"), "toy")
+    target = tmp_path / "ckd" / "data" / "toy"
+    splits = {s: json.loads((target / "5-core" / f"{s}.json").read_text()) for s in ("train", "val", "test")}
+    assert splits == {"train": {"0": [3, 1], "1": [0]}, "val": {"0": [2]}, "test": {"1": [4]}}
+    for m, name in (("v", "image_feat.npy"), ("t", "text_feat.npy")):
+        assert (np.load(target / name) == features[m]).all()
+    assert [c.split("--train_type ")[1][0] for c in commands] == ["2", "3"]  # its textual and visual teachers
