@@ -6,6 +6,10 @@
 #   4. the whole LATTICE_CKD pipeline at Baby shape (two teachers, the student, early stopping),
 #   5. (only when asked: STAGES=5) bench_reference's side-by-side at the devset shape on the GPU
 #      (ours, plain and student; add --mmrec / --ckd_reference where such a checkout is on the machine).
+#   6. (only when asked: STAGES=6) the balancing study's missing cells on the GPU, one after another
+#      (STUDY_MODELS, default EgoGCN; STUDY_DATASET, default ml-100k-mm; STUDY_SECONDS, default 480):
+#      the committed cells travel with the tree and are reused, each cell that finishes in time comes
+#      back in $OUT/gpu_check-6-cells.tar; here: tar -xf <that file> -C results.
 # Prepare here: bash benchmarks/device_wheels.sh. Then, with the device tool, two calls on the
 # same (warm) machine, since one call may run 600 s:
 #   run(command="STAGES='1 2 4' bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=600)
@@ -35,6 +39,13 @@ for stage in $STAGES; do
                > "$OUT/gpu_check-4-lattice-pipeline.log" 2>&1 ;;
         5) timeout 150 python3 benchmarks/bench_reference.py --device cuda --shape devset --repeats 5 --evals 3 \
                --output "$OUT" 2>&1 | grep -v Warning > "$OUT/gpu_check-5-side-by-side.log" ;;
+        6) study_dataset=${STUDY_DATASET:-ml-100k-mm}
+           rm -rf /tmp/study && mkdir -p /tmp/study && cp -r "results/$study_dataset" /tmp/study/ && touch /tmp/study.started
+           timeout "${STUDY_SECONDS:-480}" python3 run_recbole_ckd.py --leaderboard --study=balancing \
+                 --dataset="$study_dataset" --models="${STUDY_MODELS:-EgoGCN}" --output=/tmp/study \
+                 --checkpoint_dir=/tmp/gpu-saved --show_progress=False 2>&1 | grep -v Warning > "$OUT/gpu_check-6-study.log"
+           (cd /tmp/study && find "$study_dataset/cells" -name '*.json' -newer /tmp/study.started -print0) \
+               | tar -C /tmp/study -cf "$OUT/gpu_check-6-cells.tar" --null -T - ;;
     esac
     echo "stage $stage: exit $?"; tail -25 "$OUT"/gpu_check-"$stage"-*.log
 done
