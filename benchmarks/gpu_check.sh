@@ -7,7 +7,9 @@
 #   5. (only when asked: STAGES=5) bench_reference's side-by-side at the devset shape on the GPU
 #      (ours, plain and student; add --mmrec / --ckd_reference where such a checkout is on the machine).
 #   6. (only when asked: STAGES=6) the balancing study's missing cells on the GPU, one after another
-#      (STUDY_MODELS, default EgoGCN; STUDY_DATASET, default ml-100k-mm; STUDY_SECONDS, default 480):
+#      (STUDY_MODELS, default EgoGCN; STUDY_DATASET, default ml-100k-mm; STUDY_SECONDS, default 480;
+#      ml-100k-mm's and synth-x01's cells are all committed, so name a study that is missing, e.g.
+#      STUDY_DATASET=synth-baby STUDY_MODELS=VBPR,LATTICE,EgoGCN after --generate=synth-baby there):
 #      the committed cells travel with the tree and are reused, each cell that finishes in time comes
 #      back in $OUT/gpu_check-6-cells.tar; here: tar -xf <that file> -C results.
 # Prepare here: bash benchmarks/device_wheels.sh. Then, with the device tool, two calls on the
