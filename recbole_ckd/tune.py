@@ -9,22 +9,18 @@ search, the best configuration is chosen on validation, written as a YAML file t
 """
 
 import ast
-import contextlib
 import csv
-import hashlib
-import hmac
-import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 
 import yaml
 
 from recbole_ckd.cluster import ray_session, require_ray, sigterm_as_sigint
 from recbole_ckd.errors import Interrupted, UserError
-from recbole_ckd.run_keys import CKD_KEYS, file_digest
+from recbole_ckd.run_keys import CKD_KEYS
+from recbole_ckd.sweep_signing import check_sweep_signature, sign_sweep
 
 HYPER_TYPES = ("choice", "uniform", "loguniform", "quniform")
 SEARCH_ALGORITHMS = ("random", "grid", "optuna", "hyperopt")
@@ -32,10 +28,6 @@ SEARCH_ALGORITHMS = ("random", "grid", "optuna", "hyperopt")
 
 class HyperFileError(UserError, ValueError):
     """A malformed hyper.test line; the message names the file and the line."""
-
-
-class SweepStateError(UserError):
-    """A sweep folder that this user's recbole-ckd did not leave (or that changed since)."""
 
 
 @dataclass(frozen=True)
@@ -243,81 +235,6 @@ def _collect(results):
             "error": (str(error).strip().splitlines() or [""])[-1][:200] if error else None,
         })
     return trials
-
-
-# ----------------------------------------------------------------------------- resume state
-# Ray resumes a sweep from pickles in its folder (tuner.pkl, the experiment state, each trial's
-# params.pkl): loading them runs whatever code they hold. So a folder is resumed only if it
-# carries this user's signature (an HMAC over every file, with a key only this user can read),
-# written by the sweep itself when Ray stopped.
-SIGNATURE_FILE = ".recbole_ckd-signature"
-
-
-def _key_file():
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "recbole_ckd", "sweep.key")
-
-
-def _secret(create):
-    path = _key_file()
-    if not os.path.isfile(path):
-        if not create:
-            return None
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with contextlib.suppress(FileExistsError):  # another sweep created it just now
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(os.urandom(32))
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _folder_files(path):
-    """``{relative path: SHA-256 (or link target)}`` of every file under ``path`` but the signature."""
-    files = {}
-    for root, dirs, names in os.walk(path):
-        dirs.sort()
-        for name in sorted(names):
-            full = os.path.join(root, name)
-            relative = os.path.relpath(full, path)
-            # TensorBoard event files are flushed at exit, after the signature, and never loaded by a resume
-            if relative != SIGNATURE_FILE and not name.startswith("events.out.tfevents."):
-                files[relative] = ("link:" + os.readlink(full)) if os.path.islink(full) else file_digest(full)
-    return files
-
-
-def _mac(secret, files):
-    return hmac.new(secret, json.dumps(files, sort_keys=True).encode(), hashlib.sha256).hexdigest()
-
-
-def sign_sweep(path):
-    """Sign the sweep folder ``path`` as left by this user's recbole-ckd: every file and its digest."""
-    files = _folder_files(path)
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"files": files, "mac": _mac(_secret(create=True), files)}, f, indent=0, sort_keys=True)
-    os.replace(tmp, os.path.join(path, SIGNATURE_FILE))
-
-
-def check_sweep_signature(path):
-    """Refuse to resume from ``path`` unless this user's recbole-ckd signed it and nothing changed since."""
-    fix = f"delete {path} to start the sweep over, or give another --output"
-    secret = _secret(create=False)
-    signature = os.path.join(path, SIGNATURE_FILE)
-    try:
-        with open(signature) as f:
-            recorded = json.load(f)
-        signed = hmac.compare_digest(str(recorded["mac"]), _mac(secret, recorded["files"])) if secret else False
-    except (OSError, ValueError, KeyError, TypeError):
-        signed = False
-    if not signed:
-        raise SweepStateError(f"{path} holds Ray resume state (pickles, which run code when loaded) that this user's "
-                              f"recbole-ckd did not sign (written elsewhere, or by a sweep killed with SIGKILL); {fix}.")
-    current = _folder_files(path)
-    changed = sorted(set(current) ^ set(recorded["files"]) | {k for k in current if current[k] != recorded["files"].get(k)})
-    if changed:
-        raise SweepStateError(f"{path} changed after its sweep stopped ({', '.join(changed[:3])}"
-                              f"{' ...' if len(changed) > 3 else ''}); it is not resumed; {fix}.")
 
 
 def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_samples=4, search="random",

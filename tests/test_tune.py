@@ -128,7 +128,7 @@ def test_two_trial_sweep_trains_teachers_once(tiny_dataset, tmp_path, capsys):
     assert set(result["test_result"]["test_result"])  # the test set was used, once, at the end
     assert os.path.isfile(str(tmp_path / "sweeps" / "VBPR_CKD-tiny-trials.csv"))
     # the real Ray folder it left is signed (TensorBoard files flushed at exit aside): a rerun may resume it
-    from recbole_ckd.tune import check_sweep_signature
+    from recbole_ckd.sweep_signing import check_sweep_signature
 
     check_sweep_signature(str(tmp_path / "sweeps" / "VBPR_CKD-tiny"))
 
@@ -213,7 +213,7 @@ def test_an_interrupted_sweep_selects_nothing_and_says_how_to_resume(tiny_datase
     assert "| t2 | 1 | - | - | unfinished |" in captured.out  # the table says which trial did not start
     assert not glob.glob(str(out / "*-best.yaml")) and not glob.glob(str(out / "*-trials.md"))
     # the state it left is signed, so the same command resumes it
-    from recbole_ckd.tune import check_sweep_signature
+    from recbole_ckd.sweep_signing import check_sweep_signature
 
     check_sweep_signature(fits[0])
 
@@ -245,7 +245,7 @@ def test_a_planted_sweep_state_is_never_unpickled(tiny_dataset, tmp_path, capsys
 
 
 def test_a_signed_sweep_folder_changed_afterwards_is_refused(tmp_path):
-    from recbole_ckd.tune import SweepStateError, check_sweep_signature, sign_sweep
+    from recbole_ckd.sweep_signing import SweepStateError, check_sweep_signature, sign_sweep
 
     folder = tmp_path / "sweep"
     (folder / "trial_1").mkdir(parents=True)
