@@ -7,19 +7,15 @@ import functools
 import math
 import numbers
 import os
-import re
 from pathlib import Path
 
-import yaml
 from recbole.config import Config as RecBoleConfig
 
 from recbole_ckd import compat
 from recbole_ckd.errors import ConfigError
+from recbole_ckd.settings_files import SHIPPED_DATASETS_DIR, SafeYamlLoader, properties_dir, read_yaml, resolve_config_file
 
 compat.apply()
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-SHIPPED_DATASETS_DIR = PACKAGE_DIR / "datasets"
 
 # MMRec's .inter header; its columns carry no RecBole type suffixes.
 MMREC_FIELDS = {
@@ -29,64 +25,6 @@ MMREC_FIELDS = {
     "TIME_FIELD": "timestamp",
     "split_field": "x_label",
 }
-
-
-def properties_dir():
-    """The plugin's ``properties/``: top level of a checkout, or inside an installed wheel."""
-    for candidate in (PACKAGE_DIR.parent / "properties", PACKAGE_DIR / "properties"):
-        if (candidate / "overall.yaml").is_file() and (candidate / "model").is_dir():
-            return candidate
-    raise FileNotFoundError(
-        f"recbole-ckd's properties/ was not found next to {PACKAGE_DIR}; reinstall the package."
-    )
-
-
-def resolve_config_file(path):
-    """``path`` as given, or, when it names one of the plugin's own files (``properties/protocol/
-    ckd_reference.yaml``) and no such file is here, that file of the installed package."""
-    if os.path.isfile(path):
-        return path
-    parts = Path(path).parts
-    shipped = properties_dir().joinpath(*parts[1:]) if parts and parts[0] == "properties" else None
-    if shipped is not None and shipped.is_file():
-        return str(shipped)
-    raise ConfigError(f"--config_files: {path} does not exist; give the path of a YAML file.")
-
-
-class SafeYamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader (plain data only, never a Python object) with RecBole's float rule
-    (``1e-3`` is a float, not a string)."""
-
-
-SafeYamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+][0-9]+)?
-    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
-)
-
-
-def read_yaml(path):
-    """The mapping in a YAML config file; a malformed file is a ConfigError naming it."""
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            values = yaml.load(f.read(), Loader=SafeYamlLoader)
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}{line}: not valid YAML ({problem}); fix the file, or remove it from --config_files.") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file; a config file is YAML text.") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: a config file must be a YAML mapping of 'key: value' lines, got a {type(values).__name__}.")
-    return values
 
 
 _LITERAL_TYPES = (str, int, float, list, tuple, dict, bool, type(None))

@@ -500,7 +500,7 @@ def plot_weights(cells, path):
 def write_page(dataset, cells, output, config_files=None, config_dict=None, tuned=None, spaces=None, study=None):
     """Write ``<output>/<dataset>.md`` (``<dataset>-<study>.md`` for a study) and ``.csv`` (and the
     plots); returns the page path."""
-    from recbole_ckd.config import properties_dir, read_yaml
+    from recbole_ckd.settings_files import properties_dir, read_yaml
     from recbole_ckd.reports import describe_protocol
 
     summary = summarize(cells)
@@ -640,7 +640,7 @@ def _properties_text(props, dataset, cells, config_files, config_dict):
 
 def tuned_configs(sweeps_dir, dataset, models):
     """Best configurations (and their search spaces) that sweeps left in ``sweeps_dir``."""
-    from recbole_ckd.config import read_yaml
+    from recbole_ckd.settings_files import read_yaml
     from recbole_ckd.errors import ConfigError
 
     if not os.path.isdir(sweeps_dir):

@@ -13,7 +13,7 @@ from recbole_ckd.data.dataset import MultimodalDataset
 from recbole_ckd.errors import ConfigError
 from recbole_ckd.model.balancing import balancing_refusal
 from recbole_ckd.model.ckd import ckd_refusal
-from recbole_ckd.trainer import with_safe_checkpoints
+from recbole_ckd.trainer import CKDTrainer, ResumableTrainer, with_safe_checkpoints
 
 
 def get_model(name):
@@ -41,11 +41,15 @@ def get_model(name):
 
 
 def get_trainer(model_type, model_name):
-    """The trainer of a plugin model, or RecBole's trainer with the plugin's checkpoints."""
+    """The trainer of a model, chosen by what its class declares: a CKD student trains in two stages
+    (teachers, then the student), the plugin's other models resume from their checkpoints, and
+    RecBole's models get RecBole's trainer with the plugin's checkpoints."""
     model_class = plugin_models.MODELS.get(model_name)
-    if model_class is not None:
-        return model_class.trainer_class()
-    return with_safe_checkpoints(recbole_get_trainer(model_type, model_name))
+    if model_class is None:
+        return with_safe_checkpoints(recbole_get_trainer(model_type, model_name))
+    if getattr(model_class, "is_ckd_student", False):
+        return CKDTrainer
+    return ResumableTrainer
 
 
 def create_dataset(config):

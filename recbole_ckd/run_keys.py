@@ -51,7 +51,7 @@ def dataset_fingerprint(config):
 @functools.lru_cache(maxsize=None)
 def later_key_defaults():
     """overall.yaml's values of :data:`LATER_KEYS`."""
-    from recbole_ckd.config import properties_dir, read_yaml
+    from recbole_ckd.settings_files import properties_dir, read_yaml
 
     overall = read_yaml(properties_dir() / "overall.yaml")
     return {key: overall[key] for key in LATER_KEYS}

@@ -71,7 +71,7 @@ def ckd_refusal(backbone, modality):
 class CKDStudentMixin(BalancingMixin):
     """Turns a backbone into a CKD student; the backbone's own forward is untouched."""
 
-    is_ckd_student = True
+    is_ckd_student = True  # the registry trains it with CKDTrainer
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -218,14 +218,11 @@ class CKDStudentMixin(BalancingMixin):
 
 def make_ckd_model(backbone):
     """The ``<Backbone>_CKD`` class: the student mixin over ``backbone``."""
-    from recbole_ckd.trainer import CKDTrainer
-
     return type(
         f"{backbone.__name__}_CKD",
         (CKDStudentMixin, backbone),
         {
             "backbone": backbone,
-            "trainer_class": classmethod(lambda cls: CKDTrainer),
             "__doc__": f"{backbone.__name__} trained as a CKD student (docs/method.md, section 4).",
             "__module__": __name__,
         },

@@ -120,12 +120,6 @@ class MultimodalRecommender(GeneralRecommender):
 
     # ------------------------------------------------------------ plugin hooks
     @classmethod
-    def trainer_class(cls):
-        from recbole_ckd.trainer import ResumableTrainer
-
-        return ResumableTrainer
-
-    @classmethod
     def config_names(cls):
         """Model YAMLs to load, in order (the plugin's properties/model/<name>.yaml)."""
         return [cls.__name__]
