@@ -8,6 +8,7 @@ import pytest
 from conftest import FAST
 
 from recbole_ckd import leaderboard as lb
+from recbole_ckd.run_keys import RUN_KEY_LENGTH
 
 
 def test_mean_and_sample_std():
@@ -103,7 +104,7 @@ def test_a_cell_is_rerun_when_its_data_or_properties_changed(tiny_dataset, tmp_p
     settings = {**FAST, "data_path": tiny_dataset["root"], "checkpoint_dir": str(tmp_path / "saved"), "epochs": 1}
     out = str(tmp_path / "results")
     (first,) = lb.run_cells("tiny", ["BPR"], [1], out, config_dict=settings, log=lambda *a: None)["BPR"]
-    assert first["run_key"][: lb.RUN_KEY_LENGTH] == os.path.basename(os.path.dirname(first["checkpoint"])).split("-")[-1]
+    assert first["run_key"][: RUN_KEY_LENGTH] == os.path.basename(os.path.dirname(first["checkpoint"])).split("-")[-1]
     assert first["code"]["recbole_ckd"] == __import__("recbole_ckd").__version__
 
     import recbole_ckd.quick_start as qs
@@ -112,7 +113,7 @@ def test_a_cell_is_rerun_when_its_data_or_properties_changed(tiny_dataset, tmp_p
     real_run = qs.run
     monkeypatch.setattr(qs, "run", lambda *a, **k: calls.append(a[0]) or real_run(*a, **k))
     (cell_file,) = (tmp_path / "results" / "tiny" / "cells").glob("BPR-seed1-*.json")
-    assert cell_file.name == f"BPR-seed1-{first['run_key'][: lb.RUN_KEY_LENGTH]}.json"
+    assert cell_file.name == f"BPR-seed1-{first['run_key'][: RUN_KEY_LENGTH]}.json"
     legacy = {k: v for k, v in first.items() if k != "run_key"}  # written before cells stored their key
     cell_file.rename(cell_file.with_name("BPR-seed1-0123456789ab.json"))  # and named by the command line
     cell_file.with_name("BPR-seed1-0123456789ab.json").write_text(__import__("json").dumps(legacy))

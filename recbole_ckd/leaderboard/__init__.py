@@ -1,0 +1,34 @@
+"""Leaderboards: many models over many seeds, one protocol, one page.
+
+Every cell (model, seed) is an ordinary run (:func:`recbole_ckd.quick_start.run`) and is
+cached as JSON under ``<output>/<dataset>/cells/``: rerunning after an interruption or after
+adding a model only runs what is missing. The page ``<output>/<dataset>.md`` follows RecBole's
+result pages: the experimental setting, the properties used, dataset statistics, a method x
+metric table (mean and standard deviation over seeds), each ``_CKD`` model against its
+backbone with a paired test across seeds, published reference numbers where they exist, tuned
+values next to their ranges, and diagnostic plots.
+
+The modules: :mod:`~recbole_ckd.leaderboard.studies` (what runs), :mod:`~recbole_ckd.leaderboard.cells`
+(running and caching it), :mod:`~recbole_ckd.leaderboard.statistics`, :mod:`~recbole_ckd.leaderboard.tables`,
+:mod:`~recbole_ckd.leaderboard.plots` and :mod:`~recbole_ckd.leaderboard.page` (the page),
+:mod:`~recbole_ckd.leaderboard.sweeps` (tuned configurations) and :mod:`~recbole_ckd.leaderboard.command`
+(``--leaderboard``).
+"""
+
+from recbole_ckd.leaderboard.cells import Cell, cells_at_once, plan_cells, recorded_run_key, run_cells, run_plan
+from recbole_ckd.leaderboard.command import MAX_SEED_COUNT, parse_models, parse_seeds, run_leaderboard
+from recbole_ckd.leaderboard.page import PROTOCOL_TEXT, STATISTICS_ORDER, write_page
+from recbole_ckd.leaderboard.plots import plot_modalities, plot_study_modalities, plot_weights, study_modes
+from recbole_ckd.leaderboard.statistics import mean_std, paired_t_test, relative_improvement
+from recbole_ckd.leaderboard.studies import BALANCING_STUDY, STUDIES, Entry, as_entry, study_entries
+from recbole_ckd.leaderboard.sweeps import tuned_configs
+from recbole_ckd.leaderboard.tables import (MMREC_REFERENCE, TABLE_METRICS, comparison_table, method_table, summarize,
+                                            variant_comparisons)
+
+__all__ = [
+    "BALANCING_STUDY", "Cell", "Entry", "MAX_SEED_COUNT", "MMREC_REFERENCE", "PROTOCOL_TEXT", "STATISTICS_ORDER",
+    "STUDIES", "TABLE_METRICS", "as_entry", "cells_at_once", "comparison_table", "mean_std", "method_table",
+    "paired_t_test", "parse_models", "parse_seeds", "plan_cells", "plot_modalities", "plot_study_modalities",
+    "plot_weights", "recorded_run_key", "relative_improvement", "run_cells", "run_leaderboard", "run_plan",
+    "study_entries", "study_modes", "summarize", "tuned_configs", "variant_comparisons", "write_page",
+]

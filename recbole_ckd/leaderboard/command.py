@@ -1,0 +1,67 @@
+"""The ``--leaderboard`` command: its ``--seeds`` and ``--models`` parsed, every cell run (or reused) and the page written."""
+
+from recbole_ckd.leaderboard.cells import run_cells
+from recbole_ckd.leaderboard.page import write_page
+from recbole_ckd.leaderboard.studies import as_entry, study_entries
+from recbole_ckd.leaderboard.sweeps import tuned_configs
+
+
+def run_leaderboard(dataset, models, seeds, output="results", config_files=None, cmd_args=(), sweeps_dir=None,
+                    study=None, ray_address=None, cpus_per_cell=None, gpus_per_cell=None):
+    """Run (or reuse) every cell and write the page; returns the page path. With ``study``,
+    ``models`` are backbones and every entry of the study runs for each (:func:`study_entries`)."""
+    from recbole_ckd.config import Config
+
+    entries = study_entries(study, models) if study else [as_entry(m) for m in models]
+    config_dict = {}
+    if cmd_args:
+        config_dict = dict(Config(entries[0].model, dataset, config_files, cmd_args=cmd_args).cmd_config_dict)
+    tuned, spaces = tuned_configs(sweeps_dir, dataset, sorted({e.model for e in entries})) if sweeps_dir else ({}, {})
+    cells = run_cells(dataset, entries, seeds, output, config_files, config_dict, tuned, ray_address=ray_address,
+                      cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell)
+    page = write_page(dataset, cells, output, config_files, config_dict, tuned, spaces, study)
+    print(f"leaderboard: {page}")
+    return page
+
+
+MAX_SEED_COUNT = 100
+
+
+def parse_seeds(text, base=2020):
+    """``3`` -> [2020, 2021, 2022]; ``1,5,9`` -> [1, 5, 9]; ``7,`` -> [7]. Each seed once: a repeated
+    seed would count one cell twice (and fake a zero spread)."""
+    text = str(text)
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()] if "," in text else None
+        count = None if seeds is not None else int(text)
+    except ValueError:
+        raise ValueError(f"--seeds={text}: give a count (3) or comma-separated integer seeds (1,2,3)") from None
+    if seeds is not None:
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated or not seeds:
+            raise ValueError(f"--seeds={text}: " + (f"seed(s) {repeated} given more than once; give each seed once"
+                                                    if repeated else "no seed given"))
+        return seeds
+    if not 0 < count <= MAX_SEED_COUNT:
+        raise ValueError(
+            f"--seeds={text} asks for {count} seeds (a number is a count, at most {MAX_SEED_COUNT}); "
+            f"for the single seed {text} write --seeds={text},"
+        )
+    return [base + k for k in range(count)]
+
+
+def parse_models(text):
+    """``BPR,VBPR`` -> ["BPR", "VBPR"]: each model once, every name resolved before any cell runs."""
+    from recbole_ckd.registry import get_model
+
+    models = [m.strip() for m in str(text).split(",") if m.strip()]
+    repeated = sorted({m for m in models if models.count(m) > 1})
+    if repeated or not models:
+        raise ValueError(f"--models={text}: " + (f"{', '.join(repeated)} given more than once" if repeated
+                                                 else "no model given"))
+    for model in models:
+        try:
+            get_model(model)
+        except ValueError as err:
+            raise ValueError(f"--models: {err}") from None
+    return models

@@ -1,0 +1,49 @@
+"""What a leaderboard runs: its rows (:class:`Entry`) and the studies that expand backbones into rows."""
+
+from typing import NamedTuple
+
+
+class Entry(NamedTuple):
+    """One row of a leaderboard: ``label`` (its name in tables and cell files), the ``model`` that
+    runs, and the config ``overrides`` that make it this variant (an ablation of a CKD model)."""
+
+    label: str
+    model: str
+    overrides: dict
+
+
+def as_entry(item):
+    """A model name is the entry of that model with no overrides."""
+    return item if isinstance(item, Entry) else Entry(item, item, {})
+
+
+# The balancing study (--study=balancing), per backbone B: the plain model, CKD, its ablations
+# (docs/method.md, section 8) and the balancing baselines (section 9), as (label, model, overrides).
+BALANCING_STUDY = (
+    ("{B}", "{B}", {}),
+    ("{B}_CKD", "{B}_CKD", {}),
+    ("{B}_CKD-no_specific", "{B}_CKD", {"ckd_specific": False}),
+    ("{B}_CKD-no_generic", "{B}_CKD", {"ckd_generic": False}),
+    ("{B}_CKD-uniform_weights", "{B}_CKD", {"ckd_weighting": "uniform"}),
+    ("{B}_CKD-teacher_gap", "{B}_CKD", {"ckd_weighting": "teacher_gap"}),
+    ("{B}_MDrop", "{B}_MDrop", {}),
+    ("{B}_OGMGE", "{B}_OGMGE", {}),
+)
+
+
+STUDIES = {"balancing": BALANCING_STUDY}
+
+
+def study_entries(study, backbones):
+    """Every entry of ``study`` for each backbone, backbone by backbone."""
+    from recbole_ckd.model import MODELS
+
+    if study not in STUDIES:
+        raise ValueError(f"--study={study}: unknown study; the studies are {', '.join(sorted(STUDIES))}")
+    for name in backbones:
+        backbone = MODELS.get(name)
+        if backbone is None or getattr(backbone, "backbone", None) is not None or not backbone.ranks_with_modalities:
+            raise ValueError(f"--models: {name} is not a multimodal backbone that ranks with its modalities; "
+                             f"--study={study} takes backbones, e.g. --models=VBPR,LATTICE,EgoGCN")
+    return [Entry(label.format(B=name), model.format(B=name), dict(overrides))
+            for name in backbones for label, model, overrides in STUDIES[study]]
