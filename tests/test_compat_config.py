@@ -149,6 +149,14 @@ def test_model_lookup_is_plugin_first_with_recbole_fallback():
     assert get_trainer(None, "BPR") is trainer
 
 
+def test_the_registry_chooses_each_models_trainer():
+    from recbole_ckd.trainer import CKDTrainer, ResumableTrainer
+
+    assert get_trainer(None, "VBPR_CKD") is CKDTrainer  # a CKD student trains its teachers first
+    assert get_trainer(None, "VBPR") is ResumableTrainer
+    assert get_trainer(None, "VBPR_MDrop") is ResumableTrainer
+
+
 def test_properties_ship_inside_the_wheel(tmp_path):
     assert properties_dir() == __import__("pathlib").Path(ROOT) / "properties"
     subprocess.run(
