@@ -10,6 +10,8 @@ import hashlib
 import json
 import os
 
+from recbole_ckd.settings_files import properties_dir, read_yaml
+
 # Keys added after results were published (the CKD ablation switches, the balancing baselines'
 # settings): at overall.yaml's default they compute exactly what the code did before they
 # existed, so they enter a run key only when set to another value (cached cells stay valid).
@@ -51,8 +53,6 @@ def dataset_fingerprint(config):
 @functools.lru_cache(maxsize=None)
 def later_key_defaults():
     """overall.yaml's values of :data:`LATER_KEYS`."""
-    from recbole_ckd.settings_files import properties_dir, read_yaml
-
     overall = read_yaml(properties_dir() / "overall.yaml")
     return {key: overall[key] for key in LATER_KEYS}
 
