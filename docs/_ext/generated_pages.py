@@ -12,6 +12,7 @@ Both folders are rebuilt on every build and are not committed. Links written for
 import csv
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
@@ -79,10 +80,9 @@ def model_yaml(name):
 
 
 def _module_summary(backbone):
-    import sys
-
-    doc = sys.modules[backbone.__module__].__doc__ or ""
-    return doc.strip().splitlines()[0] if doc.strip() else backbone.__name__
+    """The first paragraph of the backbone's module docstring: its paper and what it is."""
+    doc = (sys.modules[backbone.__module__].__doc__ or "").strip()
+    return " ".join(doc.split("\n\n")[0].split()) if doc else backbone.__name__
 
 
 def _value(value):
