@@ -19,7 +19,7 @@ class FREEDOM(ItemGraphRecommender):
       Built once and cached under ``<checkpoint_dir>/graphs``. ``h = S^{n_mm_layers} e_I``.
     - *Denoised user-item graph*: LightGCN (mean of layers ``0..n_ui_layers``) over the training
       graph ``D^-1/2 A D^-1/2``. In training, :meth:`pre_epoch` samples, every epoch,
-      ``int(|E| (1 - dropout))`` of the |E| training edges without replacement, edge ``(u, i)``
+      ``int(|E| (1 - dropout))`` of the ``|E|`` training edges without replacement, edge ``(u, i)``
       with probability proportional to ``1 / sqrt(d_u d_i)`` (edges between popular nodes are the
       likeliest to be dropped), and normalises the kept graph with its own degrees. The torch
       RNG of the model's device draws the sample, so a resumed run draws what the uninterrupted
