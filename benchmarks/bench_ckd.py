@@ -2,7 +2,7 @@
 
 On a generated dataset of a published shape (``--shape``: Baby 19,445 users / 7,050 items /
 160,792 interactions, Clothing 39,387 / 23,033 / 278,677, Elec 192,403 / 63,001 / 1,689,188;
-4096-d and 384-d features; or ``devset``, the team's ckd-devset shape, 3,000 / 1,200 / 30,047
+4096-d and 384-d features; or ``devset``, the shape of the shipped ckd-devset, 3,000 / 1,200 / 30,047
 with 512-d and 384-d features; ``--scale`` shrinks users, items and interactions together), for
 each backbone: the median training seconds per epoch of the plain backbone, of a teacher (the
 backbone in its "only m" mode) and of the CKD student (with teacher tables in place), the
@@ -37,9 +37,9 @@ from recbole_ckd.data.synthetic import generate_dataset  # noqa: E402
 from recbole_ckd.model import MODELS  # noqa: E402
 from recbole_ckd.registry import create_dataset, get_trainer  # noqa: E402
 
-# published shapes (reference/published.md)
+# the sizes of the Amazon Baby, Clothing and Elec datasets as MMRec preprocesses them
 SHAPES = {
-    # the shape of issue 17's side-by-side with MMRec (the team's ckd-devset: 512-d image features)
+    # the shape of the shipped ckd-devset (recbole_ckd/datasets/ckd-devset: 512-d image features)
     "devset": {"n_users": 3000, "n_items": 1200, "n_interactions": 30047,
                "modalities": {"v": ("image_feat.npy", 512, 0.3), "t": ("text_feat.npy", 384, 0.8)}},
     "baby": {"n_users": 19445, "n_items": 7050, "n_interactions": 160792},

@@ -13,7 +13,7 @@ is the median of ``--repeats`` epochs (``--evals`` full evaluations) after one w
 - ``ours``: this checkout (``<Backbone>`` and ``<Backbone>_CKD``, the student with teacher
   tables in place, as ``bench_ckd.py`` times it);
 - ``baseline`` (``--baseline=PATH``): another checkout of this project, e.g. ``git worktree add
-  /tmp/main main``, to measure a change before and after in one run;
+  ../main main``, to measure a change before and after in one run;
 - ``mmrec`` (``--mmrec=PATH``): a local checkout of MMRec (github.com/enoche/MMRec), whose
   ``src/`` is imported by the worker: its ``Config``, ``RecDataset``, ``TrainDataLoader``
   (its own negative sampling), model and ``Trainer``; an epoch is
@@ -36,12 +36,12 @@ is the median of ``--repeats`` epochs (``--evals`` full evaluations) after one w
   writes (a few epochs do: the epoch time does not depend on them); ``--prepare_ckd_reference``
   writes those data for ``--shape`` and prints the two teacher commands. On a CPU machine run a copy with
   its ``.cuda()`` and ``torch.cuda.set_device`` calls changed; its ``utility/batch_test.py``
-  (``data_generator``, ``test_torch``, as in LATTICE) must be present, which the public code index
-  used here does not hold.
+  (``data_generator``, ``test_torch``, as in LATTICE's code) must be present.
 
 None of the references' code is in this repository. Without ``--mmrec`` / ``--ckd_reference``
 their columns are absent ("not measured"): no number is ever filled in for them. Results
-(JSON and markdown, with the machine and the command) go to ``benchmarks/results/``.
+(JSON and markdown, with the machine and the command) go to ``benchmarks/results/``; they name each
+checkout by its git commit, and the command keeps no absolute path of this machine.
 """
 
 import argparse
@@ -61,10 +61,42 @@ BACKBONES = "VBPR,MMGCN,GRCN,LATTICE,BM3,FREEDOM,MGCN,EgoGCN"
 MMREC_MODELS = {"VBPR", "MMGCN", "GRCN", "LATTICE", "BM3", "FREEDOM", "MGCN"}  # EgoGCN is not in MMRec
 # this project's name of a hyper-parameter MMRec names otherwise, per backbone
 REFERENCE_NAMES = {"FREEDOM": {"reg_weight": "mm_bpr_weight"}, "MGCN": {"cl_loss": "cl_weight"}}
-# issue 17, measured on this project's 2-core CPU machine before the work of that issue (MMRec at its
-# HEAD, ours at main), devset shape: printed as a reminder only, never mixed with this run's numbers
+# measured earlier on a 2-core CPU machine at the devset shape, MMRec at its HEAD and ours before the
+# BM3 / FREEDOM projection and multi-tensor Adam speed-ups (commit a07cb44): printed as a reminder
+# only, never mixed with this run's numbers
 RECORDED_EARLIER = {"VBPR": ("0.10", "0.06"), "MMGCN": ("1.9", "0.6"), "GRCN": ("1.0", "0.35"),
                     "LATTICE": ("0.27-0.30", "0.10"), "BM3": ("0.21", "0.28"), "FREEDOM": ("0.20", "0.32")}
+
+
+# ----------------------------------------------------------------------------- how results name things
+PATH_OPTIONS = ("--baseline", "--mmrec", "--ckd_reference", "--data_root", "--output")
+
+
+def checkout_commit(path):
+    """How a result names a checkout: its git commit (``+dirty``: with uncommitted changes), never
+    its path on this machine; None for no checkout."""
+    if not path:
+        return None
+    try:
+        git = ["git", "-C", path]
+        commit = subprocess.run(git + ["rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(git + ["status", "--porcelain"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "a copy outside git"
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def portable_command(argv):
+    """The command as typed, each absolute path given to a path option replaced by ``<option>``."""
+    words = []
+    for word in argv:
+        option, eq, value = word.partition("=")
+        if eq and option in PATH_OPTIONS and os.path.isabs(os.path.expanduser(value)):
+            word = f"{option}=<{option[2:]}>"
+        elif not eq and words and words[-1] in PATH_OPTIONS and os.path.isabs(os.path.expanduser(word)):
+            word = f"<{words[-1][2:]}>"
+        words.append(word)
+    return " ".join(["python", "benchmarks/bench_reference.py"] + words)
 
 
 # ----------------------------------------------------------------------------- workers
@@ -100,7 +132,7 @@ def worker_ours(args):
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     trainer.eval_collector.data_collect(train)
     return (lambda: trainer._train_epoch(train, 0), lambda: trainer.evaluate(valid, load_best_model=False),
-            {"code": os.path.dirname(os.path.dirname(recbole_ckd.__file__))})
+            {"code": checkout_commit(os.path.dirname(os.path.dirname(recbole_ckd.__file__)))})
 
 
 def worker_mmrec(args):
@@ -421,8 +453,8 @@ def write_results(record, base):
                   "the JSON. Its epoch is its own: its sampler's batches and defaults (see the docstring).", ""]
     lines += table(record)
     if record["shape_name"] == "devset":
-        lines += ["", "Recorded earlier, not this run (issue 17, the same machine and shape, MMRec at its HEAD, ours "
-                  "before that issue), s/epoch:", "", "| backbone | MMRec | ours then |", "| --- | --- | --- |"]
+        lines += ["", "Recorded earlier, not this run (a 2-core CPU machine, this shape, MMRec at its HEAD, ours "
+                  "before commit a07cb44), s/epoch:", "", "| backbone | MMRec | ours then |", "| --- | --- | --- |"]
         lines += [f"| {b} | {m} | {o} |" for b, (m, o) in RECORDED_EARLIER.items()]
     with open(base + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -476,10 +508,11 @@ def main(argv=None):
         if not getattr(args, name):
             print(f"--{name} not given: its column is absent (nothing of theirs is measured)", flush=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    record = {"benchmark": "bench_reference", "time": stamp, "command": " ".join(["python", "benchmarks/bench_reference.py"]
-              + (argv if argv is not None else sys.argv[1:])), "dataset": dataset, "shape_name": args.shape,
-              "shape": shape, "machine": machine, "repeats": args.repeats, "evals": args.evals,
-              "ours": ROOT, "baseline": args.baseline, "mmrec": args.mmrec, "ckd_reference": args.ckd_reference}
+    record = {"benchmark": "bench_reference", "time": stamp,
+              "command": portable_command(argv if argv is not None else sys.argv[1:]), "dataset": dataset,
+              "shape_name": args.shape, "shape": shape, "machine": machine, "repeats": args.repeats,
+              "evals": args.evals, "ours": checkout_commit(ROOT),
+              **{name: checkout_commit(getattr(args, name)) for name in ("baseline", "mmrec", "ckd_reference")}}
     os.makedirs(args.output, exist_ok=True)
     base = os.path.join(args.output, f"bench_reference-{args.device}-{args.shape}-x{args.scale:g}-{stamp}")
     side_by_side(args, dataset, record, base)

@@ -1,7 +1,8 @@
 #!/bin/bash
-# The wheels a GPU machine without RecBole needs (its image has Python 3.12 with torch, numpy,
-# scipy, pandas, yaml, tqdm, tensorboard): RecBole itself and its two small pure-Python needs.
-# Run once here, in the repository root; .whl/ is git-ignored and travels with `carry`.
+# The wheels a GPU machine needs whose Python 3.12 has torch, numpy, scipy, pandas, yaml, tqdm and
+# tensorboard but not RecBole, and which cannot reach a package index: RecBole itself and its two
+# small pure-Python needs. Run it once in the repository root of a machine that can, then copy .whl/
+# (git-ignored) along with the checkout; benchmarks/gpu_check.sh installs what it finds there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -1,5 +1,6 @@
 """One training run through RecBole's machinery: its config, data, trainer and result record."""
 
+import os
 from logging import getLogger
 
 from recbole.utils import init_seed
@@ -51,7 +52,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     The same function serves the command line, sweeps and leaderboards: only the config
     differs. ``cmd_args`` are ``--key=value`` overrides (highest priority). ``callback_fn(epoch,
     valid_score)`` is called after every validation; ``evaluate_test=False`` (a sweep trial)
-    never touches the test set.
+    never touches the test set. Checkpoint paths in the record are relative to ``checkpoint_dir``,
+    so a record means the same on every machine.
     """
     config, (train_data, valid_data, test_data), trainer = prepare(
         model, dataset, config_file_list, config_dict, cmd_args
@@ -74,14 +76,15 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         "best_valid_score": float(best_valid_score),
         "valid_result": {k: float(v) for k, v in (best_valid_result or {}).items()},
         "test_result": {k: float(v) for k, v in (test_result or {}).items()},
-        "checkpoint": trainer.saved_model_file if saved else None,
+        "checkpoint": os.path.relpath(trainer.saved_model_file, config["checkpoint_dir"]) if saved else None,
         "run_key": config_key(config),
         "code": CODE_VERSION,
         "dataset_statistics": dataset_statistics(train_data, valid_data, test_data),
     }
     if hasattr(trainer, "epoch_stats"):
         result["epoch_stats"] = trainer.epoch_stats
-        result["checkpoints"] = trainer.checkpoint_dirs()
+        result["checkpoints"] = {name: os.path.relpath(path, config["checkpoint_dir"])
+                                 for name, path in trainer.checkpoint_dirs().items()}
     if hasattr(trainer, "teacher_origins"):
         result["teachers"] = dict(trainer.teacher_origins)
     if evaluate_test and hasattr(trainer, "mode_results"):  # each modality alone; CKD: and each teacher

@@ -92,7 +92,8 @@ def format_report(result):
         for name, splits in result["modes"].items():
             cells = "".join(f"{splits[split].get(metric, float('nan')):>18.4f}" for split, metric in columns)
             lines.append(f"{name:<16}{cells}")
-    for name, path in (result.get("checkpoints") or {"checkpoint": result.get("checkpoint")}).items():
-        if path:
-            lines.append(f"{name}: {path}")
+    checkpoints = {k: v for k, v in (result.get("checkpoints") or {"checkpoint": result.get("checkpoint")}).items() if v}
+    if checkpoints:
+        lines.append("checkpoints, under checkpoint_dir:")
+        lines += [f"  {name}: {path}" for name, path in checkpoints.items()]
     return "\n".join(lines)

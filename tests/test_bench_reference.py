@@ -100,12 +100,16 @@ def test_side_by_side_with_a_baseline_and_both_references(tmp_path):
                                    "--evals", "1", "--baseline", ROOT, "--mmrec", mmrec, "--ckd_reference", ckd,
                                    "--data_root", str(tmp_path / "data"), "--output", str(tmp_path / "out")])
     vbpr = record["results"]["VBPR"]
+    commit = bench_reference.checkout_commit(ROOT)  # results name a checkout by its commit, not its path
+    assert record["ours"] == record["baseline"] == commit and "/" not in commit
+    assert record["mmrec"] == record["ckd_reference"] == "a copy outside git"
+    assert "--mmrec <mmrec>" in record["command"] and "--output <output>" in record["command"]
     assert set(vbpr["plain"]) == {"ours", "baseline", "mmrec"}
     assert set(vbpr["student"]) == {"ours", "baseline", "ckd_reference"}
     for part in ("plain", "student"):
         for kind in ("ours", "baseline"):
             run = vbpr[part][kind]
-            assert len(run["train_runs"]) == 2 and len(run["eval_runs"]) == 1 and run["code"] == ROOT
+            assert len(run["train_runs"]) == 2 and len(run["eval_runs"]) == 1 and run["code"] == commit
     # MMRec's grids are set to our values where they list them (VBPR's reg_weight 1e-5), else their first
     assert vbpr["plain"]["mmrec"]["settings"] == {"seed": 2024, "reg_weight": 1e-05, "n_layers": 3}
     assert len(vbpr["plain"]["mmrec"]["eval_runs"]) == 1
@@ -114,6 +118,7 @@ def test_side_by_side_with_a_baseline_and_both_references(tmp_path):
     assert [line.split(":")[0] for line in vbpr["student"]["ckd_reference"]["log"]] == [
         "Epoch 0 [0.5s]", "Epoch 1 [1.5s]", "Epoch 2 [2.5s]"]  # its loss lines are kept
     (json_file,) = (tmp_path / "out").glob("bench_reference-*.json")
+    assert str(tmp_path) not in json_file.read_text() + json_file.with_suffix(".md").read_text()
     assert json.loads(json_file.read_text())["machine"]["torch_threads"] == 1
     table = json_file.with_suffix(".md").read_text()
     assert "| VBPR | plain |" in table and "(MMRec)" in table and "(CKD authors)" in table

@@ -2,6 +2,7 @@
 scores, and the refusal of BM3_CKD."""
 
 import itertools
+import os
 import re
 
 import pytest
@@ -58,13 +59,14 @@ def test_end_to_end_one_epoch_without_negatives(tiny_dataset, run_config, monkey
 
     monkeypatch.setattr(BM3, "calculate_loss", spy)
     monkeypatch.setattr(BM3, "pop_epoch_stats", spy_pop)
-    result = run("BM3", "tiny", config_dict=run_config(tiny_dataset["root"]))
+    config = run_config(tiny_dataset["root"])
+    result = run("BM3", "tiny", config_dict=config)
     assert columns and all("neg_itemID" not in c and "itemID" in c for c in columns)
     assert result["model"] == "BM3"
     for split in ("valid_result", "test_result"):
         assert set(result[split]) == {f"{m}@{k}" for m in ("recall", "ndcg", "precision", "map", "hit") for k in (10, 20)}
         assert all(0.0 <= v <= 1.0 for v in result[split].values())
-    state = load_checkpoint(result["checkpoint"])
+    state = load_checkpoint(os.path.join(config["checkpoint_dir"], result["checkpoint"]))
     assert state["model"] == "BM3" and state["epoch"] == 0
     assert {"feature_table.v", "feature_table.t", "predictor.weight"} <= set(state["state_dict"])
     assert "graph" not in state["state_dict"]

@@ -214,7 +214,8 @@ def test_ckd_end_to_end(tiny_dataset, tmp_path, model):
     # the teachers were selected in their "only m" mode: re-evaluating them there gives the
     # validation score their training selected on
     for m in ("v", "t"):
-        state = load_checkpoint(os.path.join(result["checkpoints"][f"teacher {m}"], "last.pth"))
+        assert result["checkpoints"][f"teacher {m}"].startswith(f"tiny/teachers/{model.removesuffix('_CKD')}-{m}-")
+        state = load_checkpoint(tmp_path / "saved" / result["checkpoints"][f"teacher {m}"] / "last.pth")
         assert result["modes"][f"teacher {m}"]["valid"]["recall@20"] == pytest.approx(state["best_valid_score"], abs=1e-4)
 
 
@@ -280,7 +281,8 @@ def test_resume_after_interruption_gives_the_same_result(tiny_dataset, tmp_path,
     assert calls["n"] == 1
     assert resumed["test_result"] == reference["test_result"] and resumed["modes"] == reference["modes"]
     # metrics are rounded; the selected students themselves must be identical
-    ours, theirs = (load_checkpoint(r["checkpoint"])["state_dict"] for r in (resumed, reference))
+    ours, theirs = (load_checkpoint(tmp_path / d / "saved" / r["checkpoint"])["state_dict"]
+                    for r, d in ((resumed, "b"), (reference, "a")))
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 

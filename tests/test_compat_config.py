@@ -166,7 +166,8 @@ def test_properties_ship_inside_the_wheel(tmp_path):
     (wheel,) = [f for f in os.listdir(tmp_path) if f.endswith(".whl")]
     names = set(zipfile.ZipFile(tmp_path / wheel).namelist())
     for name in ("properties/overall.yaml", "properties/model/VBPR.yaml", "properties/dataset/baby.yaml",
-                 "datasets/ml-100k-mm/ml-100k-mm.inter", "datasets/ml-100k-mm/text_feat.npy"):
+                 "datasets/ml-100k-mm/ml-100k-mm.inter", "datasets/ml-100k-mm/text_feat.npy",
+                 "datasets/ckd-devset/ckd-devset.inter", "datasets/ckd-devset/dataset_info.json"):
         assert f"recbole_ckd/{name}" in names, name
     assert "run_recbole_ckd.py" in names
 

@@ -287,7 +287,7 @@ def test_training_runs_and_resumes_bit_identically(tiny_dataset, tmp_path, name,
     started again ends with the same selected model and the same test result."""
     settings = {**FAST, "epochs": 3, "stopping_step": 100, "gd_samples": 9, "data_path": tiny_dataset["root"]}
     reference = run(name, "tiny", config_dict={**settings, "checkpoint_dir": str(tmp_path / "a")})
-    assert load_checkpoint(reference["checkpoint"])["model"] == name
+    assert load_checkpoint(tmp_path / "a" / reference["checkpoint"])["model"] == name
 
     original, calls = ResumableTrainer._train_epoch, {"n": 0}
 
@@ -303,7 +303,7 @@ def test_training_runs_and_resumes_bit_identically(tiny_dataset, tmp_path, name,
     resumed = run(name, "tiny", config_dict={**settings, "checkpoint_dir": str(tmp_path / "b")})
     assert calls["n"] == 1
     assert resumed["test_result"] == reference["test_result"]
-    ours, theirs = (load_checkpoint(r["checkpoint"])["state_dict"] for r in (resumed, reference))
+    ours, theirs = (load_checkpoint(tmp_path / d / r["checkpoint"])["state_dict"] for r, d in ((resumed, "b"), (reference, "a")))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 

@@ -27,7 +27,7 @@ def test_an_unreadable_checkpoint_retrains_only_its_stage(tiny_dataset, tmp_path
     monkeypatch.chdir(tmp_path)
     settings = ckd_config(tiny_dataset, tmp_path)
     first = run("VBPR_CKD", "tiny", config_dict=settings)
-    dirs = first["checkpoints"]
+    dirs = {stage: os.path.join(settings["checkpoint_dir"], d) for stage, d in first["checkpoints"].items()}
     path = os.path.join(dirs[stage], name)
     if damage == "truncate":
         with open(path, "r+b") as f:

@@ -315,7 +315,7 @@ def test_freedom_pruning_in_training_resumes_deterministically(tiny_dataset, tmp
     # interrupted as epoch 2 began (before its graph was drawn), resumed at epoch 2
     assert calls["n"] == 1 and [e for e, _ in seen] == [0, 1, 2, 3]
     assert all(edges == epochs[e] for e, edges in seen)  # the resumed epochs drew the same graphs
-    ours, theirs = (load_checkpoint(r["checkpoint"])["state_dict"] for r in (resumed, reference))
+    ours, theirs = (load_checkpoint(tmp_path / d / r["checkpoint"])["state_dict"] for r, d in ((resumed, "b"), (reference, "a")))
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 

@@ -1,12 +1,15 @@
-"""MMRec's split rule, the atomic dataset writer, and the shipped ml-100k-mm files."""
+"""MMRec's split rule, the atomic dataset writer, and the shipped datasets (ml-100k-mm, ckd-devset)."""
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from recbole_ckd.config import SHIPPED_DATASETS_DIR, Config
 from recbole_ckd.data import mmrec_format
 from recbole_ckd.data.mmrec_format import (
     INTER_COLUMNS,
@@ -16,7 +19,8 @@ from recbole_ckd.data.mmrec_format import (
     write_mmrec_dataset,
 )
 
-SHIPPED = Path(mmrec_format.__file__).resolve().parent.parent / "datasets" / "ml-100k-mm"
+SHIPPED = SHIPPED_DATASETS_DIR / "ml-100k-mm"
+DEVSET = SHIPPED_DATASETS_DIR / "ckd-devset"
 
 
 # ---------------------------------------------------------------------------- split rule
@@ -232,3 +236,24 @@ def test_shipped_ml100k_matches_its_info():
     assert list(user_map.columns) == ["userID", "raw_user_id"] and len(user_map) == 943
     assert item_map.raw_item_id.is_monotonic_increasing and user_map.raw_user_id.is_monotonic_increasing
     assert json.loads((SHIPPED / "dataset_info.json").read_text())["provenance"]["seed"] == 2024
+
+
+def test_shipped_ckd_devset_is_the_published_one():
+    """The files the committed ckd-devset results were computed on: each one's SHA-256 is the
+    digest dataset_info.json records, and the statistics are those of the files."""
+    info = json.loads((DEVSET / "dataset_info.json").read_text())
+    assert sorted(info["sha256"]) == sorted(p.name for p in DEVSET.iterdir() if p.name != "dataset_info.json")
+    for name, digest in info["sha256"].items():
+        assert hashlib.sha256((DEVSET / name).read_bytes()).hexdigest() == digest, f"{name} is not the published file"
+    inter, feats, _ = read_mmrec_dataset(DEVSET)
+    stats = dataset_statistics(inter)
+    stats["features"] = {f: list(m.shape) for f, m in feats.items()}
+    assert stats == info["statistics"]
+    assert (stats["n_users"], stats["n_interactions"], stats["features"]["text_feat.npy"]) == (3000, 30047, [1200, 384])
+
+
+def test_a_shipped_dataset_needs_no_data_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no dataset/ folder here
+    config = Config("VBPR", "ckd-devset", config_dict={"use_gpu": False})
+    assert config["data_path"] == os.fspath(DEVSET) and config["data_format"] == "mmrec"
+

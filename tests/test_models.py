@@ -42,26 +42,27 @@ def run_cli(model, root, tmp_path, *extra):
     return run_recbole_ckd.main(argv)
 
 
-def check_result(result, model, protocol="train"):
+def check_result(result, model, tmp_path, protocol="train"):
     assert result["model"] == model and result["test_masking"] == protocol
     for split in ("valid_result", "test_result"):
         assert set(result[split]) == {f"{m}@{k}" for m in ("recall", "ndcg", "precision", "map", "hit") for k in (10, 20)}
         assert all(0.0 <= v <= 1.0 for v in result[split].values())
     assert result["best_valid_score"] == result["valid_result"]["recall@20"]
-    state = load_checkpoint(result["checkpoint"])
+    assert result["checkpoint"].startswith(f"tiny/{model}-")  # relative to checkpoint_dir: the same on every machine
+    state = load_checkpoint(tmp_path / "saved" / result["checkpoint"])
     assert state["model"] == model and state["epoch"] == 0
 
 
 def test_vbpr_end_to_end(tiny_dataset, tmp_path):
-    check_result(run_cli("VBPR", tiny_dataset["root"], tmp_path), "VBPR")
+    check_result(run_cli("VBPR", tiny_dataset["root"], tmp_path), "VBPR", tmp_path)
 
 
 def test_recbole_bpr_end_to_end(tiny_dataset, tmp_path):
-    check_result(run_cli("BPR", tiny_dataset["root"], tmp_path), "BPR")
+    check_result(run_cli("BPR", tiny_dataset["root"], tmp_path), "BPR", tmp_path)
 
 
 def test_recbole_lightgcn_end_to_end(tiny_dataset, tmp_path):
-    check_result(run_cli("LightGCN", tiny_dataset["root"], tmp_path, "--test_masking=train_valid"), "LightGCN", "train_valid")
+    check_result(run_cli("LightGCN", tiny_dataset["root"], tmp_path, "--test_masking=train_valid"), "LightGCN", tmp_path, "train_valid")
 
 
 def test_command_line_overrides_reach_the_config(tiny_dataset):
@@ -157,4 +158,4 @@ def test_recbole_models_keep_recboles_dynamic_negative_sampling(tiny_dataset, tm
     # trainer extends that loop, so hard negatives are scored by the model being trained
     sampling = "{'distribution': 'uniform', 'sample_num': 1, 'dynamic': True, 'candidate_num': 3}"
     result = run_cli("BPR", tiny_dataset["root"], tmp_path, f"--train_neg_sample_args={sampling}")
-    check_result(result, "BPR")
+    check_result(result, "BPR", tmp_path)
