@@ -9,6 +9,7 @@ from recbole.utils import set_color
 
 from recbole_ckd.compat import load_checkpoint, save_checkpoint
 
+
 class SafeCheckpointMixin:
     """Checkpoints in the plugin's format: tensors and plain metadata, atomic, ``weights_only``.
 

@@ -13,7 +13,13 @@ from recbole.config import Config as RecBoleConfig
 
 from recbole_ckd import compat
 from recbole_ckd.errors import ConfigError
-from recbole_ckd.settings_files import SHIPPED_DATASETS_DIR, SafeYamlLoader, properties_dir, read_yaml, resolve_config_file
+from recbole_ckd.settings_files import (
+    SHIPPED_DATASETS_DIR,
+    SafeYamlLoader,
+    properties_dir,
+    read_yaml,
+    resolve_config_file,
+)
 
 compat.apply()
 

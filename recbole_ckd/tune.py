@@ -14,6 +14,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 
@@ -24,6 +25,7 @@ from recbole_ckd.sweep_signing import check_sweep_signature, sign_sweep
 
 HYPER_TYPES = ("choice", "uniform", "loguniform", "quniform")
 SEARCH_ALGORITHMS = ("random", "grid", "optuna", "hyperopt")
+SHIPPED_HYPER_FILE = Path(__file__).resolve().parent / "hyper.test"  # the top-level hyper.test, in a wheel too
 
 
 class HyperFileError(UserError, ValueError):
@@ -50,6 +52,15 @@ def _numbers(text, count, where):
     if len(values) != count:
         raise HyperFileError(f"{where}: expected {count} comma-separated numbers, got {text!r}")
     return values
+
+
+def resolve_hyper_file(path):
+    """``path`` as given, or, when no such file is here and it is the bare name of the sweep space
+    recbole-ckd ships (``--hyper=hyper.test``), that installed file."""
+    if os.path.exists(path) or path != SHIPPED_HYPER_FILE.name:
+        return path
+    print(f"--hyper={path}: not in {os.getcwd()}; using the sweep space recbole-ckd ships: {SHIPPED_HYPER_FILE}", flush=True)
+    return str(SHIPPED_HYPER_FILE)
 
 
 def parse_hyper_file(path):
@@ -244,6 +255,7 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
     from recbole_ckd.quick_start import run
     from recbole_ckd.reports import format_report
 
+    hyper_file = resolve_hyper_file(hyper_file)
     params = parse_hyper_file(hyper_file)
     if search not in SEARCH_ALGORITHMS:
         raise HyperFileError(f"--search={search}: unknown search algorithm; use one of {', '.join(SEARCH_ALGORITHMS)}")

@@ -331,8 +331,8 @@ def test_every_key_of_every_properties_file_is_accepted(tiny_dataset):
     import recbole
 
     from recbole_ckd.config import Config
-    from recbole_ckd.settings_files import properties_dir, read_yaml
     from recbole_ckd.errors import ConfigError
+    from recbole_ckd.settings_files import properties_dir, read_yaml
 
     roots = [properties_dir(), Path(recbole.__file__).parent / "properties"]
     files = [p for root in roots for p in sorted(root.rglob("*.yaml"))]

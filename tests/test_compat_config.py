@@ -12,11 +12,11 @@ import torch
 from recbole.trainer import Trainer
 
 from recbole_ckd import compat
+from recbole_ckd.checkpoints import SafeCheckpointMixin
 from recbole_ckd.config import Config
 from recbole_ckd.model import VBPR
 from recbole_ckd.registry import get_model, get_trainer
 from recbole_ckd.settings_files import properties_dir
-from recbole_ckd.checkpoints import SafeCheckpointMixin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

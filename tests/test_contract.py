@@ -4,7 +4,15 @@ whole objective plus ``kd_weight`` times the distillation term, nothing removed.
 
 import pytest
 import torch
-from conftest import FAST, attach_random_teachers, build_baseline_pair, build_model, loss_and_grads, scores, write_tiny_mmrec
+from conftest import (
+    FAST,
+    attach_random_teachers,
+    build_baseline_pair,
+    build_model,
+    loss_and_grads,
+    scores,
+    write_tiny_mmrec,
+)
 from recbole.data.interaction import Interaction
 
 from recbole_ckd.compat import load_checkpoint

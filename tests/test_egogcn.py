@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from conftest import build_model, write_tiny_mmrec
 
-
 FEATURE_FILES = {"v": "image_feat.npy", "t": "text_feat.npy", "a": "a_feat.npy"}
 # low enough that some edges of the tiny graph (about ten neighbours a node) are fused and some not
 THRESHOLD = 0.105

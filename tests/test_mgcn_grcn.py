@@ -6,9 +6,8 @@ import pytest
 import torch
 from conftest import attach_random_teachers, build_model
 
-from recbole_ckd.model.graphs import segment_softmax
 from recbole_ckd.model.backbones.mgcn import info_nce
-
+from recbole_ckd.model.graphs import segment_softmax
 
 
 def build(model, root, checkpoint_dir, seed=3, **extra):

@@ -7,7 +7,14 @@ import os
 import pytest
 from conftest import FAST
 
-from recbole_ckd.tune import HyperFileError, parse_hyper_file, select_best, trial_table
+from recbole_ckd.tune import (
+    SHIPPED_HYPER_FILE,
+    HyperFileError,
+    parse_hyper_file,
+    resolve_hyper_file,
+    select_best,
+    trial_table,
+)
 
 
 def write(tmp_path, text):
@@ -37,6 +44,26 @@ def test_the_shipped_hyper_test_parses():
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     params = parse_hyper_file(os.path.join(here, "hyper.test"))
     assert {"kd_temperature", "kd_weight", "gd_weight", "learning_rate"} <= set(params)
+    assert parse_hyper_file(str(SHIPPED_HYPER_FILE)) == params  # the package's copy is this file
+
+
+def test_hyper_test_from_any_folder_is_the_shipped_space(tmp_path, monkeypatch, capsys):
+    """Where there is no hyper.test, --hyper=hyper.test reads the one recbole-ckd ships and the
+    sweep goes on (here to the refused --search); any other name, or a hyper.test that is there,
+    is read as given."""
+    import run_recbole_ckd
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run_recbole_ckd.main(["--model=VBPR_CKD", "--dataset=ml-100k-mm", "--hyper=hyper.test", "--search=bogus"])
+    out, err = capsys.readouterr()
+    assert f"using the sweep space recbole-ckd ships: {SHIPPED_HYPER_FILE}" in out
+    assert exit_info.value.code == 2 and err.startswith("error: --search=bogus: unknown search algorithm")
+    assert resolve_hyper_file("nope.test") == "nope.test"
+    assert resolve_hyper_file(os.path.join("sub", "hyper.test")) == os.path.join("sub", "hyper.test")
+    write(tmp_path, "kd_weight choice [0.5]\n")
+    assert resolve_hyper_file("hyper.test") == "hyper.test"
+    assert capsys.readouterr().out == ""
 
 
 @pytest.mark.parametrize(
@@ -191,8 +218,8 @@ def fake_tuner(monkeypatch, tmp_path, results):
 
 
 def test_an_interrupted_sweep_selects_nothing_and_says_how_to_resume(tiny_dataset, tmp_path, monkeypatch, capsys):
-    import run_recbole_ckd
     import recbole_ckd.quick_start as qs
+    import run_recbole_ckd
 
     # what Tuner.fit returns after Ctrl-C: one trial ended, one was running, one never started
     fits = fake_tuner(monkeypatch, tmp_path, [

@@ -22,8 +22,14 @@ from recbole_ckd.leaderboard.plots import plot_modalities, plot_study_modalities
 from recbole_ckd.leaderboard.statistics import mean_std, paired_t_test, relative_improvement
 from recbole_ckd.leaderboard.studies import BALANCING_STUDY, STUDIES, Entry, as_entry, study_entries
 from recbole_ckd.leaderboard.sweeps import tuned_configs
-from recbole_ckd.leaderboard.tables import (MMREC_REFERENCE, TABLE_METRICS, comparison_table, method_table, summarize,
-                                            variant_comparisons)
+from recbole_ckd.leaderboard.tables import (
+                                            MMREC_REFERENCE,
+                                            TABLE_METRICS,
+                                            comparison_table,
+                                            method_table,
+                                            summarize,
+                                            variant_comparisons,
+)
 
 __all__ = [
     "BALANCING_STUDY", "Cell", "Entry", "MAX_SEED_COUNT", "MMREC_REFERENCE", "PROTOCOL_TEXT", "STATISTICS_ORDER",

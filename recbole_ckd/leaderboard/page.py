@@ -6,7 +6,13 @@ import os
 import yaml
 
 from recbole_ckd.leaderboard.plots import plot_modalities, plot_study_modalities, plot_weights
-from recbole_ckd.leaderboard.tables import MMREC_REFERENCE, comparison_table, method_table, summarize, variant_comparisons
+from recbole_ckd.leaderboard.tables import (
+    MMREC_REFERENCE,
+    comparison_table,
+    method_table,
+    summarize,
+    variant_comparisons,
+)
 
 
 def write_page(dataset, cells, output, config_files=None, config_dict=None, tuned=None, spaces=None, study=None):

@@ -3,7 +3,6 @@ against its backbone."""
 
 from recbole_ckd.leaderboard.statistics import mean_std, paired_t_test, relative_improvement
 
-
 TABLE_METRICS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "precision@20"]
 
 

@@ -6,9 +6,9 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
+from torch import nn
 
 from recbole_ckd.model import graphs
 from recbole_ckd.model.graphs import spmm
