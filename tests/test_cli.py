@@ -10,15 +10,13 @@ import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import FAST, write_tiny_mmrec
+from conftest import fast_args, write_tiny_mmrec
 
 import run_recbole_ckd
 
 
 def train_args(name, root, tmp_path, model="VBPR"):
-    return [f"--model={model}", f"--dataset={name}", f"--data_path={root}", f"--checkpoint_dir={tmp_path}/saved"] + [
-        f"--{k}={v}" for k, v in FAST.items()
-    ]
+    return [f"--model={model}", f"--dataset={name}", f"--data_path={root}", f"--checkpoint_dir={tmp_path}/saved"] + fast_args()
 
 
 def test_generate_then_train(tmp_path):

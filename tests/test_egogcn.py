@@ -5,7 +5,7 @@ authors' L2, any number of modalities, end-to-end runs of the backbone and its s
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_model, write_tiny_mmrec
+from conftest import build_eval_model, write_tiny_mmrec
 
 
 FEATURE_FILES = {"v": "image_feat.npy", "t": "text_feat.npy", "a": "a_feat.npy"}
@@ -13,9 +13,8 @@ FEATURE_FILES = {"v": "image_feat.npy", "t": "text_feat.npy", "a": "a_feat.npy"}
 THRESHOLD = 0.105
 
 
-def build(root, checkpoint_dir, model="EgoGCN", seed=3, **extra):
-    net, train = build_model(model, root, checkpoint_dir, seed, **extra)
-    return net.eval(), train
+def build(root, checkpoint_dir, **extra):
+    return build_eval_model("EgoGCN", root, checkpoint_dir, seed=3, **extra)
 
 
 
