@@ -130,6 +130,7 @@ def test_no_modulation_outside_its_epochs(tiny_dataset, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the study
+@pytest.mark.slow
 def test_the_balancing_study_writes_every_row(tiny_dataset, tmp_path):
     entries = lb.study_entries("balancing", ["VBPR"])
     labels = [e.label for e in entries]

@@ -141,6 +141,7 @@ def test_a_cell_is_rerun_when_its_data_or_properties_changed(tiny_dataset, tmp_p
     assert calls == ["BPR", "BPR"] and edited["run_key"] != again["run_key"]
 
 
+@pytest.mark.slow
 def test_leaderboard_command_end_to_end(tiny_dataset, tmp_path):
     import run_recbole_ckd
 

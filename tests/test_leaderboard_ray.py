@@ -30,6 +30,7 @@ def test_cells_at_once(two_cpus, monkeypatch):
     assert lb.cells_at_once(1, 1) == 2 and lb.cells_at_once(None, 0.5) == 8 and lb.cells_at_once(0.25, 2) == 2
 
 
+@pytest.mark.slow
 def test_parallel_cells_are_the_sequential_ones_and_an_interrupted_run_resumes_only_the_missing(
         tiny_dataset, tmp_path, two_cpus):
     import ray
@@ -65,6 +66,7 @@ def test_parallel_cells_are_the_sequential_ones_and_an_interrupted_run_resumes_o
         assert par["valid_result"] == pytest.approx(seq["valid_result"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_parallel_ckd_cells_of_one_backbone_train_each_teacher_once(tiny_dataset, tmp_path, two_cpus):
     """Two students of one backbone and seed (only a student key differs) share their teachers: run at
     once, one trains each teacher and the other waits on its lock, then takes it from the cache."""

@@ -67,6 +67,7 @@ def test_command_line_overrides_reach_the_config(tiny_dataset):
     assert config["learning_rate"] == 0.05 and config["topk"] == [5] and config["modality_embedding_size"] == 8
 
 
+@pytest.mark.slow
 def test_shipped_dataset_runs_offline(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no local dataset/ folder: the shipped copy is used
     result = run_recbole_ckd.main(
@@ -147,9 +148,14 @@ def test_mmgcn_reference_preferences_are_fixed_but_kept_in_checkpoints(tiny_data
     assert "branches.v.user_preference" in fixed.state_dict()
 
 
-def test_recbole_models_keep_recboles_dynamic_negative_sampling(tiny_dataset, tmp_path):
+def test_recbole_models_keep_recboles_dynamic_negative_sampling(tiny_dataset, tmp_path, monkeypatch):
     # RecBole's loop hands the model to a dynamic sampler (train_data.get_model); the plugin's
     # trainer extends that loop, so hard negatives are scored by the model being trained
+    from recbole.model.general_recommender import BPR
+
+    scored, real_predict = [], BPR.predict  # full-sort evaluation never calls predict: only the sampler does
+    monkeypatch.setattr(BPR, "predict", lambda model, interaction: scored.append(model) or real_predict(model, interaction))
     sampling = "{'distribution': 'uniform', 'sample_num': 1, 'dynamic': True, 'candidate_num': 3}"
     result = run_cli("BPR", tiny_dataset["root"], tmp_path, f"--train_neg_sample_args={sampling}")
     check_result(result, "BPR")
+    assert scored and all(model is scored[0] and isinstance(model, BPR) for model in scored)
