@@ -7,12 +7,11 @@ import os
 import pytest
 import torch
 from conftest import ckd_config as fast_ckd_config
-from conftest import fast_config, write_tiny_mmrec
+from conftest import build_model, fast_config, write_tiny_mmrec
 
 from recbole_ckd.compat import load_checkpoint
 from recbole_ckd.config import Config
 from recbole_ckd.data.dataset import data_preparation
-from recbole_ckd.model import MODELS
 from recbole_ckd.model.ckd import (
     counterfactual_effect,
     generic_distillation,
@@ -90,13 +89,11 @@ def test_weights_for_three_modalities_sum_to_three():
 
 # ----------------------------------------------------------------------------- the student
 def build_student(root, model="VBPR_CKD", **extra):
-    config = Config(model, "tiny", config_dict=fast_config(root, gd_samples=7, **extra))
-    train, _, _ = data_preparation(config, create_dataset(config))
-    student = MODELS[model](config, train.dataset)
+    student, train = build_model(model, root, gd_samples=7, **extra)
     torch.manual_seed(1)
     teachers = {m: (torch.randn(student.n_users, 5), torch.randn(student.n_items, 5)) for m in student.modalities}
     student.set_teacher_tables(teachers)
-    return config, train, student, teachers
+    return train.config, train, student, teachers
 
 
 def test_student_loss_is_the_spec_formula(tiny_dataset):
