@@ -3,7 +3,9 @@ the config of a fast run; spies that record which epochs trained and which check
 
 import os
 import sys
+import threading
 from collections import namedtuple
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pandas as pd
@@ -28,7 +30,7 @@ def fast_config(data_root, checkpoint_dir=None, **extra):
     return settings
 
 
-def ckd_config(data_root, checkpoint_dir, **extra):
+def fast_ckd_config(data_root, checkpoint_dir, **extra):
     """A fast CKD run of three epochs (``extra`` overrides), never stopped early."""
     return fast_config(data_root, checkpoint_dir, **{"epochs": 3, "stopping_step": 100, "gd_samples": 20, **extra})
 
@@ -150,6 +152,67 @@ def private_config_home(tmp_path, monkeypatch):
 def tiny_dataset(tmp_path):
     path, df, features = write_tiny_mmrec(str(tmp_path / "data"))
     return {"root": str(tmp_path / "data"), "name": "tiny", "path": path, "inter": df, "features": features}
+
+
+# Bounds every socket wait, so a broken test fails quickly instead of hanging.
+HTTP_TIMEOUT = 5
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Serves self.server.files[path] = (body, mode). Modes:
+    normal         honours Range with 206
+    truncate_once  first GET promises the whole body but sends half, then honours Range
+    ignore_range   like truncate_once, but always answers 200 with the full body afterwards
+    always_trunc   never sends more than the first half of the body
+    """
+
+    def do_GET(self):
+        server = self.server
+        rng = self.headers.get("Range")
+        server.requests.append((self.path, rng))
+        if self.path not in server.files:
+            self.send_error(404)
+            return
+        body, mode = server.files[self.path]
+        first = sum(path == self.path for path, _ in server.requests) == 1
+
+        start = 0
+        if rng and mode != "ignore_range":
+            start = int(rng.removeprefix("bytes=").rstrip("-"))
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        payload = body[start:]
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+
+        if mode == "always_trunc":
+            payload = body[start:max(start, len(body) // 2)]
+        elif mode in ("truncate_once", "ignore_range") and first:
+            payload = payload[: len(payload) // 2]
+        # HTTP/1.0: the connection closes after this, so the client sees a short body.
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_server():
+    """A throwaway HTTP server on 127.0.0.1: ``files[path] = (body, mode)`` (modes: see
+    ``_Handler``), ``requests`` (path, Range header) as they came, ``url`` its root."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    httpd.files, httpd.requests = {}, []
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    # A short poll interval keeps shutdown() (and so each test) fast.
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(HTTP_TIMEOUT)
 
 
 @pytest.fixture

@@ -6,8 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import ckd_config as fast_ckd_config
-from conftest import build_model, fast_config, write_tiny_mmrec
+from conftest import build_model, fast_ckd_config, fast_config, write_tiny_mmrec
 
 from recbole_ckd.compat import load_checkpoint
 from recbole_ckd.config import Config

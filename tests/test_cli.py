@@ -5,9 +5,7 @@ import io
 import os
 import shutil
 import subprocess
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import fast_args, write_tiny_mmrec
@@ -28,30 +26,15 @@ def test_generate_then_train(tmp_path):
     assert result["dataset_statistics"]["users"] == 60 and result["dataset_statistics"]["items"] == 40
 
 
-class _Archive(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = self.server.body
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def archive_server(tmp_path):
+def archive_server(tmp_path, http_server):
     source, _, _ = write_tiny_mmrec(str(tmp_path / "src"), name="fetched")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name in os.listdir(source):
             archive.write(os.path.join(source, name), f"fetched/{name}")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Archive)
-    server.body = buffer.getvalue()
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/fetched.zip", hashlib.sha256(server.body).hexdigest()
-    server.shutdown()
+    http_server.files["/fetched.zip"] = (buffer.getvalue(), "normal")
+    return f"{http_server.url}/fetched.zip", hashlib.sha256(buffer.getvalue()).hexdigest()
 
 
 def test_download_then_train(tmp_path, archive_server):

@@ -7,7 +7,7 @@ import errno
 import os
 
 import pytest
-from conftest import ckd_config
+from conftest import fast_ckd_config
 
 from recbole_ckd.quick_start import run
 
@@ -20,7 +20,7 @@ STAGES = {"student": ("VBPR_CKD", None), "teacher v": ("VBPR", ("v",)), "teacher
 def test_an_unreadable_checkpoint_retrains_only_its_stage(tiny_dataset, tmp_path, monkeypatch, caplog, epochs,
                                                           checkpoint_writes, stage, name, damage):
     monkeypatch.chdir(tmp_path)
-    settings = ckd_config(tiny_dataset["root"], tmp_path / "saved", epochs=2, state="INFO")
+    settings = fast_ckd_config(tiny_dataset["root"], tmp_path / "saved", epochs=2, state="INFO")
     first = run("VBPR_CKD", "tiny", config_dict=settings)
     dirs = first["checkpoints"]
     path = os.path.join(dirs[stage], name)
@@ -46,7 +46,7 @@ def test_an_unreadable_checkpoint_retrains_only_its_stage(tiny_dataset, tmp_path
 
 def test_a_finished_cache_on_a_read_only_filesystem_is_reported(tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    settings = ckd_config(tiny_dataset["root"], tmp_path / "saved", epochs=2, state="INFO")
+    settings = fast_ckd_config(tiny_dataset["root"], tmp_path / "saved", epochs=2, state="INFO")
     first = run("VBPR_CKD", "tiny", config_dict=settings)
     saved = str(tmp_path / "saved")
     attempts = []
