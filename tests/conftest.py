@@ -262,7 +262,7 @@ class EpochLog(list):
 
 
 @pytest.fixture
-def epochs(monkeypatch):
+def epoch_log(monkeypatch):
     """The :class:`EpochLog` of this test's training runs."""
     return EpochLog(monkeypatch)
 
@@ -281,7 +281,8 @@ def checkpoint_writes(monkeypatch):
         return real(state, path)
 
     for module in list(sys.modules.values()):
-        if getattr(module, "__name__", "").startswith("recbole_ckd") and getattr(module, "save_checkpoint", None) is real:
+        ours = getattr(module, "__name__", "").startswith("recbole_ckd")
+        if ours and getattr(module, "save_checkpoint", None) is real:
             monkeypatch.setattr(module, "save_checkpoint", recorded)
     return written
 

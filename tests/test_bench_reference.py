@@ -162,7 +162,8 @@ class FakeWorker:
 
     def ready(self):
         if self.info is None:
-            self.info = {"error": "ImportError: no src"} if self.key in self.failing else {"ready": True, "code": self.code}
+            failed = self.key in self.failing
+            self.info = {"error": "ImportError: no src"} if failed else {"ready": True, "code": self.code}
         return "error" not in self.info
 
     def time(self, what):

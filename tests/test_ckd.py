@@ -227,22 +227,23 @@ def teacher_dirs_written(writes, tmp_path):
 BOTH_CACHED, BOTH_TRAINED = {"v": "cached", "t": "cached"}, {"v": "trained", "t": "trained"}
 
 
-def test_teacher_cache_reuse_invalidation_and_corruption(tiny_dataset, tmp_path, caplog, epochs, checkpoint_writes):
+def test_teacher_cache_reuse_invalidation_and_corruption(tiny_dataset, tmp_path, caplog, epoch_log, checkpoint_writes):
     first = run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2))
     assert first["teachers"] == BOTH_TRAINED and len(teacher_files(tmp_path)) == 2
-    assert epochs.of("VBPR", ("v",)) == epochs.of("VBPR", ("t",)) == [0, 1]
+    assert epoch_log.of("VBPR", ("v",)) == epoch_log.of("VBPR", ("t",)) == [0, 1]
 
     # a student-only change reuses both teachers: not one teacher epoch, not one teacher file written
-    epochs.clear()
+    epoch_log.clear()
     checkpoint_writes.clear()
     again = run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2, kd_weight=0.5,
                                                               kd_temperature=1.0))
-    assert again["teachers"] == BOTH_CACHED and {e.model for e in epochs} == {"VBPR_CKD"}
+    assert again["teachers"] == BOTH_CACHED and {e.model for e in epoch_log} == {"VBPR_CKD"}
     assert {os.path.dirname(f) for f in checkpoint_writes} == {again["checkpoints"]["student"]}
     assert {again["checkpoints"][f"teacher {m}"] for m in "vt"} == {first["checkpoints"][f"teacher {m}"] for m in "vt"}
 
     # a backbone change trains new teachers
-    changed = run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2, modality_embedding_size=8))
+    settings = ckd_config(tiny_dataset, tmp_path, epochs=2, modality_embedding_size=8)
+    changed = run("VBPR_CKD", "tiny", config_dict=settings)
     assert changed["teachers"] == BOTH_TRAINED and len(teacher_files(tmp_path)) == 4
 
     # changed modality features: new teachers
@@ -258,11 +259,11 @@ def test_teacher_cache_reuse_invalidation_and_corruption(tiny_dataset, tmp_path,
     with open(corrupted, "r+b") as f:
         f.truncate(100)
     caplog.clear()
-    epochs.clear()
+    epoch_log.clear()
     checkpoint_writes.clear()
     run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2, state="INFO"))
     assert "unusable checkpoint" in caplog.text and "training this stage again" in caplog.text
-    assert epochs.of("VBPR", ("t",)) == [0, 1] and epochs.of("VBPR", ("v",)) == []
+    assert epoch_log.of("VBPR", ("t",)) == [0, 1] and epoch_log.of("VBPR", ("v",)) == []
     assert teacher_dirs_written(checkpoint_writes, tmp_path) == {latest["checkpoints"]["teacher t"]}
     assert os.path.getsize(corrupted) > 100
 
@@ -274,14 +275,14 @@ def test_teacher_cache_reuse_invalidation_and_corruption(tiny_dataset, tmp_path,
 
 
 @pytest.mark.parametrize("stop_in", ["VBPR", "VBPR_CKD"])
-def test_resume_after_interruption_gives_the_same_result(tiny_dataset, tmp_path, epochs, stop_in):
+def test_resume_after_interruption_gives_the_same_result(tiny_dataset, tmp_path, epoch_log, stop_in):
     reference = run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path / "a", epochs=4))
 
-    epochs.interrupt(2, model=stop_in)
+    epoch_log.interrupt(2, model=stop_in)
     with pytest.raises(KeyboardInterrupt):
         run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path / "b", epochs=4))
     resumed = run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path / "b", epochs=4, state="INFO"))
-    assert epochs.interrupted == [(stop_in, 2)]
+    assert epoch_log.interrupted == [(stop_in, 2)]
     assert resumed["test_result"] == reference["test_result"] and resumed["modes"] == reference["modes"]
     # metrics are rounded; the selected students themselves must be identical
     ours, theirs = (load_checkpoint(r["checkpoint"])["state_dict"] for r in (resumed, reference))
@@ -348,27 +349,27 @@ def test_ckd_needs_two_modalities(tiny_dataset):
         build_student(tiny_dataset["root"], modalities={"t": "text_feat.npy"})
 
 
-def test_resume_false_does_not_retrain_cached_teachers(tiny_dataset, tmp_path, epochs, checkpoint_writes):
+def test_resume_false_does_not_retrain_cached_teachers(tiny_dataset, tmp_path, epoch_log, checkpoint_writes):
     run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2))
-    epochs.clear()
+    epoch_log.clear()
     checkpoint_writes.clear()
     again = run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2, resume=False))
-    assert again["teachers"] == BOTH_CACHED and epochs.of("VBPR_CKD") == [0, 1]  # the student alone trained again
-    assert {e.model for e in epochs} == {"VBPR_CKD"}
+    assert again["teachers"] == BOTH_CACHED and epoch_log.of("VBPR_CKD") == [0, 1]  # the student alone trained again
+    assert {e.model for e in epoch_log} == {"VBPR_CKD"}
     assert {os.path.dirname(f) for f in checkpoint_writes} == {again["checkpoints"]["student"]}
 
 
 # ----------------------------------------------------------------------------- learning-rate schedule
-def test_learning_rate_schedule_values_per_epoch_and_after_resume(tiny_dataset, tmp_path, epochs):
-    epochs.interrupt(2)
+def test_learning_rate_schedule_values_per_epoch_and_after_resume(tiny_dataset, tmp_path, epoch_log):
+    epoch_log.interrupt(2)
     settings = fast_config(tiny_dataset["root"], tmp_path / "saved", epochs=4, stopping_step=100, learning_rate=0.01,
                            learning_rate_scheduler=[0.5, 2])
     with pytest.raises(KeyboardInterrupt):
         run("VBPR", "tiny", config_dict=settings)
     run("VBPR", "tiny", config_dict=settings)  # resumes at epoch 2
     # MMRec's schedule: lr * 0.5^(epoch / 2); epoch 2 is trained twice (interrupted, then resumed)
-    assert [e.index for e in epochs] == [0, 1, 2, 2, 3]
-    for epoch in epochs:
+    assert [e.index for e in epoch_log] == [0, 1, 2, 2, 3]
+    for epoch in epoch_log:
         assert epoch.lr == pytest.approx(0.01 * 0.5 ** (epoch.index / 2))
 
 

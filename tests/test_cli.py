@@ -14,7 +14,8 @@ import run_recbole_ckd
 
 
 def train_args(name, root, tmp_path, model="VBPR"):
-    return [f"--model={model}", f"--dataset={name}", f"--data_path={root}", f"--checkpoint_dir={tmp_path}/saved"] + fast_args()
+    flags = [f"--model={model}", f"--dataset={name}", f"--data_path={root}", f"--checkpoint_dir={tmp_path}/saved"]
+    return flags + fast_args()
 
 
 def test_generate_then_train(tmp_path):

@@ -290,18 +290,18 @@ def test_full_sort_predict_is_the_forward_tables(tiny_dataset, tmp_path, name):
 # ----------------------------------------------------------------------------- training
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ALL_MODELS)
-def test_training_runs_and_resumes_bit_identically(tiny_dataset, tmp_path, name, epochs):
+def test_training_runs_and_resumes_bit_identically(tiny_dataset, tmp_path, name, epoch_log):
     """Three epochs end to end; the same run interrupted in its last stage's second epoch and
     started again ends with the same selected model and the same test result."""
     settings = {"epochs": 3, "stopping_step": 100, "gd_samples": 9}
     reference = run(name, "tiny", config_dict=fast_config(tiny_dataset["root"], tmp_path / "a", **settings))
     assert load_checkpoint(reference["checkpoint"])["model"] == name
 
-    epochs.interrupt(1, model=name)
+    epoch_log.interrupt(1, model=name)
     with pytest.raises(KeyboardInterrupt):
         run(name, "tiny", config_dict=fast_config(tiny_dataset["root"], tmp_path / "b", **settings))
     resumed = run(name, "tiny", config_dict=fast_config(tiny_dataset["root"], tmp_path / "b", **settings))
-    assert epochs.interrupted == [(name, 1)]
+    assert epoch_log.interrupted == [(name, 1)]
     assert resumed["test_result"] == reference["test_result"]
     ours, theirs = (load_checkpoint(r["checkpoint"])["state_dict"] for r in (resumed, reference))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)

@@ -132,7 +132,8 @@ def test_defaults_are_the_references(tiny_dataset, tmp_path):
 
 @pytest.mark.parametrize("key, value, message", [
     ("modulation", "medium", "modulation must be one of"), ("masked_fusion", "zero", "masked_fusion must be one of"),
-    ("n_routing", -1, "n_routing and id_layers must be >= 0, got -1"), ("repeat_id_layer", True, "needs id_layers >= 2"),
+    ("n_routing", -1, "n_routing and id_layers must be >= 0, got -1"),
+    ("repeat_id_layer", True, "needs id_layers >= 2"),
 ])
 def test_invalid_settings_are_refused(tiny_dataset, tmp_path, key, value, message):
     extra = {key: value, **({"id_layers": 1} if key == "repeat_id_layer" else {})}

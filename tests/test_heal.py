@@ -17,7 +17,7 @@ STAGES = {"student": ("VBPR_CKD", None), "teacher v": ("VBPR", ("v",)), "teacher
 
 @pytest.mark.parametrize("stage", ["student", "teacher t"])
 @pytest.mark.parametrize("name, damage", [("best.pth", "truncate"), ("best.pth", "delete"), ("last.pth", "truncate")])
-def test_an_unreadable_checkpoint_retrains_only_its_stage(tiny_dataset, tmp_path, monkeypatch, caplog, epochs,
+def test_an_unreadable_checkpoint_retrains_only_its_stage(tiny_dataset, tmp_path, monkeypatch, caplog, epoch_log,
                                                           checkpoint_writes, stage, name, damage):
     monkeypatch.chdir(tmp_path)
     settings = fast_ckd_config(tiny_dataset["root"], tmp_path / "saved", epochs=2, state="INFO")
@@ -30,18 +30,18 @@ def test_an_unreadable_checkpoint_retrains_only_its_stage(tiny_dataset, tmp_path
     else:
         os.remove(path)  # what the old message said to do; the stage then claimed to be finished
     caplog.clear()
-    epochs.clear()
+    epoch_log.clear()
     checkpoint_writes.clear()
     again = run("VBPR_CKD", "tiny", config_dict=settings)
     assert f"unusable checkpoint in {dirs[stage]}" in caplog.text and "training this stage again" in caplog.text
     assert again["test_result"] == first["test_result"] and again["modes"] == first["modes"]
     # nothing else retrained: only that stage's epochs ran, only its folder was written
-    assert {(e.model, e.modalities) for e in epochs} == {STAGES[stage]} and epochs.of(*STAGES[stage]) == [0, 1]
+    assert {(e.model, e.modalities) for e in epoch_log} == {STAGES[stage]} and epoch_log.of(*STAGES[stage]) == [0, 1]
     assert {os.path.dirname(f) for f in checkpoint_writes} == {dirs[stage]}
     caplog.clear()
-    epochs.clear()
+    epoch_log.clear()
     run("VBPR_CKD", "tiny", config_dict=settings)  # healed: the next run reuses every stage
-    assert "unusable checkpoint" not in caplog.text and epochs == []
+    assert "unusable checkpoint" not in caplog.text and epoch_log == []
 
 
 def test_a_finished_cache_on_a_read_only_filesystem_is_reported(tiny_dataset, tmp_path, monkeypatch):

@@ -283,7 +283,7 @@ def test_freedom_pruned_graph_is_resampled_every_epoch_and_seeded(tiny_dataset, 
     assert not torch.allclose(scores(model), full)
 
 
-def test_freedom_pruning_in_training_resumes_deterministically(tiny_dataset, tmp_path, monkeypatch, epochs):
+def test_freedom_pruning_in_training_resumes_deterministically(tiny_dataset, tmp_path, monkeypatch, epoch_log):
     seen = []
     real = MODELS["FREEDOM"].pre_epoch
 
@@ -296,13 +296,13 @@ def test_freedom_pruning_in_training_resumes_deterministically(tiny_dataset, tmp
     assert [e for e, _ in seen] == [0, 1, 2, 3] and seen[0][1] != seen[1][1]
     graphs_drawn = dict(seen)
 
-    epochs.interrupt(2)
+    epoch_log.interrupt(2)
     seen.clear()
     with pytest.raises(KeyboardInterrupt):
         run("FREEDOM", "tiny", config_dict=fast_config(tiny_dataset["root"], tmp_path / "b", epochs=4))
     resumed = run("FREEDOM", "tiny", config_dict=fast_config(tiny_dataset["root"], tmp_path / "b", epochs=4))
     # interrupted as epoch 2 began (before its graph was drawn), resumed at epoch 2
-    assert epochs.interrupted == [(None, 2)] and [e for e, _ in seen] == [0, 1, 2, 3]
+    assert epoch_log.interrupted == [(None, 2)] and [e for e, _ in seen] == [0, 1, 2, 3]
     assert all(edges == graphs_drawn[e] for e, edges in seen)  # the resumed epochs drew the same graphs
     ours, theirs = (load_checkpoint(r["checkpoint"])["state_dict"] for r in (resumed, reference))
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)

@@ -154,7 +154,7 @@ def test_recbole_models_keep_recboles_dynamic_negative_sampling(tiny_dataset, tm
     from recbole.model.general_recommender import BPR
 
     scored, real_predict = [], BPR.predict  # full-sort evaluation never calls predict: only the sampler does
-    monkeypatch.setattr(BPR, "predict", lambda model, interaction: scored.append(model) or real_predict(model, interaction))
+    monkeypatch.setattr(BPR, "predict", lambda model, batch: scored.append(model) or real_predict(model, batch))
     sampling = "{'distribution': 'uniform', 'sample_num': 1, 'dynamic': True, 'candidate_num': 3}"
     result = run_cli("BPR", tiny_dataset["root"], tmp_path, f"--train_neg_sample_args={sampling}")
     check_result(result, "BPR")

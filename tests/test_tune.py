@@ -91,7 +91,7 @@ def test_selection_uses_validation_even_when_test_disagrees():
 
 
 @pytest.mark.slow
-def test_two_trial_sweep_trains_teachers_once(tiny_dataset, tmp_path, capsys, monkeypatch, epochs):
+def test_two_trial_sweep_trains_teachers_once(tiny_dataset, tmp_path, capsys, monkeypatch, epoch_log):
     import ray.tune
 
     from recbole_ckd.tune import run_sweep
@@ -105,7 +105,7 @@ def test_two_trial_sweep_trains_teachers_once(tiny_dataset, tmp_path, capsys, mo
     from ray.util.annotations import RayDeprecationWarning
 
     real_fit, trials_began = ray.tune.Tuner.fit, []  # after how many of this (the driver's) process's epochs
-    monkeypatch.setattr(ray.tune.Tuner, "fit", lambda tuner: (trials_began.append(len(epochs)), real_fit(tuner))[1])
+    monkeypatch.setattr(ray.tune.Tuner, "fit", lambda tuner: (trials_began.append(len(epoch_log)), real_fit(tuner))[1])
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RayDeprecationWarning)
@@ -120,7 +120,8 @@ def test_two_trial_sweep_trains_teachers_once(tiny_dataset, tmp_path, capsys, mo
     assert best["best_valid_score"] == max(t["best_valid_score"] for t in trials)
     # teachers were trained once, by the driver before the trials (which run in Ray's workers), and
     # the final run of the best configuration found them and its trial's student finished
-    assert [(e.model, e.modalities, e.index) for e in epochs] == [("VBPR", (m,), i) for m in ("v", "t") for i in (0, 1)]
+    teacher_epochs = [("VBPR", (m,), i) for m in ("v", "t") for i in (0, 1)]
+    assert [(e.model, e.modalities, e.index) for e in epoch_log] == teacher_epochs
     assert trials_began == [4]
     teachers = glob.glob(str(tmp_path / "saved" / "tiny" / "teachers" / "*" / "*.pth"))
     students = glob.glob(str(tmp_path / "saved" / "tiny" / "VBPR_CKD-*" / "*.pth"))
