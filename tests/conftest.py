@@ -1,6 +1,11 @@
-"""Shared fixtures: tiny MMRec-format datasets written by hand, so every test can see its data."""
+"""Shared fixtures: tiny MMRec-format datasets written by hand, so every test can see its data;
+the config of a fast run; spies that record which epochs trained and which checkpoints were written."""
 
 import os
+import sys
+import threading
+from collections import namedtuple
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pandas as pd
@@ -14,6 +19,25 @@ FAST = {
     "use_gpu": False,
     "train_batch_size": 64,
 }
+
+
+def fast_config(data_root, checkpoint_dir=None, **extra):
+    """The config dict of a fast run on the datasets under ``data_root`` (checkpoints in
+    ``checkpoint_dir``, RecBole's default if None)."""
+    settings = {**FAST, "data_path": str(data_root), **extra}
+    if checkpoint_dir is not None:
+        settings["checkpoint_dir"] = str(checkpoint_dir)
+    return settings
+
+
+def fast_ckd_config(data_root, checkpoint_dir, **extra):
+    """A fast CKD run of three epochs (``extra`` overrides), never stopped early."""
+    return fast_config(data_root, checkpoint_dir, **{"epochs": 3, "stopping_step": 100, "gd_samples": 20, **extra})
+
+
+def fast_args(given=()):
+    """FAST as command-line flags, leaving out the keys the ``--key=value`` flags ``given`` set."""
+    return [f"--{k}={v}" for k, v in FAST.items() if not any(a.startswith(f"--{k}=") for a in given)]
 
 
 def write_tiny_mmrec(root, name="tiny", n_users=24, n_items=30, dims=None, seed=0, features=None, rows=None):
@@ -54,13 +78,16 @@ def build_model(name, root, checkpoint_dir=None, seed=0, **extra):
     from recbole_ckd.model import MODELS
     from recbole_ckd.registry import create_dataset
 
-    settings = {**FAST, "data_path": root, **extra}
-    if checkpoint_dir is not None:
-        settings["checkpoint_dir"] = str(checkpoint_dir)
-    config = Config(name, "tiny", config_dict=settings)
+    config = Config(name, "tiny", config_dict=fast_config(root, checkpoint_dir, **extra))
     train, _, _ = data_preparation(config, create_dataset(config))
     torch.manual_seed(seed)
     return MODELS[name](config, train.dataset), train
+
+
+def build_eval_model(name, root, checkpoint_dir=None, seed=0, **extra):
+    """:func:`build_model` with the model in evaluation mode (no dropout)."""
+    model, train = build_model(name, root, checkpoint_dir, seed, **extra)
+    return model.eval(), train
 
 
 def scores(model, masked=()):
@@ -82,7 +109,7 @@ def build_baseline_pair(root, tmp_path, backbone, suffix, **extra):
     from recbole_ckd.model import MODELS
     from recbole_ckd.registry import create_dataset
 
-    settings = {**FAST, "data_path": root, "checkpoint_dir": str(tmp_path / "saved"), **extra}
+    settings = fast_config(root, tmp_path / "saved", **extra)
     config = Config(backbone, "tiny", config_dict=settings)
     train, _, _ = data_preparation(config, create_dataset(config))
     torch.manual_seed(0)
@@ -127,14 +154,137 @@ def tiny_dataset(tmp_path):
     return {"root": str(tmp_path / "data"), "name": "tiny", "path": path, "inter": df, "features": features}
 
 
+# Bounds every socket wait, so a broken test fails quickly instead of hanging.
+HTTP_TIMEOUT = 5
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Serves self.server.files[path] = (body, mode). Modes:
+    normal         honours Range with 206
+    truncate_once  first GET promises the whole body but sends half, then honours Range
+    ignore_range   like truncate_once, but always answers 200 with the full body afterwards
+    always_trunc   never sends more than the first half of the body
+    """
+
+    def do_GET(self):
+        server = self.server
+        rng = self.headers.get("Range")
+        server.requests.append((self.path, rng))
+        if self.path not in server.files:
+            self.send_error(404)
+            return
+        body, mode = server.files[self.path]
+        first = sum(path == self.path for path, _ in server.requests) == 1
+
+        start = 0
+        if rng and mode != "ignore_range":
+            start = int(rng.removeprefix("bytes=").rstrip("-"))
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        payload = body[start:]
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+
+        if mode == "always_trunc":
+            payload = body[start:max(start, len(body) // 2)]
+        elif mode in ("truncate_once", "ignore_range") and first:
+            payload = payload[: len(payload) // 2]
+        # HTTP/1.0: the connection closes after this, so the client sees a short body.
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_server():
+    """A throwaway HTTP server on 127.0.0.1: ``files[path] = (body, mode)`` (modes: see
+    ``_Handler``), ``requests`` (path, Range header) as they came, ``url`` its root."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    httpd.files, httpd.requests = {}, []
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    # A short poll interval keeps shutdown() (and so each test) fast.
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(HTTP_TIMEOUT)
+
+
 @pytest.fixture
 def run_config(tmp_path):
     """Config dict for a fast run whose outputs stay in tmp_path."""
 
     def make(data_root, **extra):
-        return {**FAST, "data_path": data_root, "checkpoint_dir": str(tmp_path / "saved"), **extra}
+        return fast_config(data_root, tmp_path / "saved", **extra)
 
     return make
+
+
+Epoch = namedtuple("Epoch", "model modalities index lr")
+
+
+class EpochLog(list):
+    """Every training epoch a trainer began, in order: the model, its active modalities (a
+    teacher's one, or None), the epoch index and the learning rate it began with."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        from recbole_ckd.trainer import ResumableTrainer
+
+        self.interrupted, self._stops = [], []
+        real = ResumableTrainer._train_epoch
+
+        def recorded(trainer, train_data, epoch_idx, *args, **kwargs):
+            model, active = trainer.config["model"], trainer.config["active_modalities"]
+            self.append(Epoch(model, tuple(active) if active else None, epoch_idx,
+                              trainer.optimizer.param_groups[0]["lr"]))
+            for stop in self._stops:
+                if stop not in self.interrupted and stop[1] == epoch_idx and stop[0] in (None, model):
+                    self.interrupted.append(stop)
+                    raise KeyboardInterrupt  # as Ctrl-C in that epoch
+            return real(trainer, train_data, epoch_idx, *args, **kwargs)
+
+        monkeypatch.setattr(ResumableTrainer, "_train_epoch", recorded)
+
+    def interrupt(self, epoch, model=None):
+        """The next time epoch ``epoch`` of ``model`` (any model if None) begins, raise
+        KeyboardInterrupt, once; ``interrupted`` lists the ``(model, epoch)`` stops that fired."""
+        self._stops.append((model, epoch))
+
+    def of(self, model, modalities=None):
+        """The indices of the epochs ``model`` trained (with these active modalities)."""
+        return [e.index for e in self if e.model == model and e.modalities == modalities]
+
+
+@pytest.fixture
+def epoch_log(monkeypatch):
+    """The :class:`EpochLog` of this test's training runs."""
+    return EpochLog(monkeypatch)
+
+
+@pytest.fixture
+def checkpoint_writes(monkeypatch):
+    """Every checkpoint file the plugin writes (trainers, teacher caches, graph caches), in order."""
+    import recbole_ckd.model  # noqa: F401  (every module that writes checkpoints, loaded)
+    import recbole_ckd.quick_start  # noqa: F401
+    from recbole_ckd import compat
+
+    real, written = compat.save_checkpoint, []
+
+    def recorded(state, path):
+        written.append(os.path.abspath(os.fspath(path)))
+        return real(state, path)
+
+    for module in list(sys.modules.values()):
+        ours = getattr(module, "__name__", "").startswith("recbole_ckd")
+        if ours and getattr(module, "save_checkpoint", None) is real:
+            monkeypatch.setattr(module, "save_checkpoint", recorded)
+    return written
 
 
 def pytest_configure(config):

@@ -11,7 +11,7 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import FAST, write_tiny_mmrec
+from conftest import fast_args, write_tiny_mmrec
 
 import run_recbole_ckd
 
@@ -207,7 +207,7 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, monkeypatch, c
     if not args[0].startswith("--generate"):  # the generator has flags of its own
         argv += [f"--data_path={tmp_path / 'data'}"] + [f"--checkpoint_dir={saved}"] * (not any(
             a.startswith("--checkpoint_dir=") for a in extra))
-        argv += [f"--{k}={v}" for k, v in FAST.items() if not any(a.startswith(f"--{k}=") for a in args)]
+        argv += fast_args(args)
     if "--leaderboard" in args:
         argv.append(f"--output={results}")
     with pytest.raises(SystemExit) as exit_info:

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAST, build_baseline_pair, loss_and_grads
+from conftest import build_baseline_pair, fast_config, loss_and_grads
 
 from recbole_ckd import leaderboard as lb
 from recbole_ckd.model.balancing import dropout_choice, modulation_coefficients
@@ -130,13 +130,13 @@ def test_no_modulation_outside_its_epochs(tiny_dataset, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the study
+@pytest.mark.slow
 def test_the_balancing_study_writes_every_row(tiny_dataset, tmp_path):
     entries = lb.study_entries("balancing", ["VBPR"])
     labels = [e.label for e in entries]
     assert labels == ["VBPR", "VBPR_CKD", "VBPR_CKD-no_specific", "VBPR_CKD-no_generic", "VBPR_CKD-uniform_weights",
                       "VBPR_CKD-teacher_gap", "VBPR_MDrop", "VBPR_OGMGE"]
-    settings = {**FAST, "epochs": 2, "gd_samples": 9, "data_path": tiny_dataset["root"],
-                "checkpoint_dir": str(tmp_path / "saved")}
+    settings = fast_config(tiny_dataset["root"], tmp_path / "saved", epochs=2, gd_samples=9)
     out = str(tmp_path / "results")
     cells = lb.run_cells("tiny", entries, [1, 2], out, config_dict=settings, log=lambda *a: None)
     assert list(cells) == labels and all(len(records) == 2 for records in cells.values())

@@ -1,13 +1,16 @@
-"""The side-by-side benchmark runs end to end on a tiny shape: this checkout against itself as the
-baseline, and stand-ins for an MMRec checkout and for the CKD authors' code that implement only
-the interface the benchmark calls (no timing is asserted)."""
+"""The side-by-side benchmark: its turns, medians and ratios with stand-in workers that report
+known seconds; and end to end on a tiny shape, this checkout against itself as the baseline and
+stand-ins for an MMRec checkout and for the CKD authors' code that implement only the interface
+the benchmark calls (no wall time is asserted)."""
 
 import json
 import os
 import sys
 import textwrap
+import types
 
 import numpy as np
+import pytest
 from conftest import write_tiny_mmrec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -65,7 +68,7 @@ FAKE_MMREC = {
             def __init__(self, config, model, mg):
                 pass
             def _train_epoch(self, train, epoch):
-                sum(range(10000))
+                pass
             def evaluate(self, valid):
                 pass
         def get_model(name):
@@ -93,6 +96,7 @@ def write_tree(root, files):
     return str(root)
 
 
+@pytest.mark.slow
 def test_side_by_side_with_a_baseline_and_both_references(tmp_path):
     mmrec = write_tree(tmp_path / "MMRec", FAKE_MMREC)
     ckd = write_tree(tmp_path / "Balanced-Multimodal-Rec", FAKE_CKD_REFERENCE)
@@ -122,9 +126,12 @@ def test_side_by_side_with_a_baseline_and_both_references(tmp_path):
     assert json.loads(json_file.read_text())["machine"]["torch_threads"] == 1
     table = json_file.with_suffix(".md").read_text()
     assert "| VBPR | plain |" in table and "(MMRec)" in table and "(CKD authors)" in table
-    assert "Recorded earlier, not this run" in table and "Reference columns absent" not in table
+    assert "Reference columns absent" not in table
+    student_row = next(line for line in table.splitlines() if line.startswith("| VBPR | student |"))
+    assert "| 2.000 (CKD authors) |" in student_row  # the median of its logged 1.5 and 2.5 s
 
 
+@pytest.mark.slow
 def test_without_references_their_columns_say_not_measured(tmp_path):
     record = bench_reference.main(["--shape", "devset", "--scale", "0.02", "--models", "BM3", "--repeats", "1",
                                    "--evals", "0", "--data_root", str(tmp_path / "data"),
@@ -145,3 +152,72 @@ def test_the_ckd_reference_data_are_our_split_in_its_layout(tmp_path):
     for m, name in (("v", "image_feat.npy"), ("t", "text_feat.npy")):
         assert (np.load(target / name) == features[m]).all()
     assert [c.split("--train_type ")[1][0] for c in commands] == ["2", "3"]  # its textual and visual teachers
+
+
+# ----------------------------------------------------------------------------- turns, medians, ratios
+class FakeWorker:
+    """A worker that is set up at once (or fails to be) and reports the next of its scripted
+    seconds for each "train" or "eval" asked; ``asked`` records the order of the requests."""
+
+    seconds, failing, asked = {}, set(), []
+
+    def __init__(self, kind, code, model, dataset, args, ours_settings="{}"):
+        self.key, self.code, self.info = (kind, model), code, None
+        self.left = {what: iter(values) for what, values in self.seconds[kind, model].items()}
+
+    def ready(self):
+        if self.info is None:
+            failed = self.key in self.failing
+            self.info = {"error": "ImportError: no src"} if failed else {"ready": True, "code": self.code}
+        return "error" not in self.info
+
+    def time(self, what):
+        self.asked.append((self.key, what))
+        return next(self.left[what])
+
+    def close(self):
+        self.asked.append((self.key, "closed"))
+
+
+def test_epochs_run_in_turns_and_each_is_the_median_of_its_runs(monkeypatch):
+    FakeWorker.seconds = {
+        ("ours", "VBPR"): {"train": [4.0, 1.0, 2.0], "eval": [0.5, 0.25, 2.0]},  # medians, never means
+        ("ours", "VBPR_CKD"): {"train": [6.0, 12.0, 5.0], "eval": [1.0, 4.0, 1.5]},
+        ("baseline", "VBPR"): {"train": [9.0, 8.0, 1.0], "eval": [None] * 3},  # no evaluation: not a number
+        ("mmrec", "VBPR"): {},
+    }
+    FakeWorker.failing, FakeWorker.asked = {("mmrec", "VBPR")}, []
+    monkeypatch.setattr(bench_reference, "Worker", FakeWorker)
+    monkeypatch.setattr(bench_reference, "our_settings", lambda *args: "{}")
+    jobs = [("plain", "ours", ROOT, "VBPR"), ("student", "ours", ROOT, "VBPR_CKD"),
+            ("plain", "baseline", "/b", "VBPR"), ("plain", "mmrec", "/m", "VBPR")]
+    args = types.SimpleNamespace(repeats=3, evals=3, ckd_reference_dataset="x")
+    runs = bench_reference.time_side_by_side("VBPR", jobs, "tiny", args)
+
+    plain, student, baseline = ("ours", "VBPR"), ("ours", "VBPR_CKD"), ("baseline", "VBPR")
+    turns = [[plain, student, baseline], [baseline, student, plain]]  # the order reversed every other turn
+    expected = [(key, "train") for turn in (0, 1, 0) for key in turns[turn]]
+    expected += [(key, "eval") for turn in (0, 1, 0) for key in turns[turn]]
+    assert FakeWorker.asked[: len(expected)] == expected  # the failed worker is never timed
+    assert sorted(FakeWorker.asked[len(expected):]) == sorted((key, "closed") for key in FakeWorker.seconds)
+    assert runs["plain", "ours"] == {"train_runs": [4.0, 1.0, 2.0], "eval_runs": [0.5, 0.25, 2.0], "code": ROOT,
+                                     "train_s_per_epoch": 2.0, "eval_s": 0.5}
+    assert runs["student", "ours"]["train_s_per_epoch"] == 6.0 and runs["student", "ours"]["eval_s"] == 1.5
+    assert runs["plain", "baseline"]["train_s_per_epoch"] == 8.0 and runs["plain", "baseline"]["eval_s"] is None
+    assert runs["plain", "mmrec"] == {"error": "ImportError: no src"}
+
+
+def test_the_table_divides_the_medians_it_shows():
+    def measured(train, evaluation=None):
+        return {"train_s_per_epoch": train, "eval_s": evaluation}
+
+    record = {"baseline": "/b", "results": {"VBPR": {
+        "plain": {"ours": measured(2.0, 0.5), "baseline": measured(4.0), "mmrec": measured(8.0, 1.0)},
+        "student": {"ours": measured(3.0), "baseline": {"error": "boom"}, "ckd_reference": measured(1.5)},
+    }}}
+    head, _, plain, student = bench_reference.table(record)
+    assert head == ("| backbone | part | ours s/epoch | baseline s/epoch | ours / baseline | reference s/epoch | "
+                    "ours / reference | student / plain (ours) | student / plain (baseline) | ours eval s | "
+                    "reference eval s |")
+    assert plain == "| VBPR | plain | 2.000 | 4.000 | 0.50 | 8.000 (MMRec) | 0.25 | 1.00 | 1.00 | 0.500 | 1.000 |"
+    assert student == "| VBPR | student | 3.000 | failed | - | 1.500 (CKD authors) | 2.00 | 1.50 | - | - | - |"

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAST, build_model, write_tiny_mmrec
+from conftest import build_model, fast_args, write_tiny_mmrec
 
 import run_recbole_ckd
 from recbole_ckd.compat import load_checkpoint
@@ -85,7 +85,7 @@ def test_bm3_ckd_is_refused_through_run(tiny_dataset, run_config):
 
 def test_bm3_ckd_is_refused_through_the_command_line(tiny_dataset, tmp_path, capsys):
     argv = ["--model=BM3_CKD", "--dataset=tiny", f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path}/saved"]
-    argv += [f"--{k}={v}" for k, v in FAST.items()]
+    argv += fast_args()
     with pytest.raises(SystemExit) as exit_info:
         run_recbole_ckd.main(argv)
     assert exit_info.value.code == 2

@@ -6,12 +6,11 @@ import os
 
 import pytest
 import torch
-from conftest import FAST, write_tiny_mmrec
+from conftest import build_model, fast_ckd_config, fast_config, write_tiny_mmrec
 
 from recbole_ckd.compat import load_checkpoint
 from recbole_ckd.config import Config
 from recbole_ckd.data.dataset import data_preparation
-from recbole_ckd.model import MODELS
 from recbole_ckd.model.ckd import (
     counterfactual_effect,
     generic_distillation,
@@ -89,13 +88,11 @@ def test_weights_for_three_modalities_sum_to_three():
 
 # ----------------------------------------------------------------------------- the student
 def build_student(root, model="VBPR_CKD", **extra):
-    config = Config(model, "tiny", config_dict={**FAST, "data_path": root, "gd_samples": 7, **extra})
-    train, _, _ = data_preparation(config, create_dataset(config))
-    student = MODELS[model](config, train.dataset)
+    student, train = build_model(model, root, gd_samples=7, **extra)
     torch.manual_seed(1)
     teachers = {m: (torch.randn(student.n_users, 5), torch.randn(student.n_items, 5)) for m in student.modalities}
     student.set_teacher_tables(teachers)
-    return config, train, student, teachers
+    return train.config, train, student, teachers
 
 
 def test_student_loss_is_the_spec_formula(tiny_dataset):
@@ -202,8 +199,7 @@ def test_more_than_two_modalities(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 def ckd_config(tiny_dataset, tmp_path, **extra):
-    return {**FAST, "epochs": 3, "stopping_step": 100, "gd_samples": 20, "data_path": tiny_dataset["root"],
-            "checkpoint_dir": str(tmp_path / "saved"), **extra}
+    return fast_ckd_config(tiny_dataset["root"], tmp_path / "saved", **extra)
 
 
 @pytest.mark.parametrize("model", ["VBPR_CKD", "MMGCN_CKD"])
@@ -223,62 +219,76 @@ def teacher_files(tmp_path):
     return sorted(glob.glob(str(tmp_path / "saved" / "tiny" / "teachers" / "*" / "best.pth")))
 
 
-def test_teacher_cache_reuse_invalidation_and_corruption(tiny_dataset, tmp_path, caplog):
-    run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2))
-    first = teacher_files(tmp_path)
-    stamps = {f: os.stat(f).st_mtime_ns for f in first}
-    assert len(first) == 2
+def saved(tmp_path, relative):
+    """A path the result records relative to ``checkpoint_dir``, made absolute."""
+    return str(tmp_path / "saved" / relative)
 
-    # a student-only change reuses both teachers
-    run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2, kd_weight=0.5, kd_temperature=1.0))
-    assert teacher_files(tmp_path) == first and all(os.stat(f).st_mtime_ns == t for f, t in stamps.items())
+
+def teacher_dirs_written(writes, tmp_path):
+    """The teacher folders that got a checkpoint written, among ``writes``."""
+    teachers = str(tmp_path / "saved" / "tiny" / "teachers")
+    return {os.path.dirname(f) for f in writes if f.startswith(teachers + os.sep)}
+
+
+BOTH_CACHED, BOTH_TRAINED = {"v": "cached", "t": "cached"}, {"v": "trained", "t": "trained"}
+
+
+def test_teacher_cache_reuse_invalidation_and_corruption(tiny_dataset, tmp_path, caplog, epoch_log, checkpoint_writes):
+    first = run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2))
+    assert first["teachers"] == BOTH_TRAINED and len(teacher_files(tmp_path)) == 2
+    assert epoch_log.of("VBPR", ("v",)) == epoch_log.of("VBPR", ("t",)) == [0, 1]
+
+    # a student-only change reuses both teachers: not one teacher epoch, not one teacher file written
+    epoch_log.clear()
+    checkpoint_writes.clear()
+    again = run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2, kd_weight=0.5,
+                                                              kd_temperature=1.0))
+    assert again["teachers"] == BOTH_CACHED and {e.model for e in epoch_log} == {"VBPR_CKD"}
+    assert {os.path.dirname(f) for f in checkpoint_writes} == {saved(tmp_path, again["checkpoints"]["student"])}
+    assert {again["checkpoints"][f"teacher {m}"] for m in "vt"} == {first["checkpoints"][f"teacher {m}"] for m in "vt"}
 
     # a backbone change trains new teachers
-    run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2, modality_embedding_size=8))
-    assert len(teacher_files(tmp_path)) == 4
+    settings = ckd_config(tiny_dataset, tmp_path, epochs=2, modality_embedding_size=8)
+    changed = run("VBPR_CKD", "tiny", config_dict=settings)
+    assert changed["teachers"] == BOTH_TRAINED and len(teacher_files(tmp_path)) == 4
 
     # changed modality features: new teachers
     torch_free = os.path.join(tiny_dataset["path"], "text_feat.npy")
     import numpy as np
 
     np.save(torch_free, np.load(torch_free) * 2)
-    run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2))
-    assert len(teacher_files(tmp_path)) == 6
+    latest = run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2))
+    assert latest["teachers"] == BOTH_TRAINED and len(teacher_files(tmp_path)) == 6
 
-    # a corrupted teacher is retrained, with a warning
-    latest = max(teacher_files(tmp_path), key=os.path.getmtime)
-    with open(latest, "r+b") as f:
+    # a corrupted teacher is retrained, with a warning, and only that one
+    corrupted = os.path.join(saved(tmp_path, latest["checkpoints"]["teacher t"]), "best.pth")
+    with open(corrupted, "r+b") as f:
         f.truncate(100)
     caplog.clear()
+    epoch_log.clear()
+    checkpoint_writes.clear()
     run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2, state="INFO"))
     assert "unusable checkpoint" in caplog.text and "training this stage again" in caplog.text
-    assert os.path.getsize(latest) > 100
+    assert epoch_log.of("VBPR", ("t",)) == [0, 1] and epoch_log.of("VBPR", ("v",)) == []
+    assert teacher_dirs_written(checkpoint_writes, tmp_path) == {saved(tmp_path, latest["checkpoints"]["teacher t"])}
+    assert os.path.getsize(corrupted) > 100
 
     # retrain_teachers forces new ones
-    before = {f: os.stat(f).st_mtime_ns for f in teacher_files(tmp_path)}
-    run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2, retrain_teachers=True))
-    changed = [f for f, t in before.items() if os.stat(f).st_mtime_ns != t]
-    assert len(changed) == 2
+    checkpoint_writes.clear()
+    forced = run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2, retrain_teachers=True))
+    assert forced["teachers"] == BOTH_TRAINED
+    assert teacher_dirs_written(checkpoint_writes, tmp_path) == {saved(tmp_path, latest["checkpoints"][f"teacher {m}"]) for m in "vt"}
 
 
 @pytest.mark.parametrize("stop_in", ["VBPR", "VBPR_CKD"])
-def test_resume_after_interruption_gives_the_same_result(tiny_dataset, tmp_path, monkeypatch, stop_in):
+def test_resume_after_interruption_gives_the_same_result(tiny_dataset, tmp_path, epoch_log, stop_in):
     reference = run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path / "a", epochs=4))
 
-    original = ResumableTrainer._train_epoch
-    calls = {"n": 0}
-
-    def interrupted(self, train_data, epoch_idx, *args, **kwargs):
-        if self.config["model"] == stop_in and epoch_idx == 2 and calls["n"] == 0:
-            calls["n"] += 1
-            raise KeyboardInterrupt
-        return original(self, train_data, epoch_idx, *args, **kwargs)
-
-    monkeypatch.setattr(ResumableTrainer, "_train_epoch", interrupted)
+    epoch_log.interrupt(2, model=stop_in)
     with pytest.raises(KeyboardInterrupt):
         run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path / "b", epochs=4))
     resumed = run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path / "b", epochs=4, state="INFO"))
-    assert calls["n"] == 1
+    assert epoch_log.interrupted == [(stop_in, 2)]
     assert resumed["test_result"] == reference["test_result"] and resumed["modes"] == reference["modes"]
     # metrics are rounded; the selected students themselves must be identical
     ours, theirs = (load_checkpoint(tmp_path / d / "saved" / r["checkpoint"])["state_dict"]
@@ -323,8 +333,8 @@ def test_a_student_whose_scores_ignore_a_modality_is_refused(tiny_dataset):
             return self.user_id_embedding.weight, self.item_id_embedding.weight
 
     student_class = make_ckd_model(IDOnly)
-    config = Config(student_class, "tiny", config_dict={**FAST, "data_path": tiny_dataset["root"],
-                                                        "embedding_size": 8, "modality_embedding_size": 4})
+    config = Config(student_class, "tiny", config_dict=fast_config(tiny_dataset["root"], embedding_size=8,
+                                                                   modality_embedding_size=4))
     train, _, _ = data_preparation(config, create_dataset(config))
     with pytest.raises(ValueError, match="IDOnly cannot be a CKD student: masking modality 'v' does not change"):
         student_class(config, train.dataset)
@@ -346,38 +356,32 @@ def test_ckd_needs_two_modalities(tiny_dataset):
         build_student(tiny_dataset["root"], modalities={"t": "text_feat.npy"})
 
 
-def test_resume_false_does_not_retrain_cached_teachers(tiny_dataset, tmp_path):
+def test_resume_false_does_not_retrain_cached_teachers(tiny_dataset, tmp_path, epoch_log, checkpoint_writes):
     run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2))
-    stamps = {f: os.stat(f).st_mtime_ns for f in teacher_files(tmp_path)}
-    run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2, resume=False))
-    assert {f: os.stat(f).st_mtime_ns for f in teacher_files(tmp_path)} == stamps
+    epoch_log.clear()
+    checkpoint_writes.clear()
+    again = run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2, resume=False))
+    assert again["teachers"] == BOTH_CACHED and epoch_log.of("VBPR_CKD") == [0, 1]  # the student alone trained again
+    assert {e.model for e in epoch_log} == {"VBPR_CKD"}
+    assert {os.path.dirname(f) for f in checkpoint_writes} == {saved(tmp_path, again["checkpoints"]["student"])}
 
 
 # ----------------------------------------------------------------------------- learning-rate schedule
-def test_learning_rate_schedule_values_per_epoch_and_after_resume(tiny_dataset, tmp_path, monkeypatch):
-    seen = []
-    original = ResumableTrainer._train_epoch
-
-    def record(self, train_data, epoch_idx, *args, **kwargs):
-        seen.append((epoch_idx, self.optimizer.param_groups[0]["lr"]))
-        if epoch_idx == 2 and len(seen) == 3:
-            raise KeyboardInterrupt
-        return original(self, train_data, epoch_idx, *args, **kwargs)
-
-    monkeypatch.setattr(ResumableTrainer, "_train_epoch", record)
-    settings = {**FAST, "epochs": 4, "stopping_step": 100, "data_path": tiny_dataset["root"],
-                "checkpoint_dir": str(tmp_path / "saved"), "learning_rate": 0.01, "learning_rate_scheduler": [0.5, 2]}
+def test_learning_rate_schedule_values_per_epoch_and_after_resume(tiny_dataset, tmp_path, epoch_log):
+    epoch_log.interrupt(2)
+    settings = fast_config(tiny_dataset["root"], tmp_path / "saved", epochs=4, stopping_step=100, learning_rate=0.01,
+                           learning_rate_scheduler=[0.5, 2])
     with pytest.raises(KeyboardInterrupt):
         run("VBPR", "tiny", config_dict=settings)
     run("VBPR", "tiny", config_dict=settings)  # resumes at epoch 2
     # MMRec's schedule: lr * 0.5^(epoch / 2); epoch 2 is trained twice (interrupted, then resumed)
-    assert [e for e, _ in seen] == [0, 1, 2, 2, 3]
-    for epoch, lr in seen:
-        assert lr == pytest.approx(0.01 * 0.5 ** (epoch / 2))
+    assert [e.index for e in epoch_log] == [0, 1, 2, 2, 3]
+    for epoch in epoch_log:
+        assert epoch.lr == pytest.approx(0.01 * 0.5 ** (epoch.index / 2))
 
 
 @pytest.mark.parametrize("value", [[0.96], [0.0, 50], [0.96, -1], "fast"])
 def test_bad_learning_rate_schedule_is_refused(tiny_dataset, tmp_path, value):
     with pytest.raises(ValueError, match="learning_rate_scheduler must be"):
-        run("VBPR", "tiny", config_dict={**FAST, "data_path": tiny_dataset["root"],
-                                         "checkpoint_dir": str(tmp_path / "saved"), "learning_rate_scheduler": value})
+        run("VBPR", "tiny", config_dict=fast_config(tiny_dataset["root"], tmp_path / "saved",
+                                                    learning_rate_scheduler=value))

@@ -5,10 +5,10 @@ whole objective plus ``kd_weight`` times the distillation term, nothing removed.
 import pytest
 import torch
 from conftest import (
-    FAST,
     attach_random_teachers,
     build_baseline_pair,
     build_model,
+    fast_config,
     loss_and_grads,
     scores,
     write_tiny_mmrec,
@@ -21,7 +21,6 @@ from recbole_ckd.data.dataset import data_preparation
 from recbole_ckd.model import BACKBONES, MODELS
 from recbole_ckd.quick_start import run
 from recbole_ckd.registry import create_dataset
-from recbole_ckd.trainer import ResumableTrainer
 
 # nothing left open: a leaked file or socket fails the test (its warning is raised in a finaliser,
 # which pytest reports as an unraisable-exception warning)
@@ -60,7 +59,7 @@ def build(name, root, tmp_path, **extra):
 def build_pair(root, tmp_path, backbone, **extra):
     """A plain backbone and its student in the same state (the student loads the backbone's
     parameters), random frozen teacher tables, and one training batch."""
-    settings = {**FAST, "data_path": root, "checkpoint_dir": str(tmp_path / "saved"), "gd_samples": 9, **extra}
+    settings = fast_config(root, tmp_path / "saved", gd_samples=9, **extra)
     config = Config(backbone, "tiny", config_dict=settings)
     train, _, _ = data_preparation(config, create_dataset(config))
     torch.manual_seed(0)
@@ -289,27 +288,20 @@ def test_full_sort_predict_is_the_forward_tables(tiny_dataset, tmp_path, name):
 
 
 # ----------------------------------------------------------------------------- training
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL_MODELS)
-def test_training_runs_and_resumes_bit_identically(tiny_dataset, tmp_path, name, monkeypatch):
+def test_training_runs_and_resumes_bit_identically(tiny_dataset, tmp_path, name, epoch_log):
     """Three epochs end to end; the same run interrupted in its last stage's second epoch and
     started again ends with the same selected model and the same test result."""
-    settings = {**FAST, "epochs": 3, "stopping_step": 100, "gd_samples": 9, "data_path": tiny_dataset["root"]}
-    reference = run(name, "tiny", config_dict={**settings, "checkpoint_dir": str(tmp_path / "a")})
+    settings = {"epochs": 3, "stopping_step": 100, "gd_samples": 9}
+    reference = run(name, "tiny", config_dict=fast_config(tiny_dataset["root"], tmp_path / "a", **settings))
     assert load_checkpoint(tmp_path / "a" / reference["checkpoint"])["model"] == name
 
-    original, calls = ResumableTrainer._train_epoch, {"n": 0}
-
-    def interrupted(self, train_data, epoch_idx, *args, **kwargs):
-        if self.config["model"] == name and epoch_idx == 1 and not calls["n"]:
-            calls["n"] += 1
-            raise KeyboardInterrupt
-        return original(self, train_data, epoch_idx, *args, **kwargs)
-
-    monkeypatch.setattr(ResumableTrainer, "_train_epoch", interrupted)
+    epoch_log.interrupt(1, model=name)
     with pytest.raises(KeyboardInterrupt):
-        run(name, "tiny", config_dict={**settings, "checkpoint_dir": str(tmp_path / "b")})
-    resumed = run(name, "tiny", config_dict={**settings, "checkpoint_dir": str(tmp_path / "b")})
-    assert calls["n"] == 1
+        run(name, "tiny", config_dict=fast_config(tiny_dataset["root"], tmp_path / "b", **settings))
+    resumed = run(name, "tiny", config_dict=fast_config(tiny_dataset["root"], tmp_path / "b", **settings))
+    assert epoch_log.interrupted == [(name, 1)]
     assert resumed["test_result"] == reference["test_result"]
     ours, theirs = (load_checkpoint(tmp_path / d / r["checkpoint"])["state_dict"] for r, d in ((resumed, "b"), (reference, "a")))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FAST, write_tiny_mmrec
+from conftest import fast_config, write_tiny_mmrec
 
 from recbole_ckd.config import Config
 from recbole_ckd.data.dataset import DatasetError, data_preparation
@@ -14,7 +14,7 @@ from recbole_ckd.registry import create_dataset
 
 
 def load(root, name="tiny", model="VBPR", **extra):
-    config = Config(model, name, config_dict={**FAST, "data_path": root, **extra})
+    config = Config(model, name, config_dict=fast_config(root, **extra))
     return config, create_dataset(config)
 
 

@@ -1,15 +1,15 @@
-"""Tests for recbole_ckd.data.download against a throwaway HTTP server on 127.0.0.1."""
+"""Tests for recbole_ckd.data.download against a throwaway HTTP server on 127.0.0.1 (conftest's
+``http_server``)."""
 from __future__ import annotations
 
 import hashlib
 import io
 import random
 import tarfile
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import HTTP_TIMEOUT
 
 from recbole_ckd.data import download as dl
 from recbole_ckd.data.download import DownloadError, download_dataset
@@ -22,8 +22,6 @@ FILES = {
     "text_feat.npy": _RNG.randbytes(20_000),
 }
 EXPECTED = sorted(FILES)
-# Bounds every socket wait, so a broken test fails quickly instead of hanging.
-TIMEOUT = 5
 
 
 def make_zip(files, top="baby"):
@@ -52,68 +50,13 @@ def sha(data):
     return hashlib.sha256(data).hexdigest()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """Serves self.server.files[path] = (body, mode). Modes:
-    normal         honours Range with 206
-    truncate_once  first GET promises the whole body but sends half, then honours Range
-    ignore_range   like truncate_once, but always answers 200 with the full body afterwards
-    always_trunc   never sends more than the first half of the body
-    """
-
-    def do_GET(self):
-        server = self.server
-        rng = self.headers.get("Range")
-        server.requests.append((self.path, rng))
-        if self.path not in server.files:
-            self.send_error(404)
-            return
-        body, mode = server.files[self.path]
-        first = sum(path == self.path for path, _ in server.requests) == 1
-
-        start = 0
-        if rng and mode != "ignore_range":
-            start = int(rng.removeprefix("bytes=").rstrip("-"))
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        else:
-            self.send_response(200)
-        payload = body[start:]
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-
-        if mode == "always_trunc":
-            payload = body[start:max(start, len(body) // 2)]
-        elif mode in ("truncate_once", "ignore_range") and first:
-            payload = payload[: len(payload) // 2]
-        # HTTP/1.0: the connection closes after this, so the client sees a short body.
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    httpd.files, httpd.requests = {}, []
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    # A short poll interval keeps shutdown() (and so each test) fast.
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(TIMEOUT)
-
-
 @pytest.fixture(autouse=True)
 def _no_retry_delay(monkeypatch):
     monkeypatch.setattr(dl, "_RETRY_DELAY", 0)
 
 
 def fetch(url, dest, digest, expected=EXPECTED, **kw):
-    kw.setdefault("timeout", TIMEOUT)
+    kw.setdefault("timeout", HTTP_TIMEOUT)
     kw.setdefault("show_progress", False)
     return download_dataset(url, dest, digest, expected, **kw)
 
@@ -138,88 +81,88 @@ def assert_clean(root, downloads=None, dest="baby"):
     [("/baby.zip", make_zip(FILES)), ("/baby.tar.gz", make_tar_gz(FILES))],
     ids=["zip", "tar.gz"],
 )
-def test_success_strips_top_folder(server, tmp_path, capsys, path, body):
-    server.files[path] = (body, "normal")
+def test_success_strips_top_folder(http_server, tmp_path, capsys, path, body):
+    http_server.files[path] = (body, "normal")
     dest = tmp_path / "baby"
-    assert fetch(server.url + path, dest, sha(body), show_progress=True) == dest
+    assert fetch(http_server.url + path, dest, sha(body), show_progress=True) == dest
     assert_dataset(dest)
     assert_clean(tmp_path, downloads=["baby" + path[len("/baby"):]])
     assert "/" in capsys.readouterr().err  # progress line "done / total"
 
 
-def test_format_detected_by_content(server, tmp_path):
+def test_format_detected_by_content(http_server, tmp_path):
     body = make_tar_gz(FILES, top=None)  # no top folder, no file extension in the URL
-    server.files["/get"] = (body, "normal")
-    dest = fetch(server.url + "/get", tmp_path / "baby", sha(body))
+    http_server.files["/get"] = (body, "normal")
+    dest = fetch(http_server.url + "/get", tmp_path / "baby", sha(body))
     assert_dataset(dest)
 
 
-def test_wrong_sha256(server, tmp_path):
+def test_wrong_sha256(http_server, tmp_path):
     body = make_zip(FILES)
-    server.files["/baby.zip"] = (body, "normal")
+    http_server.files["/baby.zip"] = (body, "normal")
     wrong = "0" * 64
     with pytest.raises(DownloadError) as err:
-        fetch(server.url + "/baby.zip", tmp_path / "baby", wrong)
+        fetch(http_server.url + "/baby.zip", tmp_path / "baby", wrong)
     assert wrong in str(err.value) and sha(body) in str(err.value)
     assert not (tmp_path / "baby").exists()
     assert_clean(tmp_path, downloads=[])
 
 
-def test_missing_sha256_reports_hash_then_reuses_download(server, tmp_path):
+def test_missing_sha256_reports_hash_then_reuses_download(http_server, tmp_path):
     body = make_zip(FILES)
-    server.files["/baby.zip"] = (body, "normal")
+    http_server.files["/baby.zip"] = (body, "normal")
     with pytest.raises(DownloadError, match=sha(body)):
-        fetch(server.url + "/baby.zip", tmp_path / "baby", None)
+        fetch(http_server.url + "/baby.zip", tmp_path / "baby", None)
     assert not (tmp_path / "baby").exists()
-    assert len(server.requests) == 1
+    assert len(http_server.requests) == 1
 
-    assert_dataset(fetch(server.url + "/baby.zip", tmp_path / "baby", sha(body)))
-    assert len(server.requests) == 1  # the kept archive was reused
+    assert_dataset(fetch(http_server.url + "/baby.zip", tmp_path / "baby", sha(body)))
+    assert len(http_server.requests) == 1  # the kept archive was reused
     assert_clean(tmp_path, downloads=["baby.zip"])
 
 
 @pytest.mark.parametrize("mode", ["truncate_once", "ignore_range"])
-def test_interrupted_transfer_recovers(server, tmp_path, mode):
+def test_interrupted_transfer_recovers(http_server, tmp_path, mode):
     body = make_zip(FILES)
-    server.files["/baby.zip"] = (body, mode)
-    assert_dataset(fetch(server.url + "/baby.zip", tmp_path / "baby", sha(body)))
-    assert [r for _, r in server.requests] == [None, f"bytes={len(body) // 2}-"]
+    http_server.files["/baby.zip"] = (body, mode)
+    assert_dataset(fetch(http_server.url + "/baby.zip", tmp_path / "baby", sha(body)))
+    assert [r for _, r in http_server.requests] == [None, f"bytes={len(body) // 2}-"]
     assert_clean(tmp_path, downloads=["baby.zip"])
 
 
-def test_always_truncated_keeps_part_and_later_call_resumes(server, tmp_path):
+def test_always_truncated_keeps_part_and_later_call_resumes(http_server, tmp_path):
     body = make_zip(FILES)
-    server.files["/baby.zip"] = (body, "always_trunc")
+    http_server.files["/baby.zip"] = (body, "always_trunc")
     with pytest.raises(DownloadError) as err:
-        fetch(server.url + "/baby.zip", tmp_path / "baby", sha(body), retries=2)
+        fetch(http_server.url + "/baby.zip", tmp_path / "baby", sha(body), retries=2)
     message = str(err.value)
-    assert server.url + "/baby.zip" in message and "resume" in message
+    assert http_server.url + "/baby.zip" in message and "resume" in message
     assert str(len(body) // 2) in message
     part = tmp_path / ".downloads" / "baby.zip.part"
     assert part.stat().st_size == len(body) // 2
     assert not (tmp_path / "baby").exists()
-    assert len(server.requests) == 3
+    assert len(http_server.requests) == 3
 
     # The server recovers: a new call continues from the kept .part.
-    server.files["/baby.zip"] = (body, "normal")
-    assert_dataset(fetch(server.url + "/baby.zip", tmp_path / "baby", sha(body)))
-    assert server.requests[-1][1] == f"bytes={len(body) // 2}-"
+    http_server.files["/baby.zip"] = (body, "normal")
+    assert_dataset(fetch(http_server.url + "/baby.zip", tmp_path / "baby", sha(body)))
+    assert http_server.requests[-1][1] == f"bytes={len(body) // 2}-"
     assert_clean(tmp_path, downloads=["baby.zip"])
 
 
-def test_http_404_fails_without_retrying(server, tmp_path):
+def test_http_404_fails_without_retrying(http_server, tmp_path):
     with pytest.raises(DownloadError, match="404"):
-        fetch(server.url + "/nope.zip", tmp_path / "baby", "0" * 64)
-    assert len(server.requests) == 1
+        fetch(http_server.url + "/nope.zip", tmp_path / "baby", "0" * 64)
+    assert len(http_server.requests) == 1
     assert not (tmp_path / "baby").exists()
 
 
-def test_archive_missing_expected_file(server, tmp_path):
+def test_archive_missing_expected_file(http_server, tmp_path):
     files = {k: v for k, v in FILES.items() if k != "text_feat.npy"}
     body = make_zip(files)
-    server.files["/baby.zip"] = (body, "normal")
+    http_server.files["/baby.zip"] = (body, "normal")
     with pytest.raises(DownloadError) as err:
-        fetch(server.url + "/baby.zip", tmp_path / "baby", sha(body))
+        fetch(http_server.url + "/baby.zip", tmp_path / "baby", sha(body))
     assert "text_feat.npy" in str(err.value) and "baby.inter" in str(err.value)
     assert not (tmp_path / "baby").exists()
     assert_clean(tmp_path)
@@ -235,31 +178,31 @@ def test_archive_missing_expected_file(server, tmp_path):
     ],
     ids=["zip-dotdot", "tar-dotdot", "tar-absolute", "tar-symlink-out"],
 )
-def test_unsafe_members_refused(server, tmp_path, body):
-    server.files["/baby.bin"] = (body, "normal")
+def test_unsafe_members_refused(http_server, tmp_path, body):
+    http_server.files["/baby.bin"] = (body, "normal")
     data_root = tmp_path / "data"
     with pytest.raises(DownloadError, match="Refusing"):
-        fetch(server.url + "/baby.bin", data_root / "baby", sha(body))
+        fetch(http_server.url + "/baby.bin", data_root / "baby", sha(body))
     assert not list(tmp_path.rglob("evil.txt"))
     assert not (data_root / "baby").exists()
     assert_clean(data_root)
 
 
-def test_existing_dataset_reused_then_force_replaces(server, tmp_path):
+def test_existing_dataset_reused_then_force_replaces(http_server, tmp_path):
     dest = tmp_path / "baby"
     dest.mkdir()
     for name in FILES:
         (dest / name).write_bytes(b"old")
     (dest / "stale.txt").write_bytes(b"old")
     body = make_zip(FILES)
-    server.files["/baby.zip"] = (body, "normal")
+    http_server.files["/baby.zip"] = (body, "normal")
 
-    assert fetch(server.url + "/baby.zip", dest, sha(body)) == dest
-    assert server.requests == []
+    assert fetch(http_server.url + "/baby.zip", dest, sha(body)) == dest
+    assert http_server.requests == []
     assert (dest / "baby.inter").read_bytes() == b"old"
 
-    fetch(server.url + "/baby.zip", dest, sha(body), force=True)
-    assert len(server.requests) == 1
+    fetch(http_server.url + "/baby.zip", dest, sha(body), force=True)
+    assert len(http_server.requests) == 1
     assert_dataset(dest)  # stale.txt is gone
     assert_clean(tmp_path, downloads=["baby.zip"])
 

@@ -5,16 +5,15 @@ authors' L2, any number of modalities, end-to-end runs of the backbone and its s
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_model, write_tiny_mmrec
+from conftest import build_eval_model, write_tiny_mmrec
 
 FEATURE_FILES = {"v": "image_feat.npy", "t": "text_feat.npy", "a": "a_feat.npy"}
 # low enough that some edges of the tiny graph (about ten neighbours a node) are fused and some not
 THRESHOLD = 0.105
 
 
-def build(root, checkpoint_dir, model="EgoGCN", seed=3, **extra):
-    net, train = build_model(model, root, checkpoint_dir, seed, **extra)
-    return net.eval(), train
+def build(root, checkpoint_dir, **extra):
+    return build_eval_model("EgoGCN", root, checkpoint_dir, seed=3, **extra)
 
 
 
@@ -130,11 +129,14 @@ def test_defaults_are_the_references(tiny_dataset, tmp_path):
     assert not hasattr(net, "gates")  # the hard modulation has no gates
 
 
-@pytest.mark.parametrize("key, value", [("modulation", "medium"), ("masked_fusion", "zero"),
-                                        ("n_routing", -1), ("repeat_id_layer", True)])
-def test_invalid_settings_are_refused(tiny_dataset, tmp_path, key, value):
+@pytest.mark.parametrize("key, value, message", [
+    ("modulation", "medium", "modulation must be one of"), ("masked_fusion", "zero", "masked_fusion must be one of"),
+    ("n_routing", -1, "n_routing and id_layers must be >= 0, got -1"),
+    ("repeat_id_layer", True, "needs id_layers >= 2"),
+])
+def test_invalid_settings_are_refused(tiny_dataset, tmp_path, key, value, message):
     extra = {key: value, **({"id_layers": 1} if key == "repeat_id_layer" else {})}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         build(tiny_dataset["root"], str(tmp_path / "saved"), **extra)
 
 

@@ -118,13 +118,14 @@ def cached(cache_dir):
     return sorted(f for f in os.listdir(cache_dir) if f.endswith(".pth"))
 
 
-def test_cache_reuse_invalidation_and_corruption(tmp_path, monkeypatch):
+def test_cache_reuse_invalidation_and_corruption(tmp_path, monkeypatch, checkpoint_writes):
     cache_dir = str(tmp_path / "graphs")
     x = features()
     first = graphs.knn_graph(x, 4, weighted=True, cache_dir=cache_dir)
     (name,) = cached(cache_dir)
     path = os.path.join(cache_dir, name)
-    stamp = os.stat(path).st_mtime_ns
+    assert checkpoint_writes == [path]
+    checkpoint_writes.clear()
 
     real = graphs.knn_neighbours
     calls = []
@@ -137,7 +138,7 @@ def test_cache_reuse_invalidation_and_corruption(tmp_path, monkeypatch):
     again = graphs.knn_graph(x.clone(), 4, weighted=True, cache_dir=cache_dir)
     torch.testing.assert_close(again.to_dense(), first.to_dense())
     assert torch.equal(again.indices(), first.indices())
-    assert cached(cache_dir) == [name] and os.stat(path).st_mtime_ns == stamp
+    assert cached(cache_dir) == [name] and checkpoint_writes == []  # not written again
 
     def counting(*args, **kwargs):
         calls.append(1)
@@ -152,7 +153,7 @@ def test_cache_reuse_invalidation_and_corruption(tmp_path, monkeypatch):
     graphs.knn_graph(x, 4, weighted=False, cache_dir=cache_dir)
     graphs.knn_graph(x, 4, weighted=True, normalization="row", cache_dir=cache_dir)
     assert len(calls) == 4 and len(cached(cache_dir)) == 5
-    assert os.stat(path).st_mtime_ns == stamp
+    assert len(set(checkpoint_writes)) == 4 and path not in checkpoint_writes  # four new files, the first untouched
 
     # a corrupted file is rebuilt (and rewritten), not trusted
     for garbage in (b"not a checkpoint", None):
@@ -163,8 +164,9 @@ def test_cache_reuse_invalidation_and_corruption(tmp_path, monkeypatch):
             with open(path, "wb") as f:
                 f.write(garbage)
         calls.clear()
+        checkpoint_writes.clear()
         rebuilt = graphs.knn_graph(x, 4, weighted=True, cache_dir=cache_dir)
-        assert calls == [1]
+        assert calls == [1] and checkpoint_writes == [path]
         torch.testing.assert_close(rebuilt.to_dense(), first.to_dense())
         calls.clear()
         graphs.knn_graph(x, 4, weighted=True, cache_dir=cache_dir)  # the rewritten file is good

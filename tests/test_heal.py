@@ -7,25 +7,20 @@ import errno
 import os
 
 import pytest
-from conftest import FAST
+from conftest import fast_ckd_config
 
 from recbole_ckd.quick_start import run
 
-
-def ckd_config(tiny_dataset, tmp_path):
-    return {**FAST, "epochs": 2, "stopping_step": 100, "gd_samples": 20, "data_path": tiny_dataset["root"],
-            "checkpoint_dir": str(tmp_path / "saved"), "state": "INFO"}
-
-
-def stamps(folder):
-    return {os.path.join(folder, f): os.stat(os.path.join(folder, f)).st_mtime_ns for f in os.listdir(folder)}
+# the stages of a CKD run, as the epochs they train are recorded: (model, active modalities)
+STAGES = {"student": ("VBPR_CKD", None), "teacher v": ("VBPR", ("v",)), "teacher t": ("VBPR", ("t",))}
 
 
 @pytest.mark.parametrize("stage", ["student", "teacher t"])
 @pytest.mark.parametrize("name, damage", [("best.pth", "truncate"), ("best.pth", "delete"), ("last.pth", "truncate")])
-def test_an_unreadable_checkpoint_retrains_only_its_stage(tiny_dataset, tmp_path, monkeypatch, caplog, stage, name, damage):
+def test_an_unreadable_checkpoint_retrains_only_its_stage(tiny_dataset, tmp_path, monkeypatch, caplog, epoch_log,
+                                                          checkpoint_writes, stage, name, damage):
     monkeypatch.chdir(tmp_path)
-    settings = ckd_config(tiny_dataset, tmp_path)
+    settings = fast_ckd_config(tiny_dataset["root"], tmp_path / "saved", epochs=2, state="INFO")
     first = run("VBPR_CKD", "tiny", config_dict=settings)
     dirs = {stage: os.path.join(settings["checkpoint_dir"], d) for stage, d in first["checkpoints"].items()}
     path = os.path.join(dirs[stage], name)
@@ -34,20 +29,24 @@ def test_an_unreadable_checkpoint_retrains_only_its_stage(tiny_dataset, tmp_path
             f.truncate(100)
     else:
         os.remove(path)  # what the old message said to do; the stage then claimed to be finished
-    others = {k: stamps(d) for k, d in dirs.items() if k != stage}
     caplog.clear()
+    epoch_log.clear()
+    checkpoint_writes.clear()
     again = run("VBPR_CKD", "tiny", config_dict=settings)
     assert f"unusable checkpoint in {dirs[stage]}" in caplog.text and "training this stage again" in caplog.text
     assert again["test_result"] == first["test_result"] and again["modes"] == first["modes"]
-    assert {k: stamps(d) for k, d in dirs.items() if k != stage} == others  # nothing else retrained
+    # nothing else retrained: only that stage's epochs ran, only its folder was written
+    assert {(e.model, e.modalities) for e in epoch_log} == {STAGES[stage]} and epoch_log.of(*STAGES[stage]) == [0, 1]
+    assert {os.path.dirname(f) for f in checkpoint_writes} == {dirs[stage]}
     caplog.clear()
+    epoch_log.clear()
     run("VBPR_CKD", "tiny", config_dict=settings)  # healed: the next run reuses every stage
-    assert "unusable checkpoint" not in caplog.text
+    assert "unusable checkpoint" not in caplog.text and epoch_log == []
 
 
 def test_a_finished_cache_on_a_read_only_filesystem_is_reported(tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    settings = ckd_config(tiny_dataset, tmp_path)
+    settings = fast_ckd_config(tiny_dataset["root"], tmp_path / "saved", epochs=2, state="INFO")
     first = run("VBPR_CKD", "tiny", config_dict=settings)
     saved = str(tmp_path / "saved")
     attempts = []

@@ -8,12 +8,11 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAST, attach_random_teachers, build_model, scores, write_tiny_mmrec
+from conftest import attach_random_teachers, build_model, fast_config, scores, write_tiny_mmrec
 
 from recbole_ckd.compat import load_checkpoint
 from recbole_ckd.model import MODELS, graphs
 from recbole_ckd.quick_start import run
-from recbole_ckd.trainer import ResumableTrainer
 
 BACKBONES = ["LATTICE", "FREEDOM"]
 
@@ -284,7 +283,7 @@ def test_freedom_pruned_graph_is_resampled_every_epoch_and_seeded(tiny_dataset, 
     assert not torch.allclose(scores(model), full)
 
 
-def test_freedom_pruning_in_training_resumes_deterministically(tiny_dataset, tmp_path, monkeypatch):
+def test_freedom_pruning_in_training_resumes_deterministically(tiny_dataset, tmp_path, monkeypatch, epoch_log):
     seen = []
     real = MODELS["FREEDOM"].pre_epoch
 
@@ -293,28 +292,18 @@ def test_freedom_pruning_in_training_resumes_deterministically(tiny_dataset, tmp
         seen.append((epoch, edge_set(self.pruned_graph)))
 
     monkeypatch.setattr(MODELS["FREEDOM"], "pre_epoch", spy)
-    config = {**FAST, "epochs": 4, "data_path": tiny_dataset["root"]}
-    reference = run("FREEDOM", "tiny", config_dict={**config, "checkpoint_dir": str(tmp_path / "a")})
+    reference = run("FREEDOM", "tiny", config_dict=fast_config(tiny_dataset["root"], tmp_path / "a", epochs=4))
     assert [e for e, _ in seen] == [0, 1, 2, 3] and seen[0][1] != seen[1][1]
-    epochs = dict(seen)
+    graphs_drawn = dict(seen)
 
-    original = ResumableTrainer._train_epoch
-    calls = {"n": 0}
-
-    def interrupted(self, train_data, epoch_idx, *args, **kwargs):
-        if epoch_idx == 2 and calls["n"] == 0:
-            calls["n"] += 1
-            raise KeyboardInterrupt
-        return original(self, train_data, epoch_idx, *args, **kwargs)
-
-    monkeypatch.setattr(ResumableTrainer, "_train_epoch", interrupted)
+    epoch_log.interrupt(2)
     seen.clear()
     with pytest.raises(KeyboardInterrupt):
-        run("FREEDOM", "tiny", config_dict={**config, "checkpoint_dir": str(tmp_path / "b")})
-    resumed = run("FREEDOM", "tiny", config_dict={**config, "checkpoint_dir": str(tmp_path / "b")})
+        run("FREEDOM", "tiny", config_dict=fast_config(tiny_dataset["root"], tmp_path / "b", epochs=4))
+    resumed = run("FREEDOM", "tiny", config_dict=fast_config(tiny_dataset["root"], tmp_path / "b", epochs=4))
     # interrupted as epoch 2 began (before its graph was drawn), resumed at epoch 2
-    assert calls["n"] == 1 and [e for e, _ in seen] == [0, 1, 2, 3]
-    assert all(edges == epochs[e] for e, edges in seen)  # the resumed epochs drew the same graphs
+    assert epoch_log.interrupted == [(None, 2)] and [e for e, _ in seen] == [0, 1, 2, 3]
+    assert all(edges == graphs_drawn[e] for e, edges in seen)  # the resumed epochs drew the same graphs
     ours, theirs = (load_checkpoint(tmp_path / d / r["checkpoint"])["state_dict"] for r, d in ((resumed, "b"), (reference, "a")))
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 

@@ -5,7 +5,7 @@ import os
 import struct
 
 import pytest
-from conftest import FAST
+from conftest import fast_args, fast_config
 
 from recbole_ckd import leaderboard as lb
 from recbole_ckd.run_keys import RUN_KEY_LENGTH
@@ -83,7 +83,7 @@ def test_page_and_plots_render(tmp_path):
 
 
 def test_cells_are_cached_and_only_missing_ones_run(tiny_dataset, tmp_path, monkeypatch):
-    settings = {**FAST, "data_path": tiny_dataset["root"], "checkpoint_dir": str(tmp_path / "saved"), "epochs": 1}
+    settings = fast_config(tiny_dataset["root"], tmp_path / "saved")
     out = str(tmp_path / "results")
     first = lb.run_cells("tiny", ["BPR"], [1, 2], out, config_dict=settings, log=lambda *a: None)
     assert [r["seed"] for r in first["BPR"]] == [1, 2]
@@ -101,7 +101,7 @@ def test_cells_are_cached_and_only_missing_ones_run(tiny_dataset, tmp_path, monk
 
 
 def test_a_cell_is_rerun_when_its_data_or_properties_changed(tiny_dataset, tmp_path, monkeypatch):
-    settings = {**FAST, "data_path": tiny_dataset["root"], "checkpoint_dir": str(tmp_path / "saved"), "epochs": 1}
+    settings = fast_config(tiny_dataset["root"], tmp_path / "saved")
     out = str(tmp_path / "results")
     (first,) = lb.run_cells("tiny", ["BPR"], [1], out, config_dict=settings, log=lambda *a: None)["BPR"]
     assert first["run_key"][: RUN_KEY_LENGTH] == os.path.basename(os.path.dirname(first["checkpoint"])).split("-")[-1]
@@ -142,12 +142,13 @@ def test_a_cell_is_rerun_when_its_data_or_properties_changed(tiny_dataset, tmp_p
     assert calls == ["BPR", "BPR"] and edited["run_key"] != again["run_key"]
 
 
+@pytest.mark.slow
 def test_leaderboard_command_end_to_end(tiny_dataset, tmp_path):
     import run_recbole_ckd
 
     argv = ["--leaderboard", "--dataset=tiny", "--models=VBPR,VBPR_CKD", "--seeds=2", f"--output={tmp_path / 'res'}",
             f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}", "--gd_samples=20"]
-    argv += [f"--{k}={v}" for k, v in FAST.items()]
+    argv += fast_args()
     page = run_recbole_ckd.main(argv)
     text = open(page).read()
     assert "| VBPR_CKD | recall@20 |" in text

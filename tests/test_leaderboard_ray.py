@@ -8,15 +8,11 @@ import os
 import sys
 
 import pytest
-from conftest import FAST
+from conftest import fast_args, fast_config
 
 import run_recbole_ckd
 from recbole_ckd import leaderboard as lb
 from recbole_ckd.errors import Interrupted
-
-
-def settings(tiny_dataset, checkpoint_dir, **extra):
-    return {**FAST, "data_path": tiny_dataset["root"], "checkpoint_dir": str(checkpoint_dir), **extra}
 
 
 @pytest.fixture
@@ -34,12 +30,13 @@ def test_cells_at_once(two_cpus, monkeypatch):
     assert lb.cells_at_once(1, 1) == 2 and lb.cells_at_once(None, 0.5) == 8 and lb.cells_at_once(0.25, 2) == 2
 
 
+@pytest.mark.slow
 def test_parallel_cells_are_the_sequential_ones_and_an_interrupted_run_resumes_only_the_missing(
         tiny_dataset, tmp_path, two_cpus):
     import ray
 
     sequential = lb.run_cells("tiny", ["BPR"], [1, 2], str(tmp_path / "seq"),
-                              config_dict=settings(tiny_dataset, tmp_path / "saved-seq"), log=lambda m: None)
+                              config_dict=fast_config(tiny_dataset["root"], tmp_path / "saved-seq"), log=lambda m: None)
 
     out, messages = str(tmp_path / "par"), []
 
@@ -48,7 +45,7 @@ def test_parallel_cells_are_the_sequential_ones_and_an_interrupted_run_resumes_o
         if ": done" in message:
             raise KeyboardInterrupt
 
-    par_settings = settings(tiny_dataset, tmp_path / "saved-par")
+    par_settings = fast_config(tiny_dataset["root"], tmp_path / "saved-par")
     with pytest.raises(Interrupted, match="1 of 2 cells unfinished"):
         lb.run_cells("tiny", ["BPR"], [1, 2], out, config_dict=par_settings, log=stop_at_the_first_finished_cell,
                      cpus_per_cell=1)
@@ -69,10 +66,11 @@ def test_parallel_cells_are_the_sequential_ones_and_an_interrupted_run_resumes_o
         assert par["valid_result"] == pytest.approx(seq["valid_result"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_parallel_ckd_cells_of_one_backbone_train_each_teacher_once(tiny_dataset, tmp_path, two_cpus):
     """Two students of one backbone and seed (only a student key differs) share their teachers: run at
     once, one trains each teacher and the other waits on its lock, then takes it from the cache."""
-    base = settings(tiny_dataset, tmp_path / "saved", gd_samples=20)
+    base = fast_config(tiny_dataset["root"], tmp_path / "saved", gd_samples=20)
     (first,) = lb.plan_cells("tiny", ["VBPR_CKD"], [1], config_dict={**base, "kd_weight": 0.01})
     (second,) = lb.plan_cells("tiny", ["VBPR_CKD"], [1], config_dict={**base, "kd_weight": 0.1})
     second = dataclasses.replace(second, label="VBPR_CKD-kd0.1")
@@ -123,7 +121,7 @@ def test_a_cluster_that_cannot_be_joined_is_one_line_saying_what_to_set(tiny_dat
         run_recbole_ckd.main(["--leaderboard", "--dataset=tiny", "--models=BPR", "--seeds=1,",
                               f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}",
                               f"--output={tmp_path / 'res'}", "--ray_address=head.invalid:6379"] +
-                             [f"--{k}={v}" for k, v in FAST.items()])
+                             fast_args())
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and err[-1].startswith("error: --ray_address=head.invalid:6379: no Ray cluster")
     assert "InvalidAuthToken" in err[-1] and "RAY_AUTH_MODE=token" in err[-1] and "--ray_address=auto" in err[-1]

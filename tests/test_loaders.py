@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import FAST, write_tiny_mmrec
+from conftest import fast_config, write_tiny_mmrec
 from recbole.data.dataloader.general_dataloader import FullSortEvalDataLoader, TrainDataLoader
 
 from recbole_ckd.config import Config
@@ -14,7 +14,7 @@ from recbole_ckd.registry import create_dataset
 
 
 def loaders(root, model="VBPR", **extra):
-    config = Config(model, "tiny", config_dict={**FAST, "data_path": root, "train_batch_size": 16, **extra})
+    config = Config(model, "tiny", config_dict=fast_config(root, **{"train_batch_size": 16, **extra}))
     return config, data_preparation(config, create_dataset(config))
 
 

@@ -4,15 +4,14 @@ import os
 
 import pytest
 import torch
-from conftest import attach_random_teachers, build_model
+from conftest import attach_random_teachers, build_eval_model
 
 from recbole_ckd.model.backbones.mgcn import info_nce
 from recbole_ckd.model.graphs import segment_softmax
 
 
-def build(model, root, checkpoint_dir, seed=3, **extra):
-    net, train = build_model(model, root, checkpoint_dir, seed, **extra)
-    return net.eval(), train
+def build(model, root, checkpoint_dir, **extra):
+    return build_eval_model(model, root, checkpoint_dir, seed=3, **extra)
 
 
 

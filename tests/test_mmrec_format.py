@@ -128,7 +128,7 @@ def test_extra_files_are_written(tmp_path):
     inter, features = _tiny()
     path = write_mmrec_dataset(tmp_path, "tiny", inter, features, extra_files={"item_map.tsv": "itemID\n0\n"})
     assert (path / "item_map.tsv").read_text() == "itemID\n0\n"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="extra file name 'other.inter' must be a plain file name not used"):
         write_mmrec_dataset(tmp_path, "other", inter, features, extra_files={"other.inter": "x"})
 
 
@@ -158,15 +158,26 @@ def _bad(kind):
     return inter, features
 
 
-@pytest.mark.parametrize(
-    "kind",
-    ["user ids not contiguous", "item ids not 0-based", "wrong row count", "NaN", "float64", "missing column",
-     "bad x_label", "duplicate pair", "float ids", "bad file name"],
-)
+# what each way of breaking the data is refused with
+REFUSALS = {
+    "user ids not contiguous": "'userID' must hold contiguous 0-based ids 0..5, but its 6 distinct ids run from 0 to 9",
+    "item ids not 0-based": "'itemID' must hold contiguous 0-based ids 0..4, but its 5 distinct ids run from 1 to 5",
+    "wrong row count": r"text_feat.npy: expected shape \[n_items=5, dim\], got \(4, 3\)",
+    "NaN": "image_feat.npy: holds NaN or Inf",
+    "float64": "image_feat.npy: must be a float32 numpy array, got float64",
+    "missing column": r"inter must have exactly the columns .*, got \['userID', 'itemID', 'rating', 'x_label'\]",
+    "bad x_label": r"'x_label' must hold only 0 \(train\), 1 \(valid\) or 2 \(test\)",
+    "duplicate pair": r"duplicate \(userID, itemID\) pairs",
+    "float ids": "'itemID' must hold integers, got dtype float64",
+    "bad file name": r"feature file name '\.\./escape.npy' must be a plain file name",
+}
+
+
+@pytest.mark.parametrize("kind", list(REFUSALS))
 def test_write_refuses_bad_input_and_leaves_nothing(tmp_path, kind):
     inter, features = _bad(kind)
     root = tmp_path / "root"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=REFUSALS[kind]):
         write_mmrec_dataset(root, "bad", inter, features)
     assert not root.exists()
     assert _listing(tmp_path) == []
@@ -194,9 +205,9 @@ def test_failed_write_leaves_no_half_dataset(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(mmrec_format.np, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):
         write_mmrec_dataset(tmp_path, "tiny", inter, features, overwrite=True)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):
         write_mmrec_dataset(tmp_path, "fresh", inter, features)
     assert _listing(tmp_path) == before  # old dataset intact, no temporary folders, no 'fresh'
 

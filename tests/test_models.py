@@ -2,20 +2,15 @@
 
 import pytest
 import torch
-from conftest import FAST, build_model, scores
+from conftest import build_eval_model, build_model, fast_args, scores
 
 import run_recbole_ckd
 from recbole_ckd.compat import load_checkpoint
 from recbole_ckd.config import Config
 
 
-def build_vbpr(root, **extra):
-    return build_model("VBPR", root, **extra)[0].eval()
-
-
-
 def test_masked_modality_adds_a_constant_to_every_score(tiny_dataset):
-    model = build_vbpr(tiny_dataset["root"])
+    model = build_eval_model("VBPR", tiny_dataset["root"])[0]
     d, dm = model.user_id_embedding.embedding_dim, model.user_preference["v"].embedding_dim
     v_slot = slice(d, d + dm)  # v is the first modality branch
     with torch.no_grad():
@@ -30,7 +25,7 @@ def test_masked_modality_adds_a_constant_to_every_score(tiny_dataset):
 
 
 def test_active_modalities_make_a_teacher_mode(tiny_dataset):
-    model = build_vbpr(tiny_dataset["root"], active_modalities=["t"])
+    model = build_eval_model("VBPR", tiny_dataset["root"], active_modalities=["t"])[0]
     assert model.default_masked == frozenset({"v"}) == model.only("t")
     users, items = model.eval_tables()
     torch.testing.assert_close(users @ items.T, scores(model, "v"))
@@ -38,7 +33,7 @@ def test_active_modalities_make_a_teacher_mode(tiny_dataset):
 
 def run_cli(model, root, tmp_path, *extra):
     argv = [f"--model={model}", "--dataset=tiny", f"--data_path={root}", f"--checkpoint_dir={tmp_path}/saved"]
-    argv += [f"--{k}={v}" for k, v in FAST.items()] + list(extra)
+    argv += fast_args() + list(extra)
     return run_recbole_ckd.main(argv)
 
 
@@ -73,6 +68,7 @@ def test_command_line_overrides_reach_the_config(tiny_dataset):
     assert config["learning_rate"] == 0.05 and config["topk"] == [5] and config["modality_embedding_size"] == 8
 
 
+@pytest.mark.slow
 def test_shipped_dataset_runs_offline(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no local dataset/ folder: the shipped copy is used
     result = run_recbole_ckd.main(
@@ -86,7 +82,7 @@ def test_shipped_dataset_runs_offline(tmp_path, monkeypatch):
 
 
 def test_vbpr_is_the_reference_formula_with_equal_blocks(tiny_dataset):
-    model = build_model("VBPR", tiny_dataset["root"])[0].eval()
+    model = build_eval_model("VBPR", tiny_dataset["root"])[0]
     f = {m: model.feature(m) for m in ("v", "t")}
     P = {m: model.user_preference[m].weight.detach() for m in ("v", "t")}
     W = {m: model.projection[m] for m in ("v", "t")}
@@ -153,9 +149,14 @@ def test_mmgcn_reference_preferences_are_fixed_but_kept_in_checkpoints(tiny_data
     assert "branches.v.user_preference" in fixed.state_dict()
 
 
-def test_recbole_models_keep_recboles_dynamic_negative_sampling(tiny_dataset, tmp_path):
+def test_recbole_models_keep_recboles_dynamic_negative_sampling(tiny_dataset, tmp_path, monkeypatch):
     # RecBole's loop hands the model to a dynamic sampler (train_data.get_model); the plugin's
     # trainer extends that loop, so hard negatives are scored by the model being trained
+    from recbole.model.general_recommender import BPR
+
+    scored, real_predict = [], BPR.predict  # full-sort evaluation never calls predict: only the sampler does
+    monkeypatch.setattr(BPR, "predict", lambda model, batch: scored.append(model) or real_predict(model, batch))
     sampling = "{'distribution': 'uniform', 'sample_num': 1, 'dynamic': True, 'candidate_num': 3}"
     result = run_cli("BPR", tiny_dataset["root"], tmp_path, f"--train_neg_sample_args={sampling}")
     check_result(result, "BPR", tmp_path)
+    assert scored and all(model is scored[0] and isinstance(model, BPR) for model in scored)

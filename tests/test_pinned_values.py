@@ -1,6 +1,6 @@
 """Speed work must not change what is computed: the loss terms and the gradients of one training
 step of every backbone and every CKD student, on the tiny dataset, equal the values recorded in
-``tests/pinned_values.json`` before the speed optimisations (recorded at commit 25b5643).
+``tests/pinned_values.json`` before the speed optimisations of the trainers and models.
 
 Each gradient is pinned by three checksums (its sum, its absolute sum and its dot product with a
 fixed pseudo-random tensor), which any change of a single entry moves. The recorded file is

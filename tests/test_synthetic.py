@@ -106,17 +106,18 @@ def test_items_are_reassigned_to_cover_train():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    "kwargs, message",
     [
-        dict(n_users=100, n_items=50, n_interactions=400),  # fewer than 5 per user
-        dict(n_users=2, n_items=10, n_interactions=10),  # too few train rows for every item
-        dict(n_users=10, n_items=10, n_interactions=101),  # more than n_users * n_items
-        dict(n_users=50, n_items=40, n_interactions=400, modalities={"v": ("image_feat.npy", 4, 1.5)}),
-        dict(n_users=50, n_items=40, n_interactions=400, temperature=0.0),
+        (dict(n_users=100, n_items=50, n_interactions=400), "must lie between 5 per user"),  # fewer than 5 per user
+        (dict(n_users=2, n_items=10, n_interactions=10), "train interactions for 10 items"),  # too few train rows
+        (dict(n_users=10, n_items=10, n_interactions=101), r"and n_users \* n_items \(100\)"),
+        (dict(n_users=50, n_items=40, n_interactions=400, modalities={"v": ("image_feat.npy", 4, 1.5)}),
+         r"modality 'v': strength must be in \[0, 1\], got 1.5"),
+        (dict(n_users=50, n_items=40, n_interactions=400, temperature=0.0), "temperature must be positive"),
     ],
 )
-def test_rejects_impossible_shapes(kwargs):
-    with pytest.raises(ValueError):
+def test_rejects_impossible_shapes(kwargs, message):
+    with pytest.raises(ValueError, match=message):
         synthesize(**kwargs)
 
 
@@ -137,8 +138,11 @@ def test_parse_modalities():
         "a": ("audio.npy", 128, 0.9),
     }
     assert parse_modalities(names="t") == {"t": DEFAULT_MODALITIES["t"]}
-    for bad in (dict(strengths=["v"]), dict(strengths=["v=x"]), dict(strengths=["v=2"]), dict(dims=["t=4"], names="v")):
-        with pytest.raises(ValueError):
+    for bad, message in ((dict(strengths=["v"]), "--strength expects NAME=VALUE, got 'v'"),
+                         (dict(strengths=["v=x"]), "--strength v=x: 'x' is not a valid value"),
+                         (dict(strengths=["v=2"]), "modality 'v': strength must be in"),
+                         (dict(dims=["t=4"], names="v"), r"options given for modalities \['t'\] not in --modalities")):
+        with pytest.raises(ValueError, match=message):
             parse_modalities(**bad)
 
 
@@ -153,5 +157,7 @@ def test_cli(tmp_path, capsys):
     info = json.loads((path / "dataset_info.json").read_text())
     assert info["provenance"]["generator"]["modalities"]["t"] == {"file": "text_feat.npy", "dim": 4, "strength": 1.0}
     assert np.load(path / "image_feat.npy").shape == (50, 8)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         main(["--name", "cli2", "--root", str(tmp_path), "--strength", "v"])
+    assert exit_info.value.code == 2 and "--strength expects NAME=VALUE" in capsys.readouterr().err
+    assert not (tmp_path / "cli2").exists()

@@ -5,7 +5,7 @@ import math
 import os
 
 import pytest
-from conftest import FAST
+from conftest import fast_args
 
 from recbole_ckd.tune import (
     SHIPPED_HYPER_FILE,
@@ -117,15 +117,22 @@ def test_selection_uses_validation_even_when_test_disagrees():
     assert "| c | 0.3 | - | - | ERROR: boom |" in table
 
 
-def test_two_trial_sweep_trains_teachers_once(tiny_dataset, tmp_path, capsys):
+@pytest.mark.slow
+def test_two_trial_sweep_trains_teachers_once(tiny_dataset, tmp_path, capsys, monkeypatch, epoch_log):
+    import ray.tune
+
     from recbole_ckd.tune import run_sweep
 
     hyper = write(tmp_path, "kd_weight choice [0.01,0.1]\n")
     args = [f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}", "--epochs=2",
-            "--gd_samples=20", "--state=WARNING"] + [f"--{k}={v}" for k, v in FAST.items() if k not in ("epochs", "state")]
+            "--gd_samples=20", "--state=WARNING"]
+    args += fast_args(args)
     import warnings
 
     from ray.util.annotations import RayDeprecationWarning
+
+    real_fit, trials_began = ray.tune.Tuner.fit, []  # after how many of this (the driver's) process's epochs
+    monkeypatch.setattr(ray.tune.Tuner, "fit", lambda tuner: (trials_began.append(len(epoch_log)), real_fit(tuner))[1])
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RayDeprecationWarning)
@@ -138,12 +145,15 @@ def test_two_trial_sweep_trains_teachers_once(tiny_dataset, tmp_path, capsys):
     assert sorted(t["params"]["kd_weight"] for t in trials) == [0.01, 0.1]
     best = result["best"]
     assert best["best_valid_score"] == max(t["best_valid_score"] for t in trials)
-    # teachers were trained once, by the driver before the trials: two teachers, neither written
-    # again after the first trial's student began
+    # teachers were trained once, by the driver before the trials (which run in Ray's workers), and
+    # the final run of the best configuration found them and its trial's student finished
+    teacher_epochs = [("VBPR", (m,), i) for m in ("v", "t") for i in (0, 1)]
+    assert [(e.model, e.modalities, e.index) for e in epoch_log] == teacher_epochs
+    assert trials_began == [4]
     teachers = glob.glob(str(tmp_path / "saved" / "tiny" / "teachers" / "*" / "*.pth"))
     students = glob.glob(str(tmp_path / "saved" / "tiny" / "VBPR_CKD-*" / "*.pth"))
     assert len(teachers) == 4 and len(students) == 4  # best.pth and last.pth of 2 teachers, 2 students
-    assert max(os.path.getmtime(f) for f in teachers) < min(os.path.getmtime(f) for f in students)
+    assert result["test_result"]["teachers"] == {"v": "cached", "t": "cached"}
     out = capsys.readouterr().out
     assert "Training (or loading) the teachers once" in out
     # the best configuration file is accepted by --config_files and reproduces the trial
@@ -160,14 +170,14 @@ def test_two_trial_sweep_trains_teachers_once(tiny_dataset, tmp_path, capsys):
     check_sweep_signature(str(tmp_path / "sweeps" / "VBPR_CKD-tiny"))
 
 
+@pytest.mark.slow
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tiny_dataset, tmp_path):
     from recbole_ckd.tune import run_sweep
 
     # a huge learning rate passes the checks up front, then the trial's loss becomes NaN or Inf
     hyper = write(tmp_path, "learning_rate choice [0.001,1e30]\n")
-    args = [f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}", "--epochs=2"] + [
-        f"--{k}={v}" for k, v in FAST.items() if k != "epochs"
-    ]
+    args = [f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}", "--epochs=2"]
+    args += fast_args(args)
     result = run_sweep("VBPR", "tiny", hyper, cmd_args=args, num_samples=1, search="grid", scheduler="asha",
                        output=str(tmp_path / "sweeps"), verbose=0)
     by_lr = {t["params"]["learning_rate"]: t for t in result["trials"]}
@@ -231,7 +241,7 @@ def test_an_interrupted_sweep_selects_nothing_and_says_how_to_resume(tiny_datase
     hyper = write(tmp_path, "kd_weight choice [0.01,0.1,1.0]\n")
     out = tmp_path / "sweeps"
     argv = ["--model=VBPR", "--dataset=tiny", f"--hyper={hyper}", f"--output={out}", f"--data_path={tiny_dataset['root']}",
-            f"--checkpoint_dir={tmp_path / 'saved'}"] + [f"--{k}={v}" for k, v in FAST.items()]
+            f"--checkpoint_dir={tmp_path / 'saved'}"] + fast_args()
     with pytest.raises(SystemExit) as exit_info:
         run_recbole_ckd.main(argv)
     captured = capsys.readouterr()
