@@ -32,3 +32,14 @@ def test_bench_ckd_measures_only_the_parts_asked_for(tmp_path):
     (row,) = record["results"]["VBPR"].values()
     assert list(record["results"]["VBPR"]) == ["student"] and "train_ratio_to_plain" not in row
     assert "| VBPR | student |" in next((tmp_path / "out").glob("*.md")).read_text()
+
+
+def test_bench_ckd_graphs_mode_records_the_user_graph_build(tmp_path):
+    record = bench_ckd.main(["--scale", "0.005", "--repeats", "1", "--graphs", "--device", "cpu",
+                             "--data_root", str(tmp_path / "data"), "--output", str(tmp_path / "out")])
+    row = record["graphs"]["user_graph"]
+    assert record["results"] == {} and row["k"] == 40 and len(row["build_runs"]) == 1
+    assert row["build_s"] > 0 and row["peak_host_mib"] > 0 and 0 < row["train_pairs"] < 803
+    assert 0 < row["edges"] <= 40 * record["shape"]["n_users"]
+    table = next((tmp_path / "out").glob("*.md")).read_text()
+    assert f"| user_graph | {row['train_pairs']} | 40 | {row['edges']} |" in table
