@@ -249,7 +249,8 @@ def main(argv=None):
     print(f"dataset {dataset}: {shape}; {machine}", flush=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     os.makedirs(args.output, exist_ok=True)
-    base = os.path.join(args.output, f"bench_ckd-{args.device}-{args.shape}-x{args.scale:g}-{stamp}")
+    kind = "bench_ckd-graphs" if args.graphs else "bench_ckd"
+    base = os.path.join(args.output, f"{kind}-{args.device}-{args.shape}-x{args.scale:g}-{stamp}")
     record = {"benchmark": "bench_ckd", "time": stamp, "dataset": dataset, "shape": shape, "machine": machine,
               "repeats": args.repeats, "results": {}}
     if args.graphs:

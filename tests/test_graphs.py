@@ -297,7 +297,7 @@ def test_co_interaction_neighbours_equal_the_brute_force_counts(block_size):
 
 def test_co_interaction_graph_by_hand_and_cached(tmp_path, monkeypatch):
     # users 1..4; 1 and 2 share items 0 and 1, 1 and 3 share item 1, 4 shares nothing
-    users, items = [1, 1, 2, 2, 3, 4], [0, 1, 0, 1, 1, 5]
+    users, items = [1, 1, 2, 2, 3, 4, 1], [0, 1, 0, 1, 1, 5, 0]  # (1, 0) twice: one shared item
     cache_dir = str(tmp_path / "graphs")
     graph = graphs.co_interaction_graph(users, items, 5, 6, k=1, cache_dir=cache_dir)
     expected = torch.zeros(5, 5)
@@ -313,5 +313,5 @@ def test_co_interaction_graph_by_hand_and_cached(tmp_path, monkeypatch):
     torch.testing.assert_close(graphs.co_interaction_graph(users, items, 5, 6, k=1, cache_dir=cache_dir).to_dense(), expected)
     monkeypatch.undo()
     graphs.co_interaction_graph(users, items, 5, 6, k=2, cache_dir=cache_dir)  # another k
-    graphs.co_interaction_graph(users[:-1], items[:-1], 5, 6, k=1, cache_dir=cache_dir)  # other interactions
+    graphs.co_interaction_graph(users[:-2], items[:-2], 5, 6, k=1, cache_dir=cache_dir)  # other interactions
     assert len(cached(cache_dir)) == 3

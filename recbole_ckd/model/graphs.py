@@ -123,7 +123,7 @@ def cached_graph(cache_dir, kind, digest, device, build):
 def co_interaction_neighbours(users, items, n_users, n_items, k, block_size=4096):
     """For every user, the ``k`` other users with whom it shares the most items, and how many.
 
-    ``(users, items)`` are distinct interaction pairs. Two users are candidates when they share
+    ``(users, items)`` are interaction pairs (a repeated pair counts once). Two users are candidates when they share
     at least one item; a user with fewer than ``k`` candidates keeps them all. Ties are broken by
     the smaller user id. The shared-item counts ``R R^T`` (``R`` the binary user-item matrix) are
     computed for a block of ``block_size`` users at a time, as a sparse product, so memory grows
@@ -132,12 +132,13 @@ def co_interaction_neighbours(users, items, n_users, n_items, k, block_size=4096
     """
     users, items = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
     matrix = sp.csr_matrix((np.ones(len(users), dtype=np.int64), (users, items)), shape=(n_users, n_items))
+    matrix.data[:] = 1  # the constructor sums repeated pairs
     transposed = matrix.T.tocsr()
     rows, cols, counts = [], [], []
     for start in range(0, n_users, block_size):
         block = (matrix[start:start + block_size] @ transposed).tocoo()
         row, col, count = block.row.astype(np.int64) + start, block.col.astype(np.int64), block.data
-        other = (row != col) & (count > 0)
+        other = row != col
         row, col, count = row[other], col[other], count[other]
         order = np.lexsort((col, -count, row))  # by row, then decreasing count, then smaller id
         row, col, count = row[order], col[order], count[order]
