@@ -35,8 +35,9 @@ class DRAGON(FixedItemGraphs, DualGNN):
 
     Differences from MMRec's code, on purpose: all of :class:`DualGNN`'s (the user-user graph
     built by the library, no random padding of short neighbour lists, unused layers left out,
-    ``n_layers`` honoured, ranking with the current parameters, no edges for the padding ids),
-    and:
+    ``n_layers`` honoured, ranking with the current parameters, any number of modalities, the
+    L2 term of a teacher, no edges for the padding ids; MMRec's in-place sum does not occur in
+    its DRAGON), and:
 
     - MMRec caches the item-item graph in a file named by ``knn_k`` alone, so a changed feature
       file or modality weight silently reuses a stale graph; here the cache is keyed by the
@@ -44,7 +45,7 @@ class DRAGON(FixedItemGraphs, DualGNN):
     - MMRec loads the feature tables as trainable embeddings and defines projections to
       ``feat_embed_dim``, but its forward pass uses neither (the branches read the raw
       features); they are left out, so there is no ``feat_embed_dim`` or ``train_features``;
-    - any number of modalities, with the item-graph weights of FREEDOM.
+    - the item-item graph weights of any number of modalities are FREEDOM's.
 
     Masking modality m (docs/method.md, section 2): m's branch is computed from the mean of its
     features (projected once) and of ``P_m``, every user's ``alpha_{u,m}`` is replaced by its mean

@@ -40,19 +40,26 @@ class DualGNN(MultimodalRecommender):
     - the user graph is built by the library from the training split; MMRec reads it from a
       file written by a separate preprocessing script, which stores each user's top 200 and
       lets the model keep the first 40 (here only the top ``user_knn_k`` are built: the same
-      neighbours);
+      neighbours, but for ties at the cut, which MMRec leaves to ``torch.topk``'s order and
+      this implementation gives to the smaller id, for a graph that does not depend on the
+      platform);
     - a user with fewer than ``user_knn_k`` neighbours keeps exactly its neighbours. MMRec
       pads the list to 40 by redrawing neighbours at random every epoch, which doubles some of
       them in the softmax; it is a side effect of a fixed-size index tensor, not in the paper;
     - items fuse as the sum of their branches and users as ``sum_m alpha_{u,m} x^m_u``. In
       MMRec's code the in-place sum of the item tables also adds the text branch into the
       visual one, so its users get ``alpha_v (x^v + x^t) + alpha_t x^t``;
-    - MMRec also computes item-side fusion weights, an edge-dropped graph per modality and
-      several layers it never uses in the forward pass (its only effect is an L2 term on the
-      unused weights); they are left out. ``n_layers`` is honoured (MMRec hard-codes two
-      propagation layers, the default here);
+    - MMRec also builds item-side fusion weights (used only in its L2 term, so they only
+      decay), an edge-dropped graph per modality and linear layers that its forward pass never
+      uses; they are left out. ``n_layers`` is honoured (MMRec hard-codes two propagation
+      layers, the default here);
     - ranking uses the current parameters; MMRec ranks with the tables of its last training
       batch;
+    - any number of modalities, each fused with its weight (MMRec's code handles image and
+      text, and with a single one uses its branch without a weight);
+    - the L2 term leaves out the preferences of a masked modality (they act only through their
+      mean; this concerns teachers, never the plain model), and its fusion-weight mean runs over
+      the padding user's row too;
     - the padding user and item (id 0) have no edges; a repeated interaction is one edge.
 
     Masking modality m (docs/method.md, section 2): m's branch is computed from the mean of m's
