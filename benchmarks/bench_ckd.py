@@ -50,7 +50,7 @@ SHAPES = {
     "clothing": {"n_users": 39387, "n_items": 23033, "n_interactions": 278677},
     "elec": {"n_users": 192403, "n_items": 63001, "n_interactions": 1689188},
 }
-BACKBONES = "VBPR,MMGCN,GRCN,LATTICE,EgoGCN,FREEDOM,MGCN,BM3"
+BACKBONES = "VBPR,MMGCN,GRCN,LATTICE,EgoGCN,FREEDOM,MGCN,BM3,DualGNN,DRAGON"
 MIB = 2**20
 
 
