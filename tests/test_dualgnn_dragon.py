@@ -23,7 +23,7 @@ def hand_made(tmp_path):
 
 
 def build(name, root, tmp_path, **extra):
-    net, train = build_model(name, root, tmp_path / "saved", seed=2, user_knn_k=2, **extra)
+    net, train = build_model(name, root, tmp_path / "saved", seed=2, **{"user_knn_k": 2, **extra})
     return net.eval(), train
 
 
@@ -169,3 +169,10 @@ def test_the_user_graph_is_built_once_and_cached(hand_made, tmp_path, monkeypatc
     second, _ = build("DualGNN", hand_made, tmp_path)  # the same training split and k: the same file
     torch.testing.assert_close(second.user_graph.to_dense(), first.user_graph.to_dense())
     assert sorted(p.name for p in (tmp_path / "saved" / "graphs").iterdir()) == files
+
+
+@pytest.mark.parametrize("name, key, value", [("DualGNN", "user_knn_k", 0), ("DualGNN", "n_layers", -1),
+                                              ("DRAGON", "n_mm_layers", -1), ("DRAGON", "knn_k", 0)])
+def test_out_of_range_settings_are_refused_by_name(hand_made, tmp_path, name, key, value):
+    with pytest.raises(ValueError, match=key):
+        build(name, hand_made, tmp_path, **{key: value})

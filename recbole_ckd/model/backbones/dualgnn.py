@@ -75,7 +75,8 @@ class DualGNN(MultimodalRecommender):
         self.n_layers = int(config["n_layers"])
         self.user_knn_k = int(config["user_knn_k"])
         if self.n_layers < 0 or self.user_knn_k < 1:
-            raise ValueError(f"{type(self).__name__} needs n_layers >= 0 and user_knn_k >= 1.")
+            raise ValueError(f"{type(self).__name__} needs n_layers >= 0 and user_knn_k >= 1, "
+                             f"got n_layers={self.n_layers} and user_knn_k={self.user_knn_k}.")
         self.preference = nn.ParameterDict(
             {m: nn.Parameter(nn.init.xavier_normal_(torch.empty(self.n_users, self.dim))) for m in self.modalities}
         )
