@@ -98,20 +98,20 @@ def knn_graph(features, k, weighted=False, normalization="sym", cache_dir=None, 
         values = sims if weighted else torch.ones_like(sims)
         return normalized_adjacency(rows, cols, values, features.shape[0], normalization)
 
-    return cached_graph(cache_dir, "knn", digest, features.device, build)
+    return cached_graph(cache_dir, "knn", digest, features.shape[0], features.device, build)
 
 
-def cached_graph(cache_dir, kind, digest, device, build):
-    """The sparse graph ``build()`` returns, stored as ``<cache_dir>/<kind>-<digest>.pth`` (``digest``
-    a hashlib object over everything the graph depends on) and read from there while the file is
-    readable; without ``cache_dir``, simply ``build()``."""
+def cached_graph(cache_dir, kind, digest, n, device, build):
+    """The sparse ``n x n`` graph ``build()`` returns, stored as ``<cache_dir>/<kind>-<digest>.pth``
+    (``digest`` a hashlib object over everything the graph depends on) and read from there onto
+    ``device`` while the file is readable; without ``cache_dir``, simply ``build()``."""
     path = None
     if cache_dir:
         path = os.path.join(cache_dir, f"{kind}-{digest.hexdigest()[:24]}.pth")
         if os.path.isfile(path):
             try:
                 state = load_checkpoint(path, map_location=device)
-                return torch.sparse_coo_tensor(state["indices"], state["values"], tuple(state["shape"])).coalesce()
+                return torch.sparse_coo_tensor(state["indices"], state["values"], (n, n)).coalesce()
             except (CheckpointError, KeyError):
                 pass  # unreadable cache: build it again below
     graph = build()
@@ -165,7 +165,7 @@ def co_interaction_graph(users, items, n_users, n_items, k, cache_dir=None, bloc
         rows, cols, counts = co_interaction_neighbours(users, items, n_users, n_items, k, block_size)
         return torch.sparse_coo_tensor(torch.stack([rows, cols]), counts.float(), (n_users, n_users)).coalesce()
 
-    return cached_graph(cache_dir, "users", digest, "cpu", build)
+    return cached_graph(cache_dir, "users", digest, n_users, "cpu", build)
 
 
 def sparse_sum(parts, n):
