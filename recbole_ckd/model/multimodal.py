@@ -401,8 +401,8 @@ class NodeTableRecommender(MultimodalRecommender):
 
 
 class FixedItemGraphs(MultimodalRecommender):
-    """A base (mixed in before the backbone's other base) of a backbone whose item-item graph is each modality's frozen,
-    unweighted kNN graph of the raw features, mixed with fixed modality weights (FREEDOM, DRAGON).
+    """The item-item graph of FREEDOM and DRAGON (listed before the backbone's other base class):
+    each modality's frozen, unweighted kNN graph of the raw features, mixed with fixed weights.
 
     ``S = sum_m w_m S_m`` with ``S_m`` the top-``knn_k`` cosine neighbours (self included),
     ``D^-1/2 S_m D^-1/2``. Weights: ``modality_weights`` (a dict, normalised to sum 1) if given;
