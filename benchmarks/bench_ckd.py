@@ -168,8 +168,9 @@ def bench_backbone(backbone, dataset, root, args):
 
 def bench_graphs(dataset, root, args):
     """The build of the user-user co-interaction graph (DualGNN's default ``user_knn_k``), on the CPU."""
-    config = Config("DualGNN", dataset, config_dict={"data_path": root, "state": "ERROR", "show_progress": False,
-                                                     "use_gpu": False, "checkpoint_dir": os.path.join(root, ".bench-saved")})
+    settings = {"data_path": root, "state": "ERROR", "show_progress": False, "use_gpu": False,
+                "checkpoint_dir": os.path.join(root, ".bench-saved")}
+    config = Config("DualGNN", dataset, config_dict=settings)
     train_data, _, _ = data_preparation(config, create_dataset(config))
     users, items = graphs.interaction_edges(train_data.dataset)
     n_users, n_items, k = train_data.dataset.user_num, train_data.dataset.item_num, int(config["user_knn_k"])
@@ -206,7 +207,8 @@ def write_results(record, base):
     lines = [f"# bench_ckd, {record['machine']['device']}, {record['dataset']} {record['shape']}", "",
              f"machine: {record['machine']}", "", f"median of {record['repeats']} runs after one warm-up", ""]
     if "graphs" in record:
-        lines += ["| graph | training pairs | k | edges | build s | peak host MiB |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["| graph | training pairs | k | edges | build s | peak host MiB |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for graph, row in record["graphs"].items():
             lines.append(f"| {graph} | {row['train_pairs']} | {row['k']} | {row['edges']} | {row['build_s']:.3f} "
                          f"| {row['peak_host_mib']:.0f} |")

@@ -64,7 +64,9 @@ class DRAGON(FixedItemGraphs, DualGNN):
 
     def fuse(self, outputs, masked):
         alpha = self.fusion_weights(masked)
-        users = torch.cat([alpha[:, k : k + 1] * outputs[m][: self.n_users] for k, m in enumerate(self.modalities)], dim=1)
+        users = torch.cat(
+            [alpha[:, k : k + 1] * outputs[m][: self.n_users] for k, m in enumerate(self.modalities)], dim=1
+        )
         items = torch.cat([outputs[m][self.n_users :] for m in self.modalities], dim=1)
         adjacency = self.item_adjacency(masked)
         if adjacency is not None:

@@ -82,7 +82,9 @@ class DualGNN(MultimodalRecommender):
         )
         self.projection = nn.ModuleDict(
             {
-                m: nn.Sequential(nn.Linear(self.feature_dim(m), 4 * self.dim), nn.LeakyReLU(), nn.Linear(4 * self.dim, self.dim))
+                m: nn.Sequential(
+                    nn.Linear(self.feature_dim(m), 4 * self.dim), nn.LeakyReLU(), nn.Linear(4 * self.dim, self.dim)
+                )
                 for m in self.modalities
             }
         )
