@@ -12,7 +12,11 @@ resident set size sampled while the part runs) and the ratios to the plain backb
 in the same run. A backbone that does not rank with its modalities (BM3) has no CKD parts.
 Writes JSON and markdown into benchmarks/results/, with the machine it ran on.
 
+``--graphs`` measures instead the median seconds and the peak host memory of building the
+user-user co-interaction graph of DualGNN and DRAGON from the training split (uncached).
+
     python benchmarks/bench_ckd.py --shape baby --scale 0.25 --repeats 3 --models VBPR,LATTICE
+    python benchmarks/bench_ckd.py --shape baby --graphs
 """
 
 import argparse
@@ -34,7 +38,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 from recbole_ckd.config import Config  # noqa: E402
 from recbole_ckd.data.dataset import data_preparation  # noqa: E402
 from recbole_ckd.data.synthetic import generate_dataset  # noqa: E402
-from recbole_ckd.model import MODELS  # noqa: E402
+from recbole_ckd.model import MODELS, graphs  # noqa: E402
 from recbole_ckd.registry import create_dataset, get_trainer  # noqa: E402
 
 # the sizes of the Amazon Baby, Clothing and Elec datasets as MMRec preprocesses them
@@ -46,7 +50,7 @@ SHAPES = {
     "clothing": {"n_users": 39387, "n_items": 23033, "n_interactions": 278677},
     "elec": {"n_users": 192403, "n_items": 63001, "n_interactions": 1689188},
 }
-BACKBONES = "VBPR,MMGCN,GRCN,LATTICE,EgoGCN,FREEDOM,MGCN,BM3"
+BACKBONES = "VBPR,MMGCN,GRCN,LATTICE,EgoGCN,FREEDOM,MGCN,BM3,DualGNN,DRAGON"
 MIB = 2**20
 
 
@@ -162,6 +166,29 @@ def bench_backbone(backbone, dataset, root, args):
     return rows
 
 
+def bench_graphs(dataset, root, args):
+    """The build of the user-user co-interaction graph (DualGNN's default ``user_knn_k``), on the CPU."""
+    settings = {"data_path": root, "state": "ERROR", "show_progress": False, "use_gpu": False,
+                "checkpoint_dir": os.path.join(root, ".bench-saved")}
+    config = Config("DualGNN", dataset, config_dict=settings)
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    users, items = graphs.interaction_edges(train_data.dataset)
+    n_users, n_items, k = train_data.dataset.user_num, train_data.dataset.item_num, int(config["user_knn_k"])
+
+    built = []
+
+    def build():
+        built[:] = [graphs.co_interaction_graph(users, items, n_users, n_items, k)]
+
+    with PeakMemory("cpu") as memory:
+        seconds, runs = timed(build, args.repeats, "cpu")
+    row = {"build_s": seconds, "build_runs": runs, "peak_host_mib": memory.host_mib, "train_pairs": len(users),
+           "k": k, "edges": built[0]._nnz()}
+    print(f"  user-user graph ({len(users)} training pairs, k {k}): {seconds:.3f} s   host {memory.host_mib:.0f} MiB",
+          flush=True)
+    return {"user_graph": row}
+
+
 def machine_info(device):
     return {
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -178,11 +205,18 @@ def write_results(record, base):
         return "-" if value is None else f"{value:.{digits}f}"
 
     lines = [f"# bench_ckd, {record['machine']['device']}, {record['dataset']} {record['shape']}", "",
-             f"machine: {record['machine']}", "", f"median of {record['repeats']} runs after one warm-up", "",
-             "peak host MiB: resident set of the benchmark process while the part ran (it includes the dataset and "
-             "what earlier parts left); peak GPU MiB: torch.cuda.max_memory_allocated during the part", "",
-             "| model | part | train s/epoch | ratio to plain | eval s | peak host MiB | peak GPU MiB |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             f"machine: {record['machine']}", "", f"median of {record['repeats']} runs after one warm-up", ""]
+    if "graphs" in record:
+        lines += ["| graph | training pairs | k | edges | build s | peak host MiB |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for graph, row in record["graphs"].items():
+            lines.append(f"| {graph} | {row['train_pairs']} | {row['k']} | {row['edges']} | {row['build_s']:.3f} "
+                         f"| {row['peak_host_mib']:.0f} |")
+    else:
+        lines += ["peak host MiB: resident set of the benchmark process while the part ran (it includes the dataset "
+                  "and what earlier parts left); peak GPU MiB: torch.cuda.max_memory_allocated during the part", "",
+                  "| model | part | train s/epoch | ratio to plain | eval s | peak host MiB | peak GPU MiB |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
     for backbone, rows in record["results"].items():
         if "error" in rows:
             lines.append(f"| {backbone} | failed: {rows['error']} | | | | | |")
@@ -205,6 +239,7 @@ def main(argv=None):
     parser.add_argument("--models", default=BACKBONES, help=f"comma-separated backbones (default {BACKBONES})")
     parser.add_argument("--parts", default="plain,teacher,student",
                         help="which of plain, teacher, student to measure (default all; ratios need plain)")
+    parser.add_argument("--graphs", action="store_true", help="time the build of the user-user graph instead of models")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data_root", default=os.path.join(HERE, ".data"))
     parser.add_argument("--seed", type=int, default=2024)
@@ -216,10 +251,13 @@ def main(argv=None):
     print(f"dataset {dataset}: {shape}; {machine}", flush=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     os.makedirs(args.output, exist_ok=True)
-    base = os.path.join(args.output, f"bench_ckd-{args.device}-{args.shape}-x{args.scale:g}-{stamp}")
+    kind = "bench_ckd-graphs" if args.graphs else "bench_ckd"
+    base = os.path.join(args.output, f"{kind}-{args.device}-{args.shape}-x{args.scale:g}-{stamp}")
     record = {"benchmark": "bench_ckd", "time": stamp, "dataset": dataset, "shape": shape, "machine": machine,
               "repeats": args.repeats, "results": {}}
-    for backbone in args.models.split(","):
+    if args.graphs:
+        record["graphs"] = bench_graphs(dataset, args.data_root, args)
+    for backbone in [] if args.graphs else args.models.split(","):
         print(backbone, flush=True)
         try:
             record["results"][backbone] = bench_backbone(backbone, dataset, args.data_root, args)

@@ -90,3 +90,13 @@ def test_a_backbone_that_fails_is_recorded_and_the_others_are_measured(tmp_path,
     table = next((tmp_path / "out").glob("*.md")).read_text()
     assert "| VBPR | failed: out of memory |" in table and "| BM3 | plain |" in table
 
+
+def test_bench_ckd_graphs_mode_records_the_user_graph_build(tmp_path):
+    record = bench_ckd.main(["--scale", "0.005", "--repeats", "1", "--graphs", "--device", "cpu",
+                             "--data_root", str(tmp_path / "data"), "--output", str(tmp_path / "out")])
+    row = record["graphs"]["user_graph"]
+    assert record["results"] == {} and row["k"] == 40 and len(row["build_runs"]) == 1
+    assert row["build_s"] > 0 and row["peak_host_mib"] > 0 and 0 < row["train_pairs"] < 803
+    assert 0 < row["edges"] <= 40 * record["shape"]["n_users"]
+    table = next((tmp_path / "out").glob("*.md")).read_text()
+    assert f"| user_graph | {row['train_pairs']} | 40 | {row['edges']} |" in table

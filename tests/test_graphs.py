@@ -253,3 +253,68 @@ def test_spmm_equals_torch_sparse_mm_and_keeps_its_index_on_the_graph():
     live = torch.sparse_coo_tensor(torch.stack([rows, cols]), learned, (8, 8)).coalesce()
     graphs.spmm(live, x)
     assert not hasattr(live, "_edge_product")  # learned values: the index is not kept
+
+
+# ----------------------------------------------------------------------------- the user-user graph
+def brute_force_co_interactions(pairs, n_users, k):
+    """The reference: every pair of users' shared items counted by set intersection, then each
+    user's top ``k`` of the users it shares any item with, by count, ties to the smaller id."""
+    items_of = [set() for _ in range(n_users)]
+    for u, i in pairs:
+        items_of[u].add(i)
+    expected = {}
+    for u in range(n_users):
+        shared = [(v, len(items_of[u] & items_of[v])) for v in range(n_users) if v != u]
+        shared = [(v, c) for v, c in shared if c > 0]
+        shared.sort(key=lambda vc: (-vc[1], vc[0]))
+        expected[u] = shared[:k]
+    return expected
+
+
+def random_pairs(n_users, n_items, n_pairs, seed):
+    rng = np.random.default_rng(seed)
+    pairs = {(int(rng.integers(1, n_users)), int(rng.integers(n_items))) for _ in range(n_pairs)}
+    return sorted(pairs)
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 7, 1000])
+def test_co_interaction_neighbours_equal_the_brute_force_counts(block_size):
+    # few items: many ties; user 0 (padding) and some others have no items; sparse users have < k neighbours
+    for seed, (n_users, n_items, n_pairs) in enumerate([(15, 6, 30), (20, 40, 50), (12, 3, 20)]):
+        pairs = random_pairs(n_users, n_items, n_pairs, seed)
+        users, items = np.array(pairs).T
+        for k in (1, 3, 100):
+            rows, cols, counts = graphs.co_interaction_neighbours(users, items, n_users, n_items, k, block_size)
+            got = {u: [] for u in range(n_users)}
+            for u, v, c in zip(rows.tolist(), cols.tolist(), counts.tolist()):
+                got[u].append((v, c))
+            assert got == brute_force_co_interactions(pairs, n_users, k), (seed, k)
+    # the data covers what matters: a tie cut at the 3rd place, a user with 1 or 2 neighbours, none
+    full = [brute_force_co_interactions(random_pairs(*shape, seed), shape[0], 100)
+            for seed, shape in enumerate([(15, 6, 30), (20, 40, 50), (12, 3, 20)])]
+    lists = [v for expected in full for v in expected.values()]
+    assert any(len(v) > 3 and v[2][1] == v[3][1] for v in lists)
+    assert any(0 < len(v) < 3 for v in lists) and all(expected[0] == [] for expected in full)
+
+
+def test_co_interaction_graph_by_hand_and_cached(tmp_path, monkeypatch):
+    # users 1..4; 1 and 2 share items 0 and 1, 1 and 3 share item 1, 4 shares nothing
+    users, items = [1, 1, 2, 2, 3, 4, 1], [0, 1, 0, 1, 1, 5, 0]  # (1, 0) twice: one shared item
+    cache_dir = str(tmp_path / "graphs")
+    graph = graphs.co_interaction_graph(users, items, 5, 6, k=1, cache_dir=cache_dir)
+    expected = torch.zeros(5, 5)
+    expected[1, 2], expected[2, 1], expected[3, 1] = 2, 2, 1  # user 3 ties 1 and 2 (one item each): the smaller id
+    torch.testing.assert_close(graph.to_dense(), expected)
+    (name,) = cached(cache_dir)
+    assert name.startswith("users-")
+
+    def failing(*args, **kwargs):
+        raise AssertionError("the cached graph should have been reused")
+
+    monkeypatch.setattr(graphs, "co_interaction_neighbours", failing)
+    again = graphs.co_interaction_graph(users, items, 5, 6, k=1, cache_dir=cache_dir)
+    torch.testing.assert_close(again.to_dense(), expected)
+    monkeypatch.undo()
+    graphs.co_interaction_graph(users, items, 5, 6, k=2, cache_dir=cache_dir)  # another k
+    graphs.co_interaction_graph(users[:-2], items[:-2], 5, 6, k=1, cache_dir=cache_dir)  # other interactions
+    assert len(cached(cache_dir)) == 3

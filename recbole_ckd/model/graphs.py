@@ -1,8 +1,9 @@
-"""Item-item kNN graphs from modality features: built in blocks, stored sparse, cached.
+"""Item-item kNN graphs from modality features and the user-user co-interaction graph: built in
+blocks, stored sparse, cached.
 
-No dense ``n_items x n_items`` matrix is ever formed: similarities are computed for a block of
-rows at a time and only each row's top-k survives, so Clothing (23k items) and Elec (63k
-items) fit. Graphs are cached on disk keyed by the features and the parameters that
+No dense ``n x n`` matrix is ever formed: similarities (or co-interaction counts) are computed
+for a block of rows at a time and only each row's top-k survives, so Clothing (23k items) and
+Elec (63k items) fit. Graphs are cached on disk keyed by their inputs and the parameters that
 determine them.
 """
 
@@ -10,6 +11,8 @@ import hashlib
 import os
 import warnings
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 
 from recbole_ckd.compat import CheckpointError, load_checkpoint, save_checkpoint
@@ -85,23 +88,84 @@ def knn_graph(features, k, weighted=False, normalization="sym", cache_dir=None, 
     1 (FREEDOM, MGCN). With ``cache_dir``, the graph is stored there keyed by a digest of the
     features and the parameters, and reused while they are unchanged.
     """
-    path = None
+    digest = None
     if cache_dir:
         digest = hashlib.sha256(features.detach().cpu().float().contiguous().numpy().tobytes())
         digest.update(repr((GRAPH_FORMAT_VERSION, k, weighted, normalization, tuple(features.shape))).encode())
-        path = os.path.join(cache_dir, f"knn-{digest.hexdigest()[:24]}.pth")
+
+    def build():
+        rows, cols, sims = knn_neighbours(features, k, block_size)
+        values = sims if weighted else torch.ones_like(sims)
+        return normalized_adjacency(rows, cols, values, features.shape[0], normalization)
+
+    return cached_graph(cache_dir, "knn", digest, features.shape[0], features.device, build)
+
+
+def cached_graph(cache_dir, kind, digest, n, device, build):
+    """The sparse ``n x n`` graph ``build()`` returns, stored as ``<cache_dir>/<kind>-<digest>.pth``
+    (``digest`` a hashlib object over everything the graph depends on) and read from there onto
+    ``device`` while the file is readable; without ``cache_dir``, simply ``build()``."""
+    path = None
+    if cache_dir:
+        path = os.path.join(cache_dir, f"{kind}-{digest.hexdigest()[:24]}.pth")
         if os.path.isfile(path):
             try:
-                state = load_checkpoint(path, map_location=features.device)
-                return torch.sparse_coo_tensor(state["indices"], state["values"], tuple(state["shape"])).coalesce()
+                state = load_checkpoint(path, map_location=device)
+                return torch.sparse_coo_tensor(state["indices"], state["values"], (n, n)).coalesce()
             except (CheckpointError, KeyError):
                 pass  # unreadable cache: build it again below
-    rows, cols, sims = knn_neighbours(features, k, block_size)
-    values = sims if weighted else torch.ones_like(sims)
-    graph = normalized_adjacency(rows, cols, values, features.shape[0], normalization)
+    graph = build()
     if path:
         save_checkpoint({"indices": graph.indices().cpu(), "values": graph.values().cpu(), "shape": list(graph.shape)}, path)
     return graph
+
+
+def co_interaction_neighbours(users, items, n_users, n_items, k, block_size=4096):
+    """For every user, the ``k`` other users with whom it shares the most items, and how many.
+
+    ``(users, items)`` are interaction pairs (a repeated pair counts once). Two users are candidates when they share
+    at least one item; a user with fewer than ``k`` candidates keeps them all. Ties are broken by
+    the smaller user id. The shared-item counts ``R R^T`` (``R`` the binary user-item matrix) are
+    computed for a block of ``block_size`` users at a time, as a sparse product, so memory grows
+    with the co-interacting pairs of one block, never with ``n_users^2``. Returns long tensors
+    ``(rows, cols, counts)``, each row's neighbours by decreasing count.
+    """
+    users, items = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
+    matrix = sp.csr_matrix((np.ones(len(users), dtype=np.int64), (users, items)), shape=(n_users, n_items))
+    matrix.data[:] = 1  # the constructor sums repeated pairs
+    transposed = matrix.T.tocsr()
+    rows, cols, counts = [], [], []
+    for start in range(0, n_users, block_size):
+        block = (matrix[start:start + block_size] @ transposed).tocoo()
+        row, col, count = block.row.astype(np.int64) + start, block.col.astype(np.int64), block.data
+        other = row != col
+        row, col, count = row[other], col[other], count[other]
+        order = np.lexsort((col, -count, row))  # by row, then decreasing count, then smaller id
+        row, col, count = row[order], col[order], count[order]
+        rank = np.arange(len(row)) - np.searchsorted(row, row, side="left")
+        keep = rank < k
+        rows.append(row[keep])
+        cols.append(col[keep])
+        counts.append(count[keep])
+    return tuple(torch.from_numpy(np.concatenate(parts)) for parts in (rows, cols, counts))
+
+
+def co_interaction_graph(users, items, n_users, n_items, k, cache_dir=None, block_size=4096):
+    """:func:`co_interaction_neighbours` as a sparse ``[n_users, n_users]`` tensor whose value at
+    ``(u, v)`` is the number of items ``u`` and ``v`` share (``v`` one of ``u``'s top ``k``).
+    With ``cache_dir``, the graph is stored there keyed by a digest of the interaction pairs and
+    ``k``, and reused while they are unchanged."""
+    users, items = torch.as_tensor(users).long().cpu(), torch.as_tensor(items).long().cpu()
+    digest = None
+    if cache_dir:
+        digest = hashlib.sha256(torch.stack([users, items]).contiguous().numpy().tobytes())
+        digest.update(repr((GRAPH_FORMAT_VERSION, k, n_users, n_items)).encode())
+
+    def build():
+        rows, cols, counts = co_interaction_neighbours(users, items, n_users, n_items, k, block_size)
+        return torch.sparse_coo_tensor(torch.stack([rows, cols]), counts.float(), (n_users, n_users)).coalesce()
+
+    return cached_graph(cache_dir, "users", digest, n_users, "cpu", build)
 
 
 def sparse_sum(parts, n):

@@ -398,3 +398,61 @@ class NodeTableRecommender(MultimodalRecommender):
             user_reps, item_reps = self.representation(masked, memo).split([self.n_users, self.n_items])
             result[name] = (user_reps[users], item_reps[items])
         return result
+
+
+class FixedItemGraphs(MultimodalRecommender):
+    """The item-item graph of FREEDOM and DRAGON (listed before the backbone's other base class):
+    each modality's frozen, unweighted kNN graph of the raw features, mixed with fixed weights.
+
+    ``S = sum_m w_m S_m`` with ``S_m`` the top-``knn_k`` cosine neighbours (self included),
+    ``D^-1/2 S_m D^-1/2``. Weights: ``modality_weights`` (a dict, normalised to sum 1) if given;
+    otherwise ``mm_image_weight`` for the image modality ``v`` and ``1 - mm_image_weight``
+    shared equally by the others (equal weights when there is no ``v``, weight 1 for a single
+    modality). Masking modality m drops ``S_m`` and renormalises the remaining weights.
+    """
+
+    def build_fixed_item_graphs(self, config):
+        """Read ``knn_k`` and the modality weights from ``config`` and build the graphs."""
+        self.knn_k = int(config["knn_k"])
+        if self.knn_k < 1:
+            raise ValueError(f"{type(self).__name__} needs knn_k >= 1, got {self.knn_k}.")
+        self.modality_weight = self._modality_weights(config)
+        self.build_item_graphs(self.knn_k, weighted=False)
+
+    def _modality_weights(self, config):
+        given = config["modality_weights"]
+        if given is not None:
+            given = dict(given)
+            if set(given) != set(self.modalities):
+                raise ValueError(
+                    f"modality_weights must give a weight to each modality {list(self.modalities)}, got {given}."
+                )
+            raw = {m: float(given[m]) for m in self.modalities}
+        else:
+            image = float(config["mm_image_weight"])
+            if not 0.0 <= image <= 1.0:
+                raise ValueError(f"mm_image_weight must lie in [0, 1], got {image}.")
+            others = [m for m in self.modalities if m != "v"]
+            if "v" in self.modalities and others:
+                raw = {m: image if m == "v" else (1.0 - image) / len(others) for m in self.modalities}
+            else:
+                raw = {m: 1.0 for m in self.modalities}
+        if any(w < 0 for w in raw.values()) or sum(raw.values()) <= 0:
+            raise ValueError(f"{type(self).__name__}'s modality weights must be >= 0 with a positive sum, got {raw}.")
+        total = sum(raw.values())
+        return {m: w / total for m, w in raw.items()}
+
+    def item_adjacency(self, masked=frozenset()):
+        """``S`` over the unmasked modalities, weights renormalised (sparse), or None."""
+        active = tuple(m for m in self.modalities if m not in masked and self.modality_weight[m] > 0)
+        if not active:
+            return None
+        key = (active, self.item_graph(active[0]).device)
+        if key not in self._adjacency_cache:
+            total = sum(self.modality_weight[m] for m in active)
+            parts = [
+                (self.item_graph(m).indices(), self.modality_weight[m] / total * self.item_graph(m).values())
+                for m in active
+            ]
+            self._adjacency_cache[key] = graphs.sparse_sum(parts, self.n_items).coalesce()
+        return self._adjacency_cache[key]

@@ -4,10 +4,10 @@ import torch
 from torch import nn
 
 from recbole_ckd.model import graphs
-from recbole_ckd.model.multimodal import ItemGraphRecommender, bpr, margin
+from recbole_ckd.model.multimodal import FixedItemGraphs, ItemGraphRecommender, bpr, margin
 
 
-class FREEDOM(ItemGraphRecommender):
+class FREEDOM(FixedItemGraphs, ItemGraphRecommender):
     """FREEDOM: LATTICE's item-item graph frozen at its initial kNN structure, plus a user-item
     graph pruned at random, in a degree-sensitive way, every epoch.
 
@@ -63,13 +63,12 @@ class FREEDOM(ItemGraphRecommender):
         super().__init__(config, dataset)
         dim = int(config["embedding_size"])
         self.feat_embed_dim = int(config["feat_embed_dim"])
-        self.knn_k = int(config["knn_k"])
         self.n_mm_layers = int(config["n_mm_layers"])
         self.n_ui_layers = int(config["n_ui_layers"])
         self.dropout = float(config["dropout"])
         self.mm_bpr_weight = float(config["mm_bpr_weight"])
-        if self.n_mm_layers < 0 or self.n_ui_layers < 0 or self.knn_k < 1:
-            raise ValueError("FREEDOM needs n_mm_layers >= 0, n_ui_layers >= 0 and knn_k >= 1.")
+        if self.n_mm_layers < 0 or self.n_ui_layers < 0:
+            raise ValueError("FREEDOM needs n_mm_layers >= 0 and n_ui_layers >= 0.")
         if self.feat_embed_dim != dim:
             raise ValueError(
                 f"FREEDOM scores users against projected features: feat_embed_dim ({self.feat_embed_dim}) must equal "
@@ -77,7 +76,6 @@ class FREEDOM(ItemGraphRecommender):
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"FREEDOM's dropout (the share of edges pruned) must lie in [0, 1), got {self.dropout}.")
-        self.modality_weight = self._modality_weights(config)
 
         self.user_embedding = nn.Embedding(self.n_users, dim)
         self.item_id_embedding = nn.Embedding(self.n_items, dim)
@@ -86,7 +84,7 @@ class FREEDOM(ItemGraphRecommender):
         self.projection = nn.ModuleDict({m: nn.Linear(self.feature_dim(m), self.feat_embed_dim) for m in self.modalities})
         self.init_trained_features(config, [m for m in self.modalities if m not in self.default_masked])
 
-        self.build_item_graphs(self.knn_k, weighted=False)
+        self.build_fixed_item_graphs(config)
         users, items = graphs.interaction_edges(dataset)
         self.register_buffer("_edge_users", users.to(self.device), persistent=False)
         self.register_buffer("_edge_items", items.to(self.device), persistent=False)
@@ -96,45 +94,6 @@ class FREEDOM(ItemGraphRecommender):
         probabilities = (degree_u[users] * degree_i[items]).rsqrt()
         self.register_buffer("_edge_probabilities", probabilities.to(self.device), persistent=False)
         self.register_buffer("pruned_graph", None, persistent=False)
-
-    def _modality_weights(self, config):
-        given = config["modality_weights"]
-        if given is not None:
-            given = dict(given)
-            if set(given) != set(self.modalities):
-                raise ValueError(
-                    f"modality_weights must give a weight to each modality {list(self.modalities)}, got {given}."
-                )
-            raw = {m: float(given[m]) for m in self.modalities}
-        else:
-            image = float(config["mm_image_weight"])
-            if not 0.0 <= image <= 1.0:
-                raise ValueError(f"mm_image_weight must lie in [0, 1], got {image}.")
-            others = [m for m in self.modalities if m != "v"]
-            if "v" in self.modalities and others:
-                raw = {m: image if m == "v" else (1.0 - image) / len(others) for m in self.modalities}
-            else:
-                raw = {m: 1.0 for m in self.modalities}
-        if any(w < 0 for w in raw.values()) or sum(raw.values()) <= 0:
-            raise ValueError(f"FREEDOM's modality weights must be >= 0 with a positive sum, got {raw}.")
-        total = sum(raw.values())
-        return {m: w / total for m, w in raw.items()}
-
-    # ------------------------------------------------------------ graphs
-    def item_adjacency(self, masked=frozenset()):
-        """``S`` over the unmasked modalities, weights renormalised (sparse), or None."""
-        active = tuple(m for m in self.modalities if m not in masked and self.modality_weight[m] > 0)
-        if not active:
-            return None
-        key = (active, self.item_graph(active[0]).device)
-        if key not in self._adjacency_cache:
-            total = sum(self.modality_weight[m] for m in active)
-            parts = [
-                (self.item_graph(m).indices(), self.modality_weight[m] / total * self.item_graph(m).values())
-                for m in active
-            ]
-            self._adjacency_cache[key] = graphs.sparse_sum(parts, self.n_items).coalesce()
-        return self._adjacency_cache[key]
 
     def pre_epoch(self, epoch):
         """Degree-sensitive edge pruning: a new pruned user-item graph for this epoch's training."""
