@@ -187,6 +187,48 @@ def test_a_foreign_file_under_the_cache_name_is_rebuilt(tmp_path, monkeypatch):
     torch.testing.assert_close(rebuilt.to_dense(), first.to_dense())
 
 
+def _tampered(state, how):
+    indices, values = state["indices"].clone(), state["values"].clone()
+    if how == "shape":
+        return {**state, "shape": [state["shape"][0] + 1] * 2}
+    if how == "index out of range":
+        indices[1, 0] = state["shape"][0]
+    elif how == "negative index":
+        indices[0, -1] = -1
+    elif how == "NaN":
+        values[2] = float("nan")
+    elif how == "one value changed":
+        values[0] += 0.25
+    elif how == "no checksum":
+        return {k: v for k, v in state.items() if k != "checksum"}
+    return {**state, "indices": indices, "values": values}
+
+
+@pytest.mark.parametrize("how", ["shape", "index out of range", "negative index", "NaN", "one value changed",
+                                 "no checksum"])
+def test_a_readable_but_wrong_cached_graph_is_rebuilt_with_a_warning(tmp_path, monkeypatch, caplog, how):
+    from recbole_ckd.compat import load_checkpoint, save_checkpoint
+
+    cache_dir = str(tmp_path / "graphs")
+    x = features()
+    first = graphs.knn_graph(x, 3, weighted=True, cache_dir=cache_dir)
+    (name,) = cached(cache_dir)
+    path = os.path.join(cache_dir, name)
+    state = load_checkpoint(path)
+    assert graphs.cached_graph_problem(state, x.shape[0]) is None
+    save_checkpoint({k: v for k, v in _tampered(state, how).items() if k != "format"}, path)
+    calls = []
+    real = graphs.knn_neighbours
+    monkeypatch.setattr(graphs, "knn_neighbours", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with caplog.at_level("WARNING"):
+        rebuilt = graphs.knn_graph(x, 3, weighted=True, cache_dir=cache_dir)
+    assert calls == [1]
+    torch.testing.assert_close(rebuilt.to_dense(), first.to_dense())
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert path in line and "building it again" in line
+    assert graphs.cached_graph_problem(load_checkpoint(path), x.shape[0]) is None  # rewritten whole
+
+
 # ----------------------------------------------------------------------------- CSR products
 def random_edges(n_dst, n_src, n_edges, seed=0):
     """Edges with repeated pairs, in no particular order."""

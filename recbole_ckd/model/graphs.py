@@ -8,6 +8,7 @@ determine them.
 """
 
 import hashlib
+import logging
 import os
 import warnings
 
@@ -86,7 +87,7 @@ def knn_graph(features, k, weighted=False, normalization="sym", cache_dir=None, 
 
     ``weighted`` keeps the cosine similarities as edge weights (LATTICE); otherwise edges are
     1 (FREEDOM, MGCN). With ``cache_dir``, the graph is stored there keyed by a digest of the
-    features and the parameters, and reused while they are unchanged.
+    features and the parameters, and reused while they are unchanged (:func:`cached_graph`).
     """
     digest = None
     if cache_dir:
@@ -103,21 +104,53 @@ def knn_graph(features, k, weighted=False, normalization="sym", cache_dir=None, 
 
 def cached_graph(cache_dir, kind, digest, n, device, build):
     """The sparse ``n x n`` graph ``build()`` returns, stored as ``<cache_dir>/<kind>-<digest>.pth``
-    (``digest`` a hashlib object over everything the graph depends on) and read from there onto
-    ``device`` while the file is readable; without ``cache_dir``, simply ``build()``."""
+    (``digest`` a hashlib object over everything the graph depends on) with a checksum of its
+    content, and read from there onto ``device`` while the file passes :func:`cached_graph_problem`;
+    a file that does not is built again, with a warning. Without ``cache_dir``, simply ``build()``."""
     path = None
     if cache_dir:
         path = os.path.join(cache_dir, f"{kind}-{digest.hexdigest()[:24]}.pth")
         if os.path.isfile(path):
             try:
-                state = load_checkpoint(path, map_location=device)
-                return torch.sparse_coo_tensor(state["indices"], state["values"], (n, n)).coalesce()
-            except (CheckpointError, KeyError):
-                pass  # unreadable cache: build it again below
+                state = load_checkpoint(path, map_location="cpu")
+                problem = cached_graph_problem(state, n)
+            except CheckpointError:
+                problem = "not a readable checkpoint"
+            if problem is None:
+                return torch.sparse_coo_tensor(state["indices"], state["values"], (n, n)).coalesce().to(device)
+            logging.getLogger(__name__).warning(f"graph cache {path} is unusable ({problem}); building it again.")
     graph = build()
     if path:
-        save_checkpoint({"indices": graph.indices().cpu(), "values": graph.values().cpu(), "shape": list(graph.shape)}, path)
+        indices, values = graph.indices().cpu(), graph.values().cpu()
+        save_checkpoint({"indices": indices, "values": values, "shape": [n, n],
+                         "checksum": graph_checksum(indices, values, n)}, path)
     return graph
+
+
+def graph_checksum(indices, values, n):
+    """SHA-256 of a cached graph's content (int64 indices, float32 values, size)."""
+    digest = hashlib.sha256(repr(n).encode())
+    digest.update(indices.to(torch.int64).contiguous().numpy().tobytes())
+    digest.update(values.to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cached_graph_problem(state, n):
+    """Why the cached graph ``state`` cannot be the ``n x n`` graph it is named for, or None."""
+    indices, values = state.get("indices"), state.get("values")
+    if not (isinstance(indices, torch.Tensor) and isinstance(values, torch.Tensor)):
+        return "no indices and values"
+    if state.get("shape") != [n, n]:
+        return f"shape {state.get('shape')!r}, expected {[n, n]}"
+    if indices.dtype != torch.int64 or indices.dim() != 2 or indices.shape[0] != 2 or values.shape != (indices.shape[1],):
+        return f"indices {tuple(indices.shape)} and values {tuple(values.shape)} do not match"
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n):
+        return f"an index outside [0, {n})"
+    if not torch.isfinite(values).all():
+        return "a value that is not finite"
+    if state.get("checksum") != graph_checksum(indices, values, n):
+        return "checksum mismatch"
+    return None
 
 
 def co_interaction_neighbours(users, items, n_users, n_items, k, block_size=4096):
