@@ -7,7 +7,9 @@ import numpy as np
 import torch
 from recbole.utils import set_color
 
-from recbole_ckd.compat import load_checkpoint, save_checkpoint
+from recbole_ckd.compat import CheckpointError, load_checkpoint, save_checkpoint
+from recbole_ckd.run_keys import RUN_KEY_LENGTH, config_key
+
 
 
 class SafeCheckpointMixin:
@@ -15,12 +17,34 @@ class SafeCheckpointMixin:
 
     RecBole pickles its Config into every checkpoint and loads it back with a plain
     ``torch.load``, which torch >= 2.6 refuses; this replaces both ends for any RecBole trainer.
+    Every checkpoint records the model and the run key it belongs to, and is loaded only by
+    that run (a file copied from another stage or setting is unusable, not silently reused).
     """
+
+    run_key = None  # the key of the run's folder; a trainer whose folder has a narrower key sets it
+
+    def checkpoint_identity(self):
+        if self.run_key is None:
+            self.run_key = config_key(self.config)
+        return {"model": self.config["model"], "run_key": self.run_key}
+
+    def load_own_checkpoint(self, path, map_location="cpu"):
+        """The checkpoint at ``path`` if it belongs to this run, else a CheckpointError.
+
+        Files written before checkpoints recorded their run key are accepted on the model alone:
+        they sit in a folder named after that key, where only their own run wrote them."""
+        state = load_checkpoint(path, map_location=map_location)
+        own = self.checkpoint_identity()
+        if state.get("model") != own["model"] or state.get("run_key", own["run_key"]) != own["run_key"]:
+            theirs = f"{state.get('model')} run {str(state.get('run_key', '?'))[:RUN_KEY_LENGTH]}"
+            raise CheckpointError(f"{path} belongs to another run ({theirs}), not to this {own['model']} run "
+                                  f"{own['run_key'][:RUN_KEY_LENGTH]}; delete it to start over.")
+        return state
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
         state = {
-            "model": self.config["model"],
+            **self.checkpoint_identity(),
             "epoch": epoch,
             "cur_step": self.cur_step,
             "best_valid_score": float(self.best_valid_score),
@@ -32,7 +56,7 @@ class SafeCheckpointMixin:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 
     def _load_model_state(self, checkpoint_file):
-        state = load_checkpoint(checkpoint_file, map_location=self.device)
+        state = self.load_own_checkpoint(checkpoint_file, map_location=self.device)
         self.model.load_state_dict(state["state_dict"])
         return state
 

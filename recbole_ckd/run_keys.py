@@ -98,9 +98,14 @@ def default_run_dir(config):
     return os.path.join(config["checkpoint_dir"], str(config["dataset"]), name)
 
 
+def teacher_key(config):
+    """The run key of a teacher (the backbone's config, ``active_modalities: [m]``): the dataset files
+    and every config key but the student-only and the evaluation-only ones, so every student setting
+    and every sweep trial shares it."""
+    return config_key(config, exclude=CKD_KEYS | EVALUATION_KEYS)
+
+
 def teacher_run_dir(config, modality):
-    """Where the teacher of ``modality`` under ``config`` (the backbone's, ``active_modalities: [m]``)
-    is cached: keyed by the dataset files and every config key but the student-only and the
-    evaluation-only ones, so every student setting and every sweep trial shares it."""
-    key = config_key(config, exclude=CKD_KEYS | EVALUATION_KEYS)[:RUN_KEY_LENGTH]
+    """Where the teacher of ``modality`` under ``config`` is cached: named after its :func:`teacher_key`."""
+    key = teacher_key(config)[:RUN_KEY_LENGTH]
     return os.path.join(config["checkpoint_dir"], str(config["dataset"]), "teachers", f"{config['model']}-{modality}-{key}")

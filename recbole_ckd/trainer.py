@@ -10,9 +10,9 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 from recbole_ckd.checkpoints import SafeCheckpointMixin, restore_rng_state, rng_state, seed_stage
-from recbole_ckd.compat import CheckpointError, load_checkpoint, save_checkpoint
+from recbole_ckd.compat import CheckpointError, save_checkpoint
 from recbole_ckd.errors import UserError
-from recbole_ckd.run_keys import default_run_dir, file_lock, teacher_run_dir
+from recbole_ckd.run_keys import config_key, default_run_dir, file_lock, teacher_key, teacher_run_dir
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -66,9 +66,10 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
     the same config, it resumes from ``last.pth``; a finished stage is not trained again.
     """
 
-    def __init__(self, config, model, run_dir=None):
+    def __init__(self, config, model, run_dir=None, run_key=None):
         super().__init__(config, model)
         self.run_dir = run_dir or default_run_dir(config)
+        self.run_key = run_key or config_key(config)
         self.saved_model_file = os.path.join(self.run_dir, "best.pth")
         self.best_valid_result = None
         self.finished = False
@@ -86,7 +87,7 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
 
     def _save_last(self, epoch, train_data):
         state = {
-            "model": self.config["model"],
+            **self.checkpoint_identity(),
             "epoch": epoch,
             "cur_step": self.cur_step,
             "best_valid_score": float(self.best_valid_score),
@@ -106,9 +107,9 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
             return False
         try:
             # on the CPU: the random states must stay there; load_state_dict moves the rest
-            state = load_checkpoint(self.last_file, map_location="cpu")
+            state = self.load_own_checkpoint(self.last_file)
             # the model that last.pth's counters select must be readable too, or the stage is lost
-            load_checkpoint(self.saved_model_file, map_location="cpu")
+            self.load_own_checkpoint(self.saved_model_file)
         except (CheckpointError, FileNotFoundError) as err:
             reason = err if isinstance(err, CheckpointError) else f"{err.filename} is missing"
             self.logger.warning(f"{self.config['model']}: unusable checkpoint in {self.run_dir} ({reason}); "
@@ -255,7 +256,7 @@ class CKDTrainer(ResumableTrainer):
     def _train_or_load_teacher(self, modality, config, run_dir, train_data, valid_data, verbose, show_progress):
         seed_stage(config["seed"], train_data)  # the same teacher whatever ran before
         teacher = self.model.backbone(config, train_data.dataset).to(config["device"])
-        trainer = ResumableTrainer(config, teacher, run_dir=run_dir)  # retrains an unreadable cache itself
+        trainer = ResumableTrainer(config, teacher, run_dir, teacher_key(config))  # retrains an unreadable cache itself
         self.teacher_origins[modality] = "cached" if os.path.isfile(trainer.last_file) else "trained"
         if self.teacher_origins[modality] == "cached":
             self.logger.info(set_color(f"Teacher '{modality}': cache {run_dir}", "green"))
@@ -276,18 +277,18 @@ class CKDTrainer(ResumableTrainer):
         config = copy.deepcopy(self.config)
         config["model"] = self.model.backbone.__name__
         run_dir = default_run_dir(config)
-        try:
-            if not load_checkpoint(os.path.join(run_dir, "last.pth"))["finished"]:
-                return None  # still running, or interrupted: nothing to compare with yet
-        except (FileNotFoundError, CheckpointError):
+        if not os.path.isfile(os.path.join(run_dir, "last.pth")):
             return None
         trainer = ResumableTrainer(config, self.model.backbone(config, train_data.dataset).to(config["device"]), run_dir)
-        trainer.eval_collector.data_collect(train_data)
         try:
+            if not trainer.load_own_checkpoint(trainer.last_file)["finished"]:
+                return None  # still running, or interrupted: nothing to compare with yet
             trainer._load_model_state(trainer.saved_model_file)
-        except CheckpointError as err:
-            self.logger.warning(f"Plain {config['model']} run in {run_dir} is unreadable ({err}); not reported.")
+        except (CheckpointError, FileNotFoundError) as err:
+            reason = err if isinstance(err, CheckpointError) else f"{err.filename} is missing"
+            self.logger.warning(f"Plain {config['model']} run in {run_dir} is unusable ({reason}); not reported.")
             return None
+        trainer.eval_collector.data_collect(train_data)
         return trainer
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):

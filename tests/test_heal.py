@@ -5,6 +5,7 @@ reported without writing."""
 import builtins
 import errno
 import os
+import shutil
 
 import pytest
 from conftest import fast_ckd_config
@@ -16,7 +17,8 @@ STAGES = {"student": ("VBPR_CKD", None), "teacher v": ("VBPR", ("v",)), "teacher
 
 
 @pytest.mark.parametrize("stage", ["student", "teacher t"])
-@pytest.mark.parametrize("name, damage", [("best.pth", "truncate"), ("best.pth", "delete"), ("last.pth", "truncate")])
+@pytest.mark.parametrize("name, damage", [("best.pth", "truncate"), ("best.pth", "delete"), ("last.pth", "truncate"),
+                                          ("best.pth", "another stage's"), ("last.pth", "another stage's")])
 def test_an_unreadable_checkpoint_retrains_only_its_stage(tiny_dataset, tmp_path, monkeypatch, caplog, epoch_log,
                                                           checkpoint_writes, stage, name, damage):
     monkeypatch.chdir(tmp_path)
@@ -27,6 +29,10 @@ def test_an_unreadable_checkpoint_retrains_only_its_stage(tiny_dataset, tmp_path
     if damage == "truncate":
         with open(path, "r+b") as f:
             f.truncate(100)
+    elif damage == "another stage's":
+        # readable, but another run's: the teacher v's (another model for the student, the same
+        # model under another run key for the teacher t)
+        shutil.copyfile(os.path.join(dirs["teacher v"], name), path)
     else:
         os.remove(path)  # what the old message said to do; the stage then claimed to be finished
     caplog.clear()
@@ -78,3 +84,23 @@ def test_a_finished_cache_on_a_read_only_filesystem_is_reported(tiny_dataset, tm
     assert again["test_result"] == first["test_result"] and again["modes"] == first["modes"]
     # the only write tried is the teacher lock, which a read-only cache does without
     assert attempts and all(a.endswith(".lock") for a in attempts)
+
+
+def test_checkpoints_record_their_run_and_older_ones_without_a_run_key_still_load(tiny_dataset, tmp_path, monkeypatch,
+                                                                                    caplog):
+    from recbole_ckd.compat import load_checkpoint, save_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    settings = ckd_config(tiny_dataset, tmp_path)
+    first = run("VBPR_CKD", "tiny", config_dict=settings)
+    for stage, folder in first["checkpoints"].items():
+        for name in ("best.pth", "last.pth"):
+            state = load_checkpoint(os.path.join(folder, name))
+            assert state["model"] == ("VBPR_CKD" if stage == "student" else "VBPR")
+            assert state["run_key"][:12] == folder.rsplit("-", 1)[-1]  # the key the folder is named after
+            state.pop("run_key")  # as written before checkpoints recorded it
+            save_checkpoint({k: v for k, v in state.items() if k != "format"}, os.path.join(folder, name))
+    caplog.clear()
+    again = run("VBPR_CKD", "tiny", config_dict=settings)
+    assert "unusable checkpoint" not in caplog.text
+    assert again["test_result"] == first["test_result"] and again["modes"] == first["modes"]
