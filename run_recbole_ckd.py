@@ -104,6 +104,24 @@ def check_flags(parser, argv):
             parser.error(f"{flag} is for {where}; with {command or 'a training run'} it would be ignored")
 
 
+def check_resources(parser, args):
+    """Refuse trial and cell sizes that would never run (Ray would wait forever for them)."""
+    import math
+
+    if args.num_samples < 1:
+        parser.error(f"--num_samples={args.num_samples}: give at least 1 trial")
+    if args.cpus_per_trial is not None and not (math.isfinite(args.cpus_per_trial) and args.cpus_per_trial > 0):
+        parser.error(f"--cpus_per_trial={args.cpus_per_trial:g}: give a number of CPUs > 0, e.g. 1 or 0.5")
+    if args.gpus_per_trial is not None and not (math.isfinite(args.gpus_per_trial) and args.gpus_per_trial >= 0):
+        parser.error(f"--gpus_per_trial={args.gpus_per_trial:g}: give a number of GPUs >= 0, e.g. 1 or 0.5")
+    if args.gpus_per_trial and not args.ray_address:
+        import torch
+
+        if args.gpus_per_trial > torch.cuda.device_count():
+            parser.error(f"--gpus_per_trial={args.gpus_per_trial:g}: this machine has {torch.cuda.device_count()} "
+                         "GPU(s) that PyTorch can use; give fewer, or --ray_address of a cluster that has them")
+
+
 def main(argv=None):
     """The command line: a user error (bad data, config or flags) is one ``error:`` line and exit
     status 2; an interruption says how to resume and exits 130; ``--debug`` shows tracebacks."""
@@ -143,6 +161,7 @@ def dispatch(argv):
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     check_flags(parser, argv)
+    check_resources(parser, args)
     # everything left is a config override and must look like --key=value
     bad = [a for a in rest if not (a.startswith("--") and "=" in a)]
     if bad:

@@ -25,9 +25,10 @@ def require_ray(flag, tune=False):
 
 
 @contextlib.contextmanager
-def ray_session(address, flag):
+def ray_session(address, flag, gpus=0.0):
     """Connected to the cluster at ``address`` (``auto``: the one this node belongs to) or, with
-    none, to a new local Ray over this machine's CPUs (and GPUs); shut down on leaving."""
+    none, to a new local Ray over this machine's CPUs (and GPUs); shut down on leaving. A task of
+    ``gpus`` GPUs that the cluster cannot hold is refused (Ray would wait for it forever)."""
     ray = require_ray(flag)
     try:
         ray.init(address=address, include_dashboard=False, ignore_reinit_error=True,
@@ -42,6 +43,10 @@ def ray_session(address, flag):
             "'ray get-auth-token' prints it on the head), or run on a node of the cluster with --ray_address=auto."
         ) from None
     try:
+        available = ray.cluster_resources().get("GPU", 0.0)
+        if gpus > available:
+            raise UserError(f"--gpus_per_trial={gpus:g}: the Ray cluster{f' at {address}' if address else ''} has "
+                            f"{available:g} GPU(s), so a task of {gpus:g} would never start; give at most {available:g}.")
         yield ray
     finally:
         ray.shutdown()

@@ -166,6 +166,7 @@ class Config(RecBoleConfig):
         with recbole_refusals():
             super()._set_default_parameters()
         final = self.final_config_dict
+        check_valid_metric(final)
         data_path = final["data_path"]
         inter_name = f"{self.dataset}.inter"
         shipped = SHIPPED_DATASETS_DIR / self.dataset
@@ -205,6 +206,30 @@ def dataset_properties(dataset, cmd_args=()):
             raise unknown_key(key, known_config_keys(), f"--{key}=...", "the command line")
         values[key] = parse_literal(value)
     return values
+
+
+def check_valid_metric(final):
+    """Refuse a ``valid_metric`` that the evaluation does not compute (RecBole would fail after the
+    first epoch): one of ``metrics``, at one of the ``topk`` cut-offs for a ranking metric."""
+    from recbole.evaluator.base_metric import TopkMetric
+    from recbole.evaluator.register import metrics_dict
+
+    metrics = [m.lower() for m in ([final["metrics"]] if isinstance(final["metrics"], str) else final["metrics"])]
+    topk = final["topk"] if isinstance(final["topk"], list) else [final["topk"]]
+    computed = [f"{m}@{k}" if issubclass(metrics_dict[m], TopkMetric) else m for m in metrics
+                for k in (topk if issubclass(metrics_dict[m], TopkMetric) else [None])]
+    if final["valid_metric"].lower() not in computed:
+        raise ConfigError(f"config key valid_metric: {final['valid_metric']!r} is not computed; give one of "
+                          f"{', '.join(computed)} (or add it to metrics / topk).")
+
+
+def check_against_data(config, dataset):
+    """Refuse settings that only the data shows to be impossible, before anything is trained."""
+    n_items = int(dataset.item_num) - 1  # id 0 is padding
+    topk = config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
+    if max(topk) > n_items:
+        raise ConfigError(f"config key topk: {config['topk']!r} asks for more items than the dataset "
+                          f"{config['dataset']} has ({n_items}); give cut-offs of at most {n_items}.")
 
 
 # ----------------------------------------------------------------------------- known keys
@@ -267,6 +292,7 @@ def _number(low=None, high=None, low_open=False, integer=False, optional=False):
             return False
         return high is None or value <= high
 
+    accepts.integer = integer  # validate() turns an accepted 2.0 (a searcher's quniform, --epochs=2.0) into 2
     return accepts, text
 
 
@@ -309,9 +335,9 @@ CONFIG_RULES = {
     "epochs": _number(1, integer=True),
     "train_batch_size": _number(1, integer=True),
     "eval_batch_size": _number(1, integer=True),
-    "eval_step": _number(0, integer=True),
+    "eval_step": _number(1, integer=True),
     "stopping_step": _number(0, integer=True),
-    "seed": _number(integer=True),
+    "seed": _number(0, 2**32 - 1, integer=True),  # numpy's seeds
     "reg_weight": _number(0),
     "kd_weight": _number(0),
     "gd_weight": _number(0),
@@ -333,6 +359,15 @@ CONFIG_RULES = {
     "state": (lambda v: v is None or _name_among("info", "debug", "warning", "error", "critical")[0](v),
               "one of info, debug, warning, error, critical"),
     "embedding_size": _number(1, integer=True),
+    # the models' sizes and counts (a sweep's quniform gives them as floats)
+    **dict.fromkeys(("latent_dim", "feat_embed_dim", "knn_k"), _number(1, integer=True)),
+    "modality_embedding_size": _number(1, integer=True, optional=True),
+    **dict.fromkeys(("n_layers", "n_ui_layers", "n_mm_layers", "n_routing", "id_layers"), _number(0, integer=True)),
+    "worker": _number(0, integer=True),
+    "checkpoint_dir": (lambda v: isinstance(v, str) and bool(v.strip()), "a folder path"),
+    "data_path": (lambda v: isinstance(v, str) and bool(v.strip()), "a folder path"),
+    "numerical_features": (lambda v: isinstance(v, list) and all(isinstance(f, str) for f in v),
+                           "a list of field names, e.g. [] or ['price']"),
     "topk": (_topk, "an integer >= 1 or a list of them"),
     "metrics": (lambda v: isinstance(v, str) or (isinstance(v, list) and bool(v) and all(isinstance(m, str) for m in v)),
                 "a metric name or a list of them, e.g. ['Recall', 'NDCG']"),
@@ -366,11 +401,18 @@ def recbole_refusals():
 
 
 def validate(config):
-    """Refuse a value outside its range, naming the key, the value and what is allowed."""
+    """Refuse a value outside its range, naming the key, the value and what is allowed; an integer
+    given as an integral float (2.0) becomes that integer."""
     final = config.final_config_dict
     for key, (accepts, allowed) in CONFIG_RULES.items():
         if key in final and not accepts(final[key]):
             raise ConfigError(f"config key {key}: {final[key]!r} is not allowed; {key} must be {allowed}.")
+        if key in final and getattr(accepts, "integer", False) and final[key] is not None:
+            final[key] = int(final[key])
+    mode = final.get("eval_args", {}).get("mode", "full")
+    if any(m != "full" for m in (mode.values() if isinstance(mode, dict) else [mode])):
+        raise ConfigError(f"config key eval_args: mode {mode!r} is not supported; recbole-ckd ranks every item "
+                          "(mode: full), sampled evaluation is not implemented.")
     if final.get("ckd_specific") is False and final.get("ckd_generic") is False:
         raise ConfigError("config keys ckd_specific and ckd_generic are both False: nothing is distilled; keep one of "
                           "them, or set kd_weight: 0 for the plain backbone's objective.")

@@ -6,9 +6,9 @@ from logging import getLogger
 from recbole.utils import init_seed
 
 from recbole_ckd.compat import init_logger
-from recbole_ckd.config import Config
+from recbole_ckd.config import Config, check_against_data
 from recbole_ckd.data.dataset import data_preparation
-from recbole_ckd.errors import ConfigError
+from recbole_ckd.errors import ConfigError, UserError
 from recbole_ckd.registry import create_dataset, get_model, get_trainer
 from recbole_ckd.reports import CODE_VERSION, dataset_statistics, training_protocol
 from recbole_ckd.run_keys import config_key
@@ -22,7 +22,13 @@ def prepare(model=None, dataset=None, config_file_list=None, config_dict=None, c
     logger = getLogger()
     logger.info(config)
 
-    data = create_dataset(config)
+    try:
+        data = create_dataset(config)
+    except UserError:
+        raise
+    except ValueError as err:  # RecBole's checks of keys that name fields (numerical_features, discretization)
+        raise ConfigError(f"RecBole refuses the config for dataset {config['dataset']}: {err}") from err
+    check_against_data(config, data)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
 

@@ -53,13 +53,14 @@ def get_trainer(model_type, model_name):
 
 
 def create_dataset(config):
-    """The multimodal dataset for general recommenders; RecBole's own dataset class otherwise.
+    """The multimodal dataset for general and traditional recommenders (BPR, Pop, ItemKNN: users and
+    items only); RecBole's own dataset class otherwise.
 
     Modality files are read only for models that use them, so BPR or LightGCN run on any
     interaction file. Never RecBole's ``create_dataset``: it unpickles
     ``<checkpoint_dir>/<dataset>-<Class>.pth`` whenever such a file exists.
     """
-    if config["MODEL_TYPE"] != ModelType.GENERAL:
+    if config["MODEL_TYPE"] not in (ModelType.GENERAL, ModelType.TRADITIONAL):
         # RecBole's choice of class (create_dataset), without its pickle cache
         module = importlib.import_module("recbole.data.dataset")
         default = {ModelType.SEQUENTIAL: "SequentialDataset", ModelType.KNOWLEDGE: "KnowledgeBasedDataset"}

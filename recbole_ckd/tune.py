@@ -128,8 +128,9 @@ def search_space(params, algorithm="random"):
 
 
 def check_space(params, hyper_file, make_config):
-    """Build a trial's Config for every choice and both ends of every range, so that an unknown key
-    or a value out of its range is refused, naming its line, before anything is trained."""
+    """Build a trial's Config for every choice and both ends of every range (and a step of a quniform
+    one), so that an unknown key or a value out of its range is refused, naming its line, before
+    anything is trained."""
     from recbole_ckd.errors import ConfigError
 
     for p in params.values():
@@ -137,8 +138,11 @@ def check_space(params, hyper_file, make_config):
             candidates = list(p.values)
         elif p.kind == "loguniform":
             candidates = [math.exp(v) for v in p.values]
+        elif p.kind == "quniform":  # the values Ray draws are multiples of q: both ends and the step
+            low, high, q = p.values
+            candidates = [round(low / q) * q, round(high / q) * q, (round(low / q) + 1) * q]
         else:
-            candidates = list(p.values[:2])
+            candidates = list(p.values)
         for value in candidates:
             try:
                 make_config({p.name: value})
@@ -349,7 +353,7 @@ def _fit(base, params, search, num_samples, early_stopping, cpus_per_trial, gpus
     metric, mode = "valid_score", "max" if base["bigger"] else "min"
     trainable = tune.with_resources(tune.with_parameters(trial, base=base),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-    with ray_session(ray_address, "--hyper"):
+    with ray_session(ray_address, "--hyper", gpus_per_trial):
         if resume:
             print(f"Resuming the sweep in {path}", flush=True)
             tuner = tune.Tuner.restore(path, trainable, resume_errored=True)

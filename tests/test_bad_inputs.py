@@ -96,6 +96,16 @@ def config_file(text, name="my.yaml"):
     return write
 
 
+def hyper_file(text):
+    def write(data, work):
+        path = os.path.join(work, "space.test")
+        open(path, "w").write(text)
+        return [f"--hyper={path}"]
+
+    write.__name__ = "hyper_file"
+    return write
+
+
 def code_in_value(key):
     def write(data, work):
         return [f"--{key}={_touch_payload(work)}"]
@@ -174,6 +184,41 @@ CASES = [
     ("generator out of range", nothing, ["--generate=g", "--root=gen", "--n_users=0"], ["--generate=g", "n_users"]),
     ("generator over a dataset", lambda d, w: [f"--root={os.path.dirname(d)}"], ["--generate=tiny"],
      ["--generate=tiny", "already exists", "--overwrite"]),
+    # values validation accepted that then failed, and sizes that could never run
+    ("fractional epochs", nothing, TRAIN + ["--epochs=2.5"], ["epochs", "2.5", "an integer"]),
+    ("fractional generic samples", nothing, TRAIN + ["--gd_samples=50.5"], ["gd_samples", "50.5", "an integer"]),
+    ("negative seed", nothing, TRAIN + ["--seed=-3"], ["seed", "-3", ">= 0 and <= 4294967295"]),
+    ("seed above numpy's range", nothing, TRAIN + ["--seed=4294967296"], ["seed", "4294967296", "<= 4294967295"]),
+    ("leaderboard seed outside numpy's range", nothing, BOARD + ["--models=BPR", "--seeds=-1,2"],
+     ["--seeds=-1,2", "[-1]", "2**32 - 1"]),
+    ("validation metric at a cut-off not computed", nothing, TRAIN + ["--valid_metric=Recall@50"],
+     ["valid_metric", "'Recall@50'", "not computed", "recall@20"]),
+    ("validation metric not among the metrics", nothing, TRAIN + ["--valid_metric=MRR@20"],
+     ["valid_metric", "'MRR@20'", "ndcg@20"]),
+    ("cut-off above the item count", nothing, TRAIN + ["--topk=[10,40]", "--valid_metric=Recall@10"],
+     ["topk", "[10, 40]", "(30)", "at most 30"]),
+    ("zero evaluation step", nothing, TRAIN + ["--eval_step=0"], ["eval_step", ">= 1"]),
+    ("sampled evaluation", nothing, TRAIN + ["--eval_args={'split':{'RS':[0.8,0.1,0.1]},'order':'RO','mode':'uni100'}"],
+     ["eval_args", "'uni100'", "mode: full"]),
+    ("checkpoint folder None", lambda d, w: ["--checkpoint_dir=None"], TRAIN, ["checkpoint_dir", "None", "a folder path"]),
+    ("negative workers", nothing, TRAIN + ["--worker=-1"], ["worker", "-1", ">= 0"]),
+    ("fractional workers", nothing, TRAIN + ["--worker=1.5"], ["worker", "1.5", "an integer"]),
+    ("numerical features not a list", nothing, TRAIN + ["--numerical_features=5"], ["numerical_features", "list"]),
+    ("numerical feature not in the data", nothing, TRAIN + ["--numerical_features=['price']"],
+     ["RecBole refuses", "price"]),
+    ("a model's size as a fraction", nothing, ["--model=MMGCN", "--dataset=tiny", "--n_layers=1.5"], ["n_layers", "1.5"]),
+    ("a fractional step over an integer key", hyper_file("gd_samples quniform 10,50,2.5\n"), TRAIN,
+     ["space.test, line 1", "gd_samples = 12.5", "an integer"]),
+    ("no trials", nothing, TRAIN + ["--hyper=hyper.test", "--num_samples=0"], ["--num_samples=0", "at least 1"]),
+    ("negative trials", nothing, TRAIN + ["--hyper=hyper.test", "--num_samples=-1"], ["--num_samples=-1"]),
+    ("negative CPUs per trial", nothing, TRAIN + ["--hyper=hyper.test", "--cpus_per_trial=-1"],
+     ["--cpus_per_trial=-1", "> 0"]),
+    ("negative GPUs per trial", nothing, TRAIN + ["--hyper=hyper.test", "--gpus_per_trial=-1"],
+     ["--gpus_per_trial=-1", ">= 0"]),
+    ("more GPUs per trial than the machine has", nothing, TRAIN + ["--hyper=hyper.test", "--gpus_per_trial=10000"],
+     ["--gpus_per_trial=10000", "GPU(s)"]),
+    ("more GPUs per cell than the machine has", nothing, BOARD + ["--models=BPR", "--seeds=1,", "--gpus_per_trial=10000"],
+     ["--gpus_per_trial=10000", "GPU(s)"]),
     # data
     ("empty .inter", empty_inter, TRAIN, ["tiny.inter", "empty"]),
     ("header-only atomic .inter", atomic_header_only, TRAIN, ["tiny.inter", "no interactions"]),
@@ -236,16 +281,51 @@ def test_values_recbole_accepts_still_parse(tiny_dataset):
     from recbole_ckd.config import Config
 
     config = Config("VBPR", "tiny", cmd_args=[
-        "--learning_rate=1e-3", "--epochs=7", "--reproducibility=false", "--topk=[5,10]", "--metrics=['Recall','NDCG']",
+        "--learning_rate=1e-3", "--epochs=7", "--reproducibility=false", "--topk=[5,10]", "--valid_metric=NDCG@10",
+        "--metrics=['Recall','NDCG']",
         "--eval_args={'split':{'RS':[0.7,0.2,0.1]},'order':'RO'}", "--teacher_learning_rate=None", "--state=WARNING",
-        "--device_sampling=True", "--seed=-3", f"--data_path={tiny_dataset['root']}"])
+        "--device_sampling=True", "--seed=3", f"--data_path={tiny_dataset['root']}"])
     assert config["learning_rate"] == 0.001 and config["epochs"] == 7 and config["reproducibility"] is False
-    assert config["topk"] == [5, 10] and config["metrics"] == ["Recall", "NDCG"] and config["seed"] == -3
+    assert config["topk"] == [5, 10] and config["metrics"] == ["Recall", "NDCG"] and config["seed"] == 3
     assert config["eval_args"]["split"] == {"RS": [0.7, 0.2, 0.1]} and config["teacher_learning_rate"] is None
     # a searcher's numpy scalars are numbers too
     config = Config("VBPR_CKD", "tiny", config_dict={"data_path": tiny_dataset["root"], "gd_samples": np.int64(300),
                                                     "kd_weight": np.float32(0.5), "state": "WARNING"})
     assert config["gd_samples"] == 300 and config["kd_weight"] == 0.5
+
+
+def test_integral_floats_of_integer_keys_are_integers(tiny_dataset, tmp_path):
+    """``--epochs=2.0``, a searcher's ``quniform`` value: accepted, and handed on as the integer (the
+    run key too, so 2.0 and 2 are the same run)."""
+    from recbole_ckd.config import Config
+    from recbole_ckd.run_keys import config_key
+    from recbole_ckd.tune import check_space, parse_hyper_file
+
+    settings = {"data_path": tiny_dataset["root"], "state": "WARNING"}
+    config = Config("VBPR_CKD", "tiny", config_dict={**settings, "gd_samples": 50.0, "n_layers": np.float64(2)},
+                    cmd_args=["--epochs=2.0", "--eval_step=1.0", "--seed=7.0", "--embedding_size=8.0"])
+    for key, value in {"epochs": 2, "gd_samples": 50, "n_layers": 2, "eval_step": 1, "seed": 7, "embedding_size": 8}.items():
+        assert type(config[key]) is int and config[key] == value, key
+    same = Config("VBPR_CKD", "tiny", config_dict={**settings, "gd_samples": 50, "n_layers": 2},
+                  cmd_args=["--epochs=2", "--eval_step=1", "--seed=7", "--embedding_size=8"])
+    assert config_key(config) == config_key(same)
+    space = tmp_path / "space.test"
+    space.write_text("gd_samples quniform 10,50,10\n")
+    made = []
+    check_space(parse_hyper_file(str(space)), str(space),
+                lambda values: made.append(Config("VBPR_CKD", "tiny", config_dict={**settings, **values})["gd_samples"]))
+    assert made == [10, 50, 20] and all(type(v) is int for v in made)
+
+
+def test_traditional_models_run_on_multimodal_data(tiny_dataset, run_config, monkeypatch, tmp_path):
+    """RecBole's non-pairwise models (Pop, ItemKNN: ModelType.TRADITIONAL) read the MMRec-format data
+    as BPR does, and are scored on the same full ranking."""
+    from recbole_ckd.quick_start import run
+
+    monkeypatch.chdir(tmp_path)
+    for model in ("Pop", "ItemKNN"):
+        result = run(model, "tiny", config_dict=run_config(tiny_dataset["root"]))
+        assert result["model"] == model and 0 <= result["test_result"]["recall@20"] <= 1
 
 
 def test_own_keys_are_declared_on_purpose(tiny_dataset, tmp_path):

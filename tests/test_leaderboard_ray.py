@@ -126,3 +126,30 @@ def test_a_cluster_that_cannot_be_joined_is_one_line_saying_what_to_set(tiny_dat
     assert exit_info.value.code == 2 and err[-1].startswith("error: --ray_address=head.invalid:6379: no Ray cluster")
     assert "InvalidAuthToken" in err[-1] and "RAY_AUTH_MODE=token" in err[-1] and "--ray_address=auto" in err[-1]
     assert not (tmp_path / "res").exists()
+
+
+def test_a_task_of_more_gpus_than_the_cluster_has_is_refused(monkeypatch):
+    """Ray would queue such a trial or cell forever; the cluster's resources are asked first (and Ray
+    is shut down again)."""
+    from recbole_ckd import cluster
+    from recbole_ckd.errors import UserError
+
+    calls = []
+
+    class FakeRay:
+        def init(self, **kwargs):
+            calls.append("init")
+
+        def cluster_resources(self):
+            return {"CPU": 8.0, "GPU": 1.0}
+
+        def shutdown(self):
+            calls.append("shutdown")
+
+    monkeypatch.setattr(cluster, "require_ray", lambda flag: FakeRay())
+    with cluster.ray_session("head:6379", "--hyper", gpus=1):
+        calls.append("ran")
+    with pytest.raises(UserError, match=r"--gpus_per_trial=2: the Ray cluster at head:6379 has 1 GPU\(s\)"):
+        with cluster.ray_session("head:6379", "--hyper", gpus=2):
+            calls.append("ran too")
+    assert calls == ["init", "ran", "shutdown", "init", "shutdown"]

@@ -140,7 +140,7 @@ def _run_on_ray(dataset, cells, finished, log, ray_address, cpus, gpus):
     go on; its error is raised once they have ended."""
     from recbole_ckd.cluster import ray_session, sigterm_as_sigint
 
-    with ray_session(ray_address, "--leaderboard") as ray, sigterm_as_sigint():
+    with ray_session(ray_address, "--leaderboard", gpus) as ray, sigterm_as_sigint():
         task = ray.remote(_cell_task).options(num_cpus=cpus, num_gpus=gpus)
         pending = {task.remote(dataset, cell.model, list(cell.files) or None, cell.settings): cell for cell in cells}
         resources = ray.cluster_resources()

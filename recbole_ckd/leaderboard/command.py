@@ -38,6 +38,9 @@ def parse_seeds(text, base=2020):
         raise ValueError(f"--seeds={text}: give a count (3) or comma-separated integer seeds (1,2,3)") from None
     if seeds is not None:
         repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        outside = [s for s in seeds if not 0 <= s <= 2**32 - 1]
+        if outside:
+            raise ValueError(f"--seeds={text}: seed(s) {outside} outside [0, 2**32 - 1] (numpy's seeds); give others")
         if repeated or not seeds:
             raise ValueError(f"--seeds={text}: " + (f"seed(s) {repeated} given more than once; give each seed once"
                                                     if repeated else "no seed given"))
