@@ -43,7 +43,7 @@ def ray_session(address, flag, gpus=0.0):
             "'ray get-auth-token' prints it on the head), or run on a node of the cluster with --ray_address=auto."
         ) from None
     try:
-        available = ray.cluster_resources().get("GPU", 0.0)
+        available = ray.cluster_resources().get("GPU", 0.0) if gpus else 0.0
         if gpus > available:
             raise UserError(f"--gpus_per_trial={gpus:g}: the Ray cluster{f' at {address}' if address else ''} has "
                             f"{available:g} GPU(s), so a task of {gpus:g} would never start; give at most {available:g}.")

@@ -37,7 +37,15 @@ def resolve_config_file(path):
 
 class SafeYamlLoader(yaml.SafeLoader):
     """PyYAML's safe loader (plain data only, never a Python object) with RecBole's float rule
-    (``1e-3`` is a float, not a string)."""
+    (``1e-3`` is a float, not a string), and without anchors and aliases (``&a``, ``*a``): a few
+    lines of nested aliases expand to billions of values."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(None, None, "anchors and aliases (&name, *name) are not allowed; write "
+                                              "the values out", event.start_mark)
+        return super().compose_node(parent, index)
 
 
 SafeYamlLoader.add_implicit_resolver(
@@ -64,6 +72,9 @@ def read_yaml(path):
         raise ConfigError(f"{path}{line}: not valid YAML ({problem}); fix the file, or remove it from --config_files.") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file; a config file is YAML text.") from None
+    except (ValueError, OverflowError, RecursionError) as err:  # a tagged or dated value out of range, deep nesting
+        raise ConfigError(f"{path}: not valid YAML ({type(err).__name__}: {err}); fix the file, or remove it from "
+                          "--config_files.") from None
     if values is None:
         return {}
     if not isinstance(values, dict):

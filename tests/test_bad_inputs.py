@@ -219,6 +219,14 @@ CASES = [
      ["--gpus_per_trial=10000", "GPU(s)"]),
     ("more GPUs per cell than the machine has", nothing, BOARD + ["--models=BPR", "--seeds=1,", "--gpus_per_trial=10000"],
      ["--gpus_per_trial=10000", "GPU(s)"]),
+    # config files that would blow up
+    ("YAML aliases", config_file("a: &a [1, 2]\nb: &b [*a, *a]\nc: [*b, *b]\n"), TRAIN,
+     ["my.yaml", "anchors and aliases"]),
+    ("YAML anchor alone", config_file("eval_args: &e {order: RO}\n"), TRAIN, ["my.yaml", "line 1", "anchors and aliases"]),
+    ("YAML tagged value out of range", config_file("learning_rate: !!float abc\n"), TRAIN,
+     ["my.yaml", "not valid YAML", "abc"]),
+    ("YAML date out of range", config_file("note: 2020-13-45\n"), TRAIN, ["my.yaml", "not valid YAML", "month"]),
+    ("YAML nested too deep", config_file("a: " + "[" * 5000 + "]" * 5000 + "\n"), TRAIN, ["my.yaml", "not valid YAML"]),
     # data
     ("empty .inter", empty_inter, TRAIN, ["tiny.inter", "empty"]),
     ("header-only atomic .inter", atomic_header_only, TRAIN, ["tiny.inter", "no interactions"]),
