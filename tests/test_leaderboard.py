@@ -1,5 +1,6 @@
 """Leaderboards: table arithmetic by hand, cell caching and resume, the page and its plots."""
 
+import json
 import math
 import os
 import struct
@@ -98,6 +99,36 @@ def test_cells_are_cached_and_only_missing_ones_run(tiny_dataset, tmp_path, monk
     assert again["BPR"][0]["test_result"] == first["BPR"][0]["test_result"]
     page = lb.write_page("tiny", again, out)
     assert "| BPR |" in open(page).read() and os.path.isfile(os.path.join(out, "tiny-modalities.png")) is False
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not UTF-8", "a list", "no test_result", "a metric missing",
+                                    "a metric not a number"])
+def test_an_unreadable_or_incomplete_cell_is_reported_and_recomputed(tiny_dataset, tmp_path, damage):
+    settings = {**FAST, "data_path": tiny_dataset["root"], "checkpoint_dir": str(tmp_path / "saved"), "epochs": 1}
+    out = str(tmp_path / "results")
+    (first,) = lb.run_cells("tiny", ["BPR"], [1], out, config_dict=settings, log=lambda *a: None)["BPR"]
+    (cell_file,) = (tmp_path / "results" / "tiny" / "cells").glob("BPR-seed1-*.json")
+    good = cell_file.read_text()
+    record = json.loads(good)
+    if damage == "truncated":
+        cell_file.write_text(good[: len(good) // 2])
+    elif damage == "not UTF-8":
+        cell_file.write_bytes(b"\xff\xfe" + good.encode())
+    else:
+        test = record["test_result"]
+        broken = {"a list": [record], "no test_result": {k: v for k, v in record.items() if k != "test_result"},
+                  "a metric missing": {**record, "test_result": {k: v for k, v in test.items() if k != "ndcg@20"}},
+                  "a metric not a number": {**record, "test_result": {**test, "recall@10": "0.5"}}}[damage]
+        cell_file.write_text(json.dumps(broken))
+    messages = []
+    (again,) = lb.run_cells("tiny", ["BPR"], [1], out, config_dict=settings, log=messages.append)["BPR"]
+    (warning,) = [m for m in messages if m.startswith("warning:")]
+    assert str(cell_file) in warning and "unusable" in warning and "running it again" in warning
+    assert again["test_result"] == first["test_result"]
+    assert json.loads(cell_file.read_text())["test_result"] == first["test_result"]  # rewritten whole
+    messages.clear()
+    lb.run_cells("tiny", ["BPR"], [1], out, config_dict=settings, log=messages.append)
+    assert not [m for m in messages if m.startswith("warning:")] and any("cached" in m for m in messages)
 
 
 def test_a_cell_is_rerun_when_its_data_or_properties_changed(tiny_dataset, tmp_path, monkeypatch):

@@ -2,12 +2,14 @@
 
 import glob
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
 
 from recbole_ckd.errors import Interrupted
 from recbole_ckd.leaderboard.studies import as_entry
+from recbole_ckd.leaderboard.tables import TABLE_METRICS
 from recbole_ckd.run_keys import RUN_KEY_LENGTH
 
 
@@ -81,7 +83,7 @@ def run_plan(dataset, plan, output, log=None, ray_address=None, cpus_per_cell=No
     cell_dir = os.path.join(output, dataset, "cells")
     records, missing = {}, []
     for done, cell in enumerate(plan, start=1):
-        path, record, stale = _find_cell(cell_dir, cell.label, cell.seed, cell.key)
+        path, record, stale = _find_cell(cell_dir, cell.label, cell.seed, cell.key, log)
         if record is not None:
             log(f"[{done}/{len(plan)}] {cell.name()}: cached ({path})")
             records[cell] = record
@@ -172,18 +174,45 @@ def _cell_task(dataset, model, files, settings):
     return run(model, dataset, files, {**settings, **assigned_devices()})
 
 
-def _find_cell(cell_dir, label, seed, key):
+def _find_cell(cell_dir, label, seed, key, log):
     """``(path, record, stale keys)``: the cached cell of ``label`` and ``seed`` whose run key is
-    ``key`` (record None if there is none) and the run keys of the other cells of that pair."""
+    ``key`` (record None if there is none) and the run keys of the other cells of that pair. A cell
+    file that cannot be read or lacks what the page shows is reported (``log``) and not used: it is
+    computed again."""
     stale = []
     for path in sorted(glob.glob(os.path.join(glob.escape(cell_dir), f"{label}-seed{seed}-*.json"))):
-        with open(path) as f:
-            record = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                record = json.load(f)
+            problem = cell_problem(record)
+        except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON
+            problem = f"not readable ({type(err).__name__})"
+        if problem:
+            log(f"warning: cached cell {path} is unusable ({problem}); running it again")
+            continue
         recorded = recorded_run_key(record)
         if recorded == key:
             return path, record, stale
         stale.append(str(recorded))
     return None, None, stale
+
+
+CELL_FIELDS = ("model", "seed", "valid_metric", "best_valid_score", "test_masking", "test_result")
+
+
+def cell_problem(record):
+    """What a cached cell lacks of what the page shows (None if nothing): the run's identity, its
+    selection and every table metric of its test result, as finite numbers."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [k for k in CELL_FIELDS if k not in record]
+    if missing:
+        return f"no {', '.join(missing)}"
+    test = record["test_result"]
+    if not isinstance(test, dict):
+        return "test_result is not a mapping"
+    bad = [m for m in TABLE_METRICS if not (isinstance(test.get(m), (int, float)) and math.isfinite(test[m]))]
+    return f"test_result has no number for {', '.join(bad)}" if bad else None
 
 
 def recorded_run_key(record):
