@@ -1,9 +1,10 @@
-"""Signatures of sweep folders.
+"""Signatures of sweep folders, and the sweep each folder holds.
 
 Ray resumes a sweep from pickles in its folder (tuner.pkl, the experiment state, each trial's
 params.pkl): loading them runs whatever code they hold. So a folder is resumed only if it
 carries this user's signature (an HMAC over every file, with a key only this user can read),
-written by the sweep itself when Ray stopped.
+written by the sweep itself when Ray stopped. A folder also records which sweep it holds (a
+digest of its space, model, dataset and resolved config): another sweep is never resumed in it.
 """
 
 import contextlib
@@ -14,7 +15,7 @@ import os
 import tempfile
 
 from recbole_ckd.errors import UserError
-from recbole_ckd.run_keys import file_digest
+from recbole_ckd.run_keys import config_key, file_digest
 
 
 class SweepStateError(UserError):
@@ -22,6 +23,7 @@ class SweepStateError(UserError):
 
 
 SIGNATURE_FILE = ".recbole_ckd-signature"
+SETTINGS_FILE = ".recbole_ckd-sweep"
 
 
 def _key_file():
@@ -89,3 +91,37 @@ def check_sweep_signature(path):
     if changed:
         raise SweepStateError(f"{path} changed after its sweep stopped ({', '.join(changed[:3])}"
                               f"{' ...' if len(changed) > 3 else ''}); it is not resumed; {fix}.")
+
+
+# ----------------------------------------------------------------------------- the sweep a folder holds
+def sweep_digest(params, model, dataset, config):
+    """Digest of a sweep: its parsed space, the model, the dataset and the resolved config every trial
+    starts from (:func:`recbole_ckd.run_keys.config_key`: every key but the runtime-only ones, and
+    the dataset files)."""
+    space = {name: [p.kind, list(p.values)] for name, p in sorted(params.items())}
+    text = json.dumps({"space": space, "model": model, "dataset": dataset, "config": config_key(config)},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_sweep_folder(path, digest):
+    """Refuse ``path`` if it holds another sweep than ``digest``: one recorded with another digest, or
+    one that recorded none (left by an older recbole-ckd, so it cannot show which sweep it is)."""
+    try:
+        with open(os.path.join(path, SETTINGS_FILE)) as f:
+            recorded = json.load(f).get("digest")
+    except FileNotFoundError:
+        recorded = None if os.path.isdir(path) and os.listdir(path) else digest  # an empty folder holds no sweep
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded != digest:
+        raise SweepStateError(f"a different sweep is in this folder ({path}); use another --output or delete it")
+
+
+def record_sweep(path, digest):
+    """Record in ``path`` that it holds the sweep ``digest`` (before Ray writes anything there)."""
+    os.makedirs(path, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"digest": digest}, f)
+    os.replace(tmp, os.path.join(path, SETTINGS_FILE))

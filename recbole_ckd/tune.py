@@ -21,7 +21,7 @@ import yaml
 from recbole_ckd.cluster import ray_session, require_ray, sigterm_as_sigint
 from recbole_ckd.errors import Interrupted, UserError
 from recbole_ckd.run_keys import CKD_KEYS
-from recbole_ckd.sweep_signing import check_sweep_signature, sign_sweep
+from recbole_ckd.sweep_signing import check_sweep_folder, check_sweep_signature, record_sweep, sign_sweep, sweep_digest
 
 HYPER_TYPES = ("choice", "uniform", "loguniform", "quniform")
 SEARCH_ALGORITHMS = ("random", "grid", "optuna", "hyperopt")
@@ -272,9 +272,13 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
         check_sweep_signature(path)
     config_files = [os.path.abspath(f) for f in (config_files or [])]
     overrides, base_dict = _trial_settings(model, dataset, params, hyper_file, config_files, cmd_args)
+    digest = sweep_digest(params, model, dataset, overrides)
+    check_sweep_folder(path, digest)  # before anything is trained: a rerun with another space, model or config
     early_stopping = _early_stopping(scheduler, overrides, max_epochs_asha)
+    _train_teachers_once(model, dataset, params, config_files, overrides, base_dict)
     base = {"model": model, "dataset": dataset, "config_files": config_files or None, "config_dict": base_dict,
             "bigger": overrides["valid_metric_bigger"]}
+    record_sweep(path, digest)
     results = _fit(base, params, search, num_samples, early_stopping, cpus_per_trial, gpus_per_trial,
                    output, name, resume, ray_address, verbose)
 
@@ -299,11 +303,9 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
 
 
 def _trial_settings(model, dataset, params, hyper_file, config_files, cmd_args):
-    """``(the resolved config, the dict every trial starts from)``; the space is checked against it,
-    and the teachers are trained once here when no swept key can change them."""
+    """``(the resolved config, the dict every trial starts from)``; the space is checked against it."""
     from recbole_ckd.config import Config
     from recbole_ckd.model import ckd_backbone_name
-    from recbole_ckd.quick_start import train_teachers
 
     overrides = Config(model, dataset, config_files or None, cmd_args=cmd_args)  # validates, resolves paths
     base_dict = {key: overrides.final_config_dict[key] for key in overrides.cmd_config_dict}
@@ -315,12 +317,19 @@ def _trial_settings(model, dataset, params, hyper_file, config_files, cmd_args):
     if is_ckd and "learning_rate" in params and not overrides["teacher_learning_rate"]:
         # the swept learning rate is the student's: keep the teachers at the configured one
         base_dict["teacher_learning_rate"] = overrides["learning_rate"]
-    if is_ckd and set(params) <= (CKD_KEYS - {"teacher_learning_rate"}) | {"learning_rate"}:
+    return overrides, base_dict
+
+
+def _train_teachers_once(model, dataset, params, config_files, overrides, base_dict):
+    """A CKD model's teachers, trained (or loaded) once before the trials when no swept key can change them."""
+    from recbole_ckd.model import ckd_backbone_name
+    from recbole_ckd.quick_start import train_teachers
+
+    if ckd_backbone_name(model) is not None and set(params) <= (CKD_KEYS - {"teacher_learning_rate"}) | {"learning_rate"}:
         print("Training (or loading) the teachers once, before the trials ...", flush=True)
         teacher_dict = {**base_dict, "retrain_teachers": overrides["retrain_teachers"]}
         for label, folder in train_teachers(model, dataset, config_files or None, teacher_dict).items():
             print(f"  {label}: {folder}", flush=True)
-    return overrides, base_dict
 
 
 def _early_stopping(scheduler, overrides, max_epochs_asha):

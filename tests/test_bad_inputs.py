@@ -106,6 +106,14 @@ def hyper_file(text):
     return write
 
 
+def another_sweep(data, work):
+    """A sweep folder that records another sweep than the command's."""
+    folder = os.path.join(work, "sweeps", "VBPR_CKD-tiny")
+    os.makedirs(folder)
+    open(os.path.join(folder, ".recbole_ckd-sweep"), "w").write('{"digest": "another"}')
+    return hyper_file("kd_weight choice [0.01,0.1]\n")(data, work) + [f"--output={os.path.join(work, 'sweeps')}"]
+
+
 def code_in_value(key):
     def write(data, work):
         return [f"--{key}={_touch_payload(work)}"]
@@ -219,6 +227,8 @@ CASES = [
      ["--gpus_per_trial=10000", "GPU(s)"]),
     ("more GPUs per cell than the machine has", nothing, BOARD + ["--models=BPR", "--seeds=1,", "--gpus_per_trial=10000"],
      ["--gpus_per_trial=10000", "GPU(s)"]),
+    ("a sweep folder holding another sweep", another_sweep, TRAIN,
+     ["a different sweep is in this folder", "VBPR_CKD-tiny", "use another --output or delete it"]),
     # config files that would blow up
     ("YAML aliases", config_file("a: &a [1, 2]\nb: &b [*a, *a]\nc: [*b, *b]\n"), TRAIN,
      ["my.yaml", "anchors and aliases"]),

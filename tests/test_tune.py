@@ -347,3 +347,51 @@ def test_a_resumed_trial_reports_the_best_of_all_its_epochs(monkeypatch):
                                                                  {"best_valid_score": 0.3})[-1])
     trial({}, {"config_dict": {}, "bigger": True, "model": "VBPR", "dataset": "tiny", "config_files": None})
     assert len(reports) == 2 and reports[-1]["best_valid_score"] == 0.3 and reports[-1]["best_epoch"] == 0
+
+
+def test_a_folder_holding_another_sweep_is_refused_and_the_same_sweep_resumes(tiny_dataset, tmp_path, monkeypatch, capsys):
+    """A rerun with another space, model config or --epochs would resume the folder's trials and mix them
+    into one best.yaml; it is refused before anything is trained. The same command resumes."""
+    import ray.tune
+
+    import run_recbole_ckd
+    import recbole_ckd.quick_start as qs
+
+    fits = fake_tuner(monkeypatch, tmp_path, [
+        _FakeResult({"kd_weight": 0.01}, {"best_valid_score": 0.3, "best_epoch": 1, "epoch": 2, "done": True}),
+        _FakeResult({"kd_weight": 0.1}, {"best_valid_score": 0.4, "best_epoch": 3, "epoch": 3, "done": False}),
+    ])
+    restored = []
+    Tuner = ray.tune.Tuner
+
+    def restore(path, trainable, resume_errored):
+        restored.append(path)
+        tuner = Tuner.__new__(Tuner)
+        tuner.path = path
+        return tuner
+
+    monkeypatch.setattr(Tuner, "restore", staticmethod(restore), raising=False)
+    trained = []
+    monkeypatch.setattr(qs, "run", lambda *a, **k: trained.append(a) or pytest.fail("nothing may be trained"))
+    monkeypatch.setattr(qs, "train_teachers", lambda *a, **k: trained.append(a) or {})
+    space = write(tmp_path, "kd_weight choice [0.01,0.1]\n")
+    other_space = tmp_path / "other.test"
+    other_space.write_text("kd_weight choice [0.01,0.5]\n")
+    out = tmp_path / "sweeps"
+
+    def sweep(hyper, extra=None):
+        argv = ["--model=VBPR_CKD", "--dataset=tiny", f"--hyper={hyper}", f"--output={out}",
+                f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}",
+                *[f"--{k}={v}" for k, v in {**FAST, **(extra or {})}.items()]]
+        with pytest.raises(SystemExit) as exit_info:
+            run_recbole_ckd.main(argv)
+        return exit_info.value.code, capsys.readouterr().err.strip().splitlines()[-1]
+
+    assert sweep(space)[0] == 130 and len(fits) == 1 and len(trained) == 1  # interrupted; the teachers once
+    folder = out / "VBPR_CKD-tiny"
+    for hyper, extra in ((other_space, {}), (space, {"epochs": 2}), (space, {"kd_temperature": 0.5})):
+        trained.clear()
+        code, line = sweep(hyper, extra)
+        assert code == 2 and line == f"error: a different sweep is in this folder ({folder}); use another --output or delete it"
+        assert trained == [] and len(fits) == 1 and restored == []
+    assert sweep(space)[0] == 130 and restored == [str(folder)]  # the same sweep resumes
