@@ -187,6 +187,9 @@ def dispatch(argv):
                                gpus_per_cell=args.gpus_per_trial)
     if not args.model or not args.dataset:
         parser.error("--model and --dataset are required to train (or use --download / --generate)")
+    from recbole_ckd.registry import canonical_model_name
+
+    args.model = canonical_model_name(args.model)  # --model=bpr is BPR (its sweep folder too)
 
     if args.hyper:
         from recbole_ckd.tune import run_sweep

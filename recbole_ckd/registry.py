@@ -16,8 +16,26 @@ from recbole_ckd.model.ckd import ckd_refusal
 from recbole_ckd.trainer import CKDTrainer, ResumableTrainer, with_safe_checkpoints
 
 
+def model_names():
+    """Every model name: the plugin's, then RecBole's (each has a properties file)."""
+    recbole_models = Path(__import__("recbole").__file__).parent / "properties" / "model"
+    return sorted(plugin_models.MODELS) + sorted(p.stem for p in recbole_models.glob("*.yaml"))
+
+
+def canonical_model_name(name):
+    """``name`` as its model is spelt (``bpr`` is BPR); a spelling of several models is refused."""
+    names = model_names()
+    if name in names:
+        return name
+    same = sorted({n for n in names if n.lower() == str(name).lower()})
+    if len(same) > 1:
+        raise ConfigError(f"Model '{name}' (--model / --models) names several models: did you mean {' or '.join(same)}?")
+    return same[0] if same else name
+
+
 def get_model(name):
-    """The model class called ``name``: a plugin model if there is one, else RecBole's."""
+    """The model class called ``name`` (in any case): a plugin model if there is one, else RecBole's."""
+    name = canonical_model_name(name)
     model_class = plugin_models.MODELS.get(name)
     backbone = getattr(model_class, "backbone", None)
     if backbone is not None and not backbone.ranks_with_modalities:
@@ -29,11 +47,10 @@ def get_model(name):
         return model_class
     try:
         return recbole_get_model(name)
-    except (ValueError, ModuleNotFoundError):
+    except (ValueError, ModuleNotFoundError, AttributeError):
         # RecBole's search ends in its exlib models, whose import needs lightgbm / xgboost: not the cause
         pass
-    recbole_names = sorted(p.stem for p in (Path(__import__("recbole").__file__).parent / "properties" / "model").glob("*.yaml"))
-    close = difflib.get_close_matches(name, sorted(plugin_models.MODELS) + recbole_names, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name, model_names(), n=1, cutoff=0.6)
     raise ConfigError(
         f"Unknown model '{name}' (--model / --models): " + (f"did you mean {close[0]}? " if close else "")
         + f"recbole-ckd's models are {', '.join(sorted(plugin_models.MODELS))}; any RecBole model works too (e.g. BPR, LightGCN)."

@@ -229,6 +229,7 @@ CASES = [
      ["--gpus_per_trial=10000", "GPU(s)"]),
     ("a sweep folder holding another sweep", another_sweep, TRAIN,
      ["a different sweep is in this folder", "VBPR_CKD-tiny", "use another --output or delete it"]),
+    ("one model in two spellings", nothing, BOARD + ["--models=bpr,BPR", "--seeds=1,"], ["--models", "BPR", "more than once"]),
     # config files that would blow up
     ("YAML aliases", config_file("a: &a [1, 2]\nb: &b [*a, *a]\nc: [*b, *b]\n"), TRAIN,
      ["my.yaml", "anchors and aliases"]),
@@ -344,6 +345,21 @@ def test_traditional_models_run_on_multimodal_data(tiny_dataset, run_config, mon
     for model in ("Pop", "ItemKNN"):
         result = run(model, "tiny", config_dict=run_config(tiny_dataset["root"]))
         assert result["model"] == model and 0 <= result["test_result"]["recall@20"] <= 1
+
+
+def test_model_names_in_any_case(tiny_dataset, monkeypatch):
+    from recbole_ckd import registry
+    from recbole_ckd.config import Config
+    from recbole_ckd.errors import ConfigError
+    from recbole_ckd.leaderboard import parse_models
+
+    settings = {"data_path": tiny_dataset["root"], "state": "WARNING"}
+    assert Config("bpr", "tiny", config_dict=settings)["model"] == "BPR"
+    assert Config("vbpr_ckd", "tiny", config_dict=settings)["model"] == "VBPR_CKD"
+    assert parse_models("bpr,Vbpr") == ["BPR", "VBPR"]
+    monkeypatch.setattr(registry, "model_names", lambda: ["BPR", "Bpr"])  # no two models differ in case alone today
+    with pytest.raises(ConfigError, match="'bpr' .* names several models: did you mean BPR or Bpr"):
+        registry.get_model("bpr")
 
 
 def test_own_keys_are_declared_on_purpose(tiny_dataset, tmp_path):

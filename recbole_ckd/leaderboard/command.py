@@ -54,10 +54,14 @@ def parse_seeds(text, base=2020):
 
 
 def parse_models(text):
-    """``BPR,VBPR`` -> ["BPR", "VBPR"]: each model once, every name resolved before any cell runs."""
-    from recbole_ckd.registry import get_model
+    """``BPR,VBPR`` (or ``bpr,vbpr``) -> ["BPR", "VBPR"]: each model once, every name resolved before any
+    cell runs."""
+    from recbole_ckd.registry import canonical_model_name, get_model
 
-    models = [m.strip() for m in str(text).split(",") if m.strip()]
+    try:
+        models = [canonical_model_name(m.strip()) for m in str(text).split(",") if m.strip()]
+    except ValueError as err:
+        raise ValueError(f"--models: {err}") from None
     repeated = sorted({m for m in models if models.count(m) > 1})
     if repeated or not models:
         raise ValueError(f"--models={text}: " + (f"{', '.join(repeated)} given more than once" if repeated
