@@ -63,7 +63,7 @@ def test_recbole_lightgcn_end_to_end(tiny_dataset, tmp_path):
 def test_command_line_overrides_reach_the_config(tiny_dataset):
     config = Config(
         "VBPR", "tiny", config_dict={"data_path": tiny_dataset["root"], "learning_rate": 0.1},
-        cmd_args=["--learning_rate=0.05", "--topk=[5]", "--modality_embedding_size=8"],
+        cmd_args=["--learning_rate=0.05", "--topk=[5]", "--valid_metric=Recall@5", "--modality_embedding_size=8"],
     )
     assert config["learning_rate"] == 0.05 and config["topk"] == [5] and config["modality_embedding_size"] == 8
 
