@@ -12,7 +12,7 @@ from recbole.utils import set_color
 from recbole_ckd.checkpoints import SafeCheckpointMixin, restore_rng_state, rng_state, seed_stage
 from recbole_ckd.compat import CheckpointError, save_checkpoint
 from recbole_ckd.errors import UserError
-from recbole_ckd.run_keys import config_key, default_run_dir, file_lock, teacher_key, teacher_run_dir
+from recbole_ckd.run_keys import default_run_dir, file_lock, teacher_key, teacher_run_dir
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -69,7 +69,7 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
     def __init__(self, config, model, run_dir=None, run_key=None):
         super().__init__(config, model)
         self.run_dir = run_dir or default_run_dir(config)
-        self.run_key = run_key or config_key(config)
+        self.run_key = run_key  # None: the run's own config_key (a teacher's is narrower)
         self.saved_model_file = os.path.join(self.run_dir, "best.pth")
         self.best_valid_result = None
         self.finished = False
