@@ -94,6 +94,7 @@ def test_checkpoints_record_their_run_and_older_ones_without_a_run_key_still_loa
     settings = ckd_config(tiny_dataset, tmp_path)
     first = run("VBPR_CKD", "tiny", config_dict=settings)
     for stage, folder in first["checkpoints"].items():
+        folder = os.path.join(settings["checkpoint_dir"], folder)
         for name in ("best.pth", "last.pth"):
             state = load_checkpoint(os.path.join(folder, name))
             assert state["model"] == ("VBPR_CKD" if stage == "student" else "VBPR")
