@@ -11,7 +11,6 @@ from recbole_ckd.compat import CheckpointError, load_checkpoint, save_checkpoint
 from recbole_ckd.run_keys import RUN_KEY_LENGTH, config_key
 
 
-
 class SafeCheckpointMixin:
     """Checkpoints in the plugin's format: tensors and plain metadata, atomic, ``weights_only``.
 

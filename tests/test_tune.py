@@ -354,8 +354,8 @@ def test_a_folder_holding_another_sweep_is_refused_and_the_same_sweep_resumes(ti
     into one best.yaml; it is refused before anything is trained. The same command resumes."""
     import ray.tune
 
-    import run_recbole_ckd
     import recbole_ckd.quick_start as qs
+    import run_recbole_ckd
 
     fits = fake_tuner(monkeypatch, tmp_path, [
         _FakeResult({"kd_weight": 0.01}, {"best_valid_score": 0.3, "best_epoch": 1, "epoch": 2, "done": True}),
