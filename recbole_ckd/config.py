@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from recbole.config import Config as RecBoleConfig
+from recbole.utils import ModelType
 
 from recbole_ckd import compat
 from recbole_ckd.errors import ConfigError
@@ -186,6 +187,12 @@ class Config(RecBoleConfig):
             if final["split_field"] in names and "inter" in load_col and final["split_field"] not in load_col["inter"]:
                 load_col["inter"] = list(load_col["inter"]) + [final["split_field"]]
         else:
+            if final["MODEL_TYPE"] not in (ModelType.GENERAL, ModelType.TRADITIONAL):
+                raise ConfigError(
+                    f"{final['model']} is a {final['MODEL_TYPE'].name.lower()} model of RecBole, which reads RecBole's "
+                    f"atomic files (typed headers such as user_id:token); {inter_name} is in MMRec's format, which "
+                    "serves the user-item models (recbole-ckd's, and RecBole's general and traditional ones, e.g. "
+                    "BPR, LightGCN, Pop); give it atomic files, or choose such a model.")
             final["data_format"] = "mmrec"
             final.update(MMREC_FIELDS)
             final["load_col"] = None

@@ -229,6 +229,8 @@ CASES = [
      ["--gpus_per_trial=10000", "GPU(s)"]),
     ("a sweep folder holding another sweep", another_sweep, TRAIN,
      ["a different sweep is in this folder", "VBPR_CKD-tiny", "use another --output or delete it"]),
+    ("a context-aware model on MMRec-format data", nothing, ["--model=FM", "--dataset=tiny"],
+     ["FM is a context model", "tiny.inter", "MMRec's format"]),
     ("one model in two spellings", nothing, BOARD + ["--models=bpr,BPR", "--seeds=1,"], ["--models", "BPR", "more than once"]),
     # config files that would blow up
     ("YAML aliases", config_file("a: &a [1, 2]\nb: &b [*a, *a]\nc: [*b, *b]\n"), TRAIN,
