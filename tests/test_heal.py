@@ -91,7 +91,7 @@ def test_checkpoints_record_their_run_and_older_ones_without_a_run_key_still_loa
     from recbole_ckd.compat import load_checkpoint, save_checkpoint
 
     monkeypatch.chdir(tmp_path)
-    settings = ckd_config(tiny_dataset, tmp_path)
+    settings = fast_ckd_config(tiny_dataset["root"], tmp_path / "saved", epochs=2, state="INFO")
     first = run("VBPR_CKD", "tiny", config_dict=settings)
     for stage, folder in first["checkpoints"].items():
         folder = os.path.join(settings["checkpoint_dir"], folder)

@@ -104,7 +104,7 @@ def test_cells_are_cached_and_only_missing_ones_run(tiny_dataset, tmp_path, monk
 @pytest.mark.parametrize("damage", ["truncated", "not UTF-8", "a list", "no test_result", "a metric missing",
                                     "a metric not a number"])
 def test_an_unreadable_or_incomplete_cell_is_reported_and_recomputed(tiny_dataset, tmp_path, damage):
-    settings = {**FAST, "data_path": tiny_dataset["root"], "checkpoint_dir": str(tmp_path / "saved"), "epochs": 1}
+    settings = fast_config(tiny_dataset["root"], tmp_path / "saved")
     out = str(tmp_path / "results")
     (first,) = lb.run_cells("tiny", ["BPR"], [1], out, config_dict=settings, log=lambda *a: None)["BPR"]
     (cell_file,) = (tmp_path / "results" / "tiny" / "cells").glob("BPR-seed1-*.json")

@@ -379,17 +379,16 @@ def test_a_folder_holding_another_sweep_is_refused_and_the_same_sweep_resumes(ti
     other_space.write_text("kd_weight choice [0.01,0.5]\n")
     out = tmp_path / "sweeps"
 
-    def sweep(hyper, extra=None):
+    def sweep(hyper, extra=()):
         argv = ["--model=VBPR_CKD", "--dataset=tiny", f"--hyper={hyper}", f"--output={out}",
-                f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}",
-                *[f"--{k}={v}" for k, v in {**FAST, **(extra or {})}.items()]]
+                f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}", *extra, *fast_args(extra)]
         with pytest.raises(SystemExit) as exit_info:
             run_recbole_ckd.main(argv)
         return exit_info.value.code, capsys.readouterr().err.strip().splitlines()[-1]
 
     assert sweep(space)[0] == 130 and len(fits) == 1 and len(trained) == 1  # interrupted; the teachers once
     folder = out / "VBPR_CKD-tiny"
-    for hyper, extra in ((other_space, {}), (space, {"epochs": 2}), (space, {"kd_temperature": 0.5})):
+    for hyper, extra in ((other_space, []), (space, ["--epochs=2"]), (space, ["--kd_temperature=0.5"])):
         trained.clear()
         code, line = sweep(hyper, extra)
         assert code == 2 and line == f"error: a different sweep is in this folder ({folder}); use another --output or delete it"
