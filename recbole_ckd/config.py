@@ -366,10 +366,10 @@ CONFIG_RULES = {
     "state": (lambda v: v is None or _name_among("info", "debug", "warning", "error", "critical")[0](v),
               "one of info, debug, warning, error, critical"),
     "embedding_size": _number(1, integer=True),
-    # the models' sizes and counts (a sweep's quniform gives them as floats)
-    **dict.fromkeys(("latent_dim", "feat_embed_dim", "knn_k"), _number(1, integer=True)),
+    # the models' sizes and counts are integers (a sweep's quniform gives floats); each model checks its counts' ranges
+    **dict.fromkeys(("latent_dim", "feat_embed_dim"), _number(1, integer=True)),
     "modality_embedding_size": _number(1, integer=True, optional=True),
-    **dict.fromkeys(("n_layers", "n_ui_layers", "n_mm_layers", "n_routing", "id_layers"), _number(0, integer=True)),
+    **dict.fromkeys(("n_layers", "n_ui_layers", "n_mm_layers", "n_routing", "id_layers", "knn_k"), _number(integer=True)),
     "worker": _number(0, integer=True),
     "checkpoint_dir": (lambda v: isinstance(v, str) and bool(v.strip()), "a folder path"),
     "data_path": (lambda v: isinstance(v, str) and bool(v.strip()), "a folder path"),
