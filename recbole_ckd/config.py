@@ -369,7 +369,8 @@ CONFIG_RULES = {
     # the models' sizes and counts are integers (a sweep's quniform gives floats); each model checks its counts' ranges
     **dict.fromkeys(("latent_dim", "feat_embed_dim"), _number(1, integer=True)),
     "modality_embedding_size": _number(1, integer=True, optional=True),
-    **dict.fromkeys(("n_layers", "n_ui_layers", "n_mm_layers", "n_routing", "id_layers", "knn_k"), _number(integer=True)),
+    **dict.fromkeys(("n_layers", "n_ui_layers", "n_mm_layers", "n_routing", "id_layers", "knn_k", "user_knn_k"),
+                    _number(integer=True)),
     "worker": _number(0, integer=True),
     "checkpoint_dir": (lambda v: isinstance(v, str) and bool(v.strip()), "a folder path"),
     "data_path": (lambda v: isinstance(v, str) and bool(v.strip()), "a folder path"),
