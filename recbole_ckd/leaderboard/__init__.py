@@ -23,12 +23,12 @@ from recbole_ckd.leaderboard.statistics import mean_std, paired_t_test, relative
 from recbole_ckd.leaderboard.studies import BALANCING_STUDY, STUDIES, Entry, as_entry, study_entries
 from recbole_ckd.leaderboard.sweeps import tuned_configs
 from recbole_ckd.leaderboard.tables import (
-                                            MMREC_REFERENCE,
-                                            TABLE_METRICS,
-                                            comparison_table,
-                                            method_table,
-                                            summarize,
-                                            variant_comparisons,
+    MMREC_REFERENCE,
+    TABLE_METRICS,
+    comparison_table,
+    method_table,
+    summarize,
+    variant_comparisons,
 )
 
 __all__ = [
