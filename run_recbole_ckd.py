@@ -61,8 +61,13 @@ def split_config_files(value):
 def download(args, overrides):
     from recbole_ckd.config import dataset_properties
     from recbole_ckd.data.download import download_dataset
+    from recbole_ckd.data.mmrec_format import check_dataset_name
     from recbole_ckd.errors import ConfigError
 
+    try:
+        check_dataset_name(args.download)
+    except ValueError as err:  # the name becomes a folder (and names a dataset YAML): it must not leave them
+        raise ConfigError(f"--download={args.download}: {err}") from None
     props = dataset_properties(args.download, overrides)
     url = args.url or props.get("download_url")
     if not url:

@@ -179,7 +179,7 @@ class Config(RecBoleConfig):
         header = read_inter_header(os.path.join(final["data_path"], inter_name))
         if header is None:
             final["data_format"] = None
-        elif all(":" in column for column in header):
+        elif any(":" in column for column in header):  # atomic; a column without its type is refused when read
             final["data_format"] = "atomic"
             # a split column in an atomic file must be loaded for the split to be honoured
             load_col = final.get("load_col") or {}

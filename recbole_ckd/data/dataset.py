@@ -1,5 +1,6 @@
 """The multimodal dataset: RecBole's Dataset plus pre-split data and aligned modality matrices."""
 
+import math
 import os
 import re
 
@@ -10,6 +11,7 @@ from recbole.data.dataset import Dataset
 from recbole.utils import FeatureSource, FeatureType, set_color
 
 from recbole_ckd.data.loaders import build_dataloaders
+from recbole_ckd.data.mmrec_format import check_field_counts
 from recbole_ckd.errors import UserError
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -68,7 +70,13 @@ class MultimodalDataset(Dataset):
         path = self._inter_path(token, dataset_path)
         if os.path.getsize(path) == 0:
             raise DatasetError(f"{path}: the file is empty; it needs a header line and one line per interaction.")
-        if self.config["data_format"] != "mmrec":
+        atomic = self.config["data_format"] != "mmrec"
+        try:
+            check_field_counts(path, self.config["field_separator"] if atomic else "\t")
+        except ValueError as err:
+            raise DatasetError(str(err)) from None
+        if atomic:
+            self._check_atomic_header(path)
             super()._load_inter_feat(token, dataset_path)
             if self.inter_feat is None or len(self.inter_feat) == 0:
                 raise DatasetError(f"{path}: holds a header but no interactions; add one line per interaction.")
@@ -111,6 +119,34 @@ class MultimodalDataset(Dataset):
             self.field2type[field] = ftype
             self.field2seqlen[field] = 1
         self.inter_feat = df[list(types)]
+
+    def _check_atomic_header(self, path):
+        """Every column ``name:type`` with one of RecBole's types, the user and item columns present, the
+        split column a token (RecBole would fail later, with a traceback, or ignore the column)."""
+        with open(path, "r", encoding="utf-8") as f:
+            header = f.readline().rstrip("\r\n").split(self.config["field_separator"])
+        types = [t.value for t in FeatureType]
+        columns = {}
+        for column in header:
+            name, _, ftype = column.partition(":")
+            if ftype not in types:
+                raise DatasetError(
+                    f"{path}, line 1: column {column!r} needs one of RecBole's type suffixes "
+                    f"({', '.join(f'{name}:{t}' for t in types)}); e.g. user_id:token, rating:float."
+                )
+            columns[name] = ftype
+        for key in ("USER_ID_FIELD", "ITEM_ID_FIELD"):
+            if self.config[key] not in columns:
+                raise DatasetError(
+                    f"{path}, line 1: no '{self.config[key]}' column (the header has {list(columns)}); "
+                    f"name the column {self.config[key]}:token, or set {key} to its name."
+                )
+        split_field = self.config["split_field"]
+        if columns.get(split_field, "token") != "token":
+            raise DatasetError(
+                f"{path}, line 1: the split column '{split_field}:{columns[split_field]}' must be "
+                f"'{split_field}:token' (values 0 train, 1 valid, 2 test)."
+            )
 
     def _data_processing(self):
         n_before = len(self.inter_feat)
@@ -180,6 +216,8 @@ class MultimodalDataset(Dataset):
     def build(self):
         split_field = self.config["split_field"]
         if split_field not in self.inter_feat:
+            pairs = self.inter_feat[[self.uid_field, self.iid_field]]
+            self._check_duplicate_pairs(pairs[self.uid_field].to_numpy(), pairs[self.iid_field].to_numpy(), None)
             return super().build()
         self._change_feat_format()
         tokens = np.asarray(self.field2id_token[split_field])[self.inter_feat[split_field].numpy()]
@@ -191,6 +229,7 @@ class MultimodalDataset(Dataset):
                 "1 (valid) and 2 (test) are allowed."
             )
         labels = np.vectorize(allowed.get, otypes=[np.int64])(tokens) if len(tokens) else tokens
+        self._check_duplicate_pairs(self.inter_feat[self.uid_field].numpy(), self.inter_feat[self.iid_field].numpy(), labels)
         self.split_sizes = {}
         datasets = []
         for value, name in enumerate(SPLIT_NAMES):
@@ -202,6 +241,39 @@ class MultimodalDataset(Dataset):
             self.split_sizes[name] = int(index.size)
             datasets.append(self.copy(self.inter_feat[torch.from_numpy(index)]))
         return datasets
+
+    def _check_duplicate_pairs(self, users, items, labels):
+        """A (user, item) pair listed more than once. Within the training split (or before RecBole's own
+        split) it only weighs the pair more: a warning with the count. Held out, it corrupts evaluation: a
+        valid or test pair listed twice counts twice in its user's positives, and one also in train is
+        masked out of the ranking as history (or, with test_masking: train, both trained on and tested):
+        refused, naming the first such pair."""
+        path = os.path.join(self.dataset_path, f"{self.dataset_name}.inter")
+        keys = np.asarray(users, dtype=np.int64) * self.item_num + np.asarray(items, dtype=np.int64)
+        if labels is None:
+            repeated = len(keys) - np.unique(keys).size
+            if repeated:
+                self.logger.warning(f"{path}: {repeated} duplicate (user, item) row(s); RecBole's split may put copies "
+                                    "of one pair in train and test: set rm_dup_inter: first to keep each pair once.")
+            return
+        held_out = labels != 0
+        train_keys, eval_keys = keys[~held_out], keys[held_out]
+        in_train = np.isin(eval_keys, train_keys)
+        _, first, counts = np.unique(eval_keys, return_index=True, return_counts=True)
+        bad = np.flatnonzero(in_train | np.isin(eval_keys, eval_keys[first[counts > 1]]))
+        if bad.size:
+            where = np.flatnonzero(held_out)[bad[0]]
+            user = self.field2id_token[self.uid_field][users[where]]
+            item = self.field2id_token[self.iid_field][items[where]]
+            raise DatasetError(
+                f"{path}: {bad.size} held-out (valid or test) row(s) repeat a (user, item) pair of another row, first "
+                f"user {user}, item {item}; each held-out pair must occur once in the file (a repeat counts twice in "
+                "evaluation, or is masked as training history): remove the repeats."
+            )
+        repeated = len(train_keys) - np.unique(train_keys).size
+        if repeated:
+            self.logger.warning(f"{path}: {repeated} duplicate (user, item) row(s) in the train split; each repeat "
+                                "makes its pair a more frequent training example.")
 
     def __str__(self):
         lines = [super().__str__()]
@@ -235,10 +307,16 @@ def open_feature_file(path, name):
     if dtype.hasobject:
         raise DatasetError(f"{where}: holds Python objects, which cannot be read without pickle; feature files must be "
                            f"plain numeric arrays: {fix}.")
-    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    if any(n < 0 for n in shape):
+        raise DatasetError(f"{where}: its header claims the impossible shape {tuple(shape)}; {fix}.")
+    # Python integers: numpy's product of an absurd header shape would wrap around
+    expected = offset + math.prod(shape) * dtype.itemsize
     if size < expected:
         raise DatasetError(f"{where}: truncated: its header says shape {tuple(shape)} ({expected} bytes) but the file has "
                            f"{size} bytes; copy or {fix} again.")
+    if len(shape) == 2 and 0 in shape:
+        raise DatasetError(f"{where}: shape {tuple(shape)} holds no features (0 {'columns' if shape[1] == 0 else 'rows'}); "
+                           f"{fix}, one row per item and at least one column.")
     return np.load(path, allow_pickle=False, mmap_mode="r")
 
 

@@ -1,7 +1,7 @@
 """Fetch, verify and unpack a dataset archive (for example MMRec's "baby").
 
 ``download_dataset(url, dest_dir, sha256, expected_files)`` leaves ``dest_dir`` holding the
-archive's files, or raises :class:`DownloadError` and leaves no ``dest_dir`` behind.
+archive's ``expected_files`` (its other members are not unpacked), or raises :class:`DownloadError` and leaves no ``dest_dir`` behind.
 
 Layout next to ``dest_dir`` (``<root>/<name>``)::
 
@@ -29,6 +29,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 
 from recbole_ckd.errors import UserError
 
@@ -43,6 +44,13 @@ _RETRY_DELAY = 1.0
 _PROGRESS_INTERVAL = 0.25
 _USER_AGENT = "recbole-ckd-downloader"
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+# Caps against archive bombs, checked on the sizes the archive declares before anything is
+# unpacked and enforced while unpacking: at most MAX_UNPACKED_BYTES in all, and at most
+# MAX_EXPANSION times the archive's own size (float features barely compress; a bomb expands a
+# thousandfold), a ratio waived below _RATIO_FREE_BYTES, where well-compressed text is harmless.
+MAX_UNPACKED_BYTES = 32 << 30
+MAX_EXPANSION = 100
+_RATIO_FREE_BYTES = 64 << 20
 
 
 class DownloadError(UserError, RuntimeError):
@@ -304,14 +312,8 @@ def _install(archive: pathlib.Path, dest: pathlib.Path, expected: list[str]) -> 
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         # Extract into a subfolder: mkdtemp's 0700 mode should not become the dataset's mode.
-        root = _extract(archive, staging / "archive")
-        missing = _missing_files(root, expected)
-        if missing:
-            contents = _list_files(root)
-            shown = ", ".join(contents[:20]) + (f", ... ({len(contents)} files)" if len(contents) > 20 else "")
-            raise DownloadError(
-                f"Archive {archive} lacks the expected file(s) {missing}; it contains: {shown or 'nothing'}"
-            )
+        root = staging / "archive"
+        _extract(archive, root, expected)
         if dest.exists() or dest.is_symlink():
             # force=True: move the old copy aside first, so a failed swap can put it back.
             # It sits inside staging, which is deleted below.
@@ -328,16 +330,20 @@ def _install(archive: pathlib.Path, dest: pathlib.Path, expected: list[str]) -> 
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _extract(archive: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
-    """Unpack ``archive`` into ``target``; return the folder that holds the dataset files."""
+def _extract(archive: pathlib.Path, target: pathlib.Path, expected: list[str]) -> None:
+    """Unpack the ``expected`` files of ``archive`` (and nothing else) into ``target``, within the caps."""
     target.mkdir()
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
-                entries = [(_member_parts(info.filename, archive), info.is_dir()) for info in zf.infolist()]
-                top = _single_top_folder(entries)
+                members = zf.infolist()
+                entries = [(_member_parts(info.filename, archive), info.is_dir()) for info in members]
+                wanted = _wanted_members(members, entries, expected, archive)
                 # zipfile never creates links, so checking names is enough.
-                zf.extractall(target)
+                _check_sizes({name: info.file_size for name, info in wanted.items()}, archive)
+                for name, info in wanted.items():
+                    with zf.open(info) as source:
+                        _copy_capped(source, target / name, info.file_size, archive)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
                 members = tf.getmembers()
@@ -345,17 +351,67 @@ def _extract(archive: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
                 top = _single_top_folder(entries)
                 for member, (parts, _) in zip(members, entries):
                     _check_tar_member(member, parts[1:] if top else parts, top, archive)
-                if hasattr(tarfile, "data_filter"):
-                    # Python >= 3.9.17/3.10.12/3.11.4: the stdlib's own checks as a second guard.
-                    tf.extractall(target, filter="data")
-                else:
-                    tf.extractall(target)
+                wanted = _wanted_members(members, entries, expected, archive)
+                for name, member in wanted.items():
+                    if not member.isfile():
+                        raise DownloadError(f"Refusing archive {archive}: {member.name!r} is a link, not a plain file")
+                _check_sizes({name: member.size for name, member in wanted.items()}, archive)
+                for name, member in wanted.items():
+                    with tf.extractfile(member) as source:
+                        _copy_capped(source, target / name, member.size, archive)
         else:
             raise DownloadError(f"{archive} is neither a zip nor a tar archive")
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
         raise DownloadError(f"Cannot unpack {archive}: {exc}") from exc
+
+
+def _wanted_members(members: list, entries: list[tuple[tuple[str, ...], bool]], expected: list[str],
+                    archive: pathlib.Path) -> dict:
+    """``{expected file: its member}``; the archive's other members are not unpacked."""
     # One wrapping folder (baby/baby.inter, ...) is dropped so files land directly in dest.
-    return target / top if top else target
+    top = _single_top_folder(entries)
+    found, names = {}, []
+    for member, (parts, is_dir) in zip(members, entries):
+        if is_dir or not parts:
+            continue
+        name = "/".join(parts[1:] if top else parts)
+        names.append(name)
+        if name in expected:
+            if name in found:
+                raise DownloadError(f"Refusing archive {archive}: it holds {name!r} twice")
+            found[name] = member
+    missing = [name for name in expected if name not in found]
+    if missing:
+        shown = ", ".join(names[:20]) + (f", ... ({len(names)} files)" if len(names) > 20 else "")
+        raise DownloadError(f"Archive {archive} lacks the expected file(s) {missing}; it contains: {shown or 'nothing'}")
+    if len(names) > len(found):
+        logger.info("Unpacking the %d dataset files of %s; its %d other file(s) are left out",
+                    len(found), archive, len(names) - len(found))
+    return found
+
+
+def _check_sizes(sizes: dict[str, int], archive: pathlib.Path) -> None:
+    """Refuse, before unpacking anything, an archive whose files would exceed the caps (a zip bomb)."""
+    total, packed = sum(sizes.values()), archive.stat().st_size
+    if total > MAX_UNPACKED_BYTES:
+        raise DownloadError(f"Refusing archive {archive}: its dataset files would unpack to {_human(total)}, more than "
+                            f"the cap of {_human(MAX_UNPACKED_BYTES)}")
+    if total > max(MAX_EXPANSION * packed, _RATIO_FREE_BYTES):
+        raise DownloadError(f"Refusing archive {archive}: its dataset files would unpack to {_human(total)}, "
+                            f"{total / max(packed, 1):.0f} times its {_human(packed)} (at most {MAX_EXPANSION} times)")
+
+
+def _copy_capped(source, path: pathlib.Path, declared: int, archive: pathlib.Path) -> None:
+    """Copy one member, refusing it as soon as it grows past the size its header declared (and so past the caps)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with open(path, "wb") as out:
+        for chunk in iter(lambda: source.read(_CHUNK_SIZE), b""):
+            written += len(chunk)
+            if written > declared:
+                raise DownloadError(f"Refusing archive {archive}: {path.name} unpacks to more than the "
+                                    f"{declared} bytes its header declares")
+            out.write(chunk)
 
 
 def _member_parts(name: str, archive: pathlib.Path) -> tuple[str, ...]:
@@ -417,7 +473,3 @@ def _stays_inside(folder: tuple[str, ...], link: str) -> bool:
 
 def _missing_files(folder: pathlib.Path, expected: list[str]) -> list[str]:
     return [name for name in expected if not (folder / name).is_file()]
-
-
-def _list_files(folder: pathlib.Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir())

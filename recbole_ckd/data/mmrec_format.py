@@ -132,6 +132,12 @@ def _validate_features(features, n_items):
             raise ValueError(f"{file_name}: holds NaN or Inf values")
 
 
+def check_dataset_name(name):
+    """A dataset name is one plain folder name: no path separators, not '.' or '..'."""
+    if Path(name).name != name or name in ("", ".", "..") or "\\" in name:
+        raise ValueError(f"dataset name '{name}' must be a plain folder name")
+
+
 def _jsonable(value):
     """json.dump's fallback for numpy scalars, arrays and paths."""
     if isinstance(value, np.generic):
@@ -154,8 +160,7 @@ def write_mmrec_dataset(root, name, inter, features, *, info=None, extra_files=N
     """
     root = Path(root)
     target = root / name
-    if Path(name).name != name or name in ("", ".", ".."):
-        raise ValueError(f"dataset name '{name}' must be a plain folder name")
+    check_dataset_name(name)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
     # check everything before touching the disk
@@ -215,6 +220,22 @@ def _move_into_place(tmp, target, overwrite):
         shutil.rmtree(old, ignore_errors=True)
 
 
+def check_field_counts(path, sep="\t"):
+    """Refuse a ragged table (a row with more or fewer fields than the header) or bytes that are not
+    UTF-8, naming the line: pandas fails on a long row without its line and pads a short one with NaN."""
+    with open(path, "rb") as f:  # bytes, decoded line by line, so that a decoding error has its line
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}, line {number}: not UTF-8 text; save the file as UTF-8.") from None
+            if number == 1:
+                width = line.count(sep) + 1
+            elif line and line.count(sep) + 1 != width:  # blank lines are skipped by every reader
+                raise ValueError(f"{path}, line {number}: {line.count(sep) + 1} fields, but the header has {width}; "
+                                 f"every row needs one {sep!r}-separated value per header column.")
+
+
 def read_mmrec_dataset(path, feature_files=None):
     """Read a folder written by write_mmrec_dataset: (inter DataFrame, {file: matrix}, info dict).
 
@@ -222,6 +243,7 @@ def read_mmrec_dataset(path, feature_files=None):
     """
     path = Path(path)
     name = path.name
+    check_field_counts(path / f"{name}.inter")
     inter = pd.read_csv(path / f"{name}.inter", sep="\t")
     info_path = path / INFO_FILE
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
