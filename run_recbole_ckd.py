@@ -127,6 +127,20 @@ def check_resources(parser, args):
                          "GPU(s) that PyTorch can use; give fewer, or --ray_address of a cluster that has them")
 
 
+def check_output_folder(path):
+    """``--output`` must be a folder this user may write, or one it may create: refused before anything runs
+    (``os.access``: a read-only file system counts, and for root only that does)."""
+    from recbole_ckd.errors import ConfigError
+
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"--output={path}: {existing} is a file; give a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output={path}: the folder {existing} is not writable; give a folder you may write.")
+
+
 def main(argv=None):
     """The command line: a user error (bad data, config or flags) is one ``error:`` line and exit
     status 2; an interruption says how to resume and exits 130; ``--debug`` shows tracebacks."""
@@ -186,6 +200,7 @@ def dispatch(argv):
                 study_entries(args.study, models)
         except ValueError as error:
             parser.error(str(error))
+        check_output_folder(args.output or "results")
         return run_leaderboard(args.dataset, models, seeds, args.output or "results",
                                split_config_files(args.config_files), rest, args.sweeps, args.study,
                                ray_address=args.ray_address, cpus_per_cell=args.cpus_per_trial,
@@ -199,6 +214,7 @@ def dispatch(argv):
     if args.hyper:
         from recbole_ckd.tune import run_sweep
 
+        check_output_folder(args.output or "sweeps")
         return run_sweep(
             args.model, args.dataset, args.hyper, split_config_files(args.config_files), rest,
             num_samples=args.num_samples, search=args.search, scheduler=args.scheduler,

@@ -28,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recbole_ckd.errors import UserError
+from recbole_ckd.errors import UserError, saving
 
 _NUMPY_ALIASES = {
     "float_": "float64",
@@ -176,9 +176,9 @@ def save_checkpoint(state, path):
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pth")
     except OSError as err:
         raise CheckpointError(f"{path} cannot be written ({err.strerror}); give a writable --checkpoint_dir.") from err
-    os.close(fd)
     try:
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+        with saving(path), os.fdopen(fd, "wb") as f:  # a file, not its name: torch then lets a failed write's OSError through
+            torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -4,6 +4,9 @@ The entry point prints such an error as one ``error:`` line and exits with statu
 traceback only with ``--debug``); anything else is a bug and keeps its traceback.
 """
 
+import contextlib
+import errno
+
 
 class UserError(Exception):
     """A problem in what the user gave; the message names the file, key or flag and the fix."""
@@ -15,3 +18,25 @@ class ConfigError(UserError, ValueError):
 
 class Interrupted(Exception):
     """The run was stopped (Ctrl-C, SIGTERM) after saving its state; the message says how to resume."""
+
+
+@contextlib.contextmanager
+def saving(path):
+    """Writing ``path``: a full disk is one error line naming it, not a traceback from deep inside the writer."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        if not _disk_full(err):
+            raise
+        raise UserError(f"{path}: no space left on device; free some space and run the same command again to "
+                        "resume.") from None
+
+
+def _disk_full(err):
+    # torch.save given a path wraps the failed write in a RuntimeError of its own; given a file, as the
+    # plugin's saves do, it lets the file's OSError through
+    while err is not None:
+        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False

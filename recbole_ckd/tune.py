@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from recbole_ckd.cluster import ray_session, require_ray, sigterm_as_sigint
-from recbole_ckd.errors import Interrupted, UserError
+from recbole_ckd.errors import Interrupted, UserError, saving
 from recbole_ckd.run_keys import CKD_KEYS
 from recbole_ckd.sweep_signing import check_sweep_folder, check_sweep_signature, record_sweep, sign_sweep, sweep_digest
 
@@ -70,7 +70,7 @@ def parse_hyper_file(path):
     separated by spaces or tabs."""
     params = {}
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, "r", encoding="utf-8-sig") as f:  # -sig: a BOM an editor put first is not part of a name
             lines = f.readlines()
     except (OSError, UnicodeDecodeError) as err:
         raise HyperFileError(f"--hyper={path}: cannot be read ({getattr(err, 'strerror', None) or err}); give a "
@@ -311,7 +311,8 @@ def _trial_settings(model, dataset, params, hyper_file, config_files, cmd_args):
     base_dict = {key: overrides.final_config_dict[key] for key in overrides.cmd_config_dict}
     # absolute paths: Ray workers run in their own folders (Config's data_path ends in the dataset)
     base_dict.update(data_path=os.path.dirname(overrides["data_path"]), checkpoint_dir=overrides["checkpoint_dir"])
-    base_dict.pop("retrain_teachers", None)  # trials must never delete the shared teachers
+    # trials must never delete the shared teachers, whether a config file or the command line asks
+    base_dict["retrain_teachers"] = False
     check_space(params, hyper_file, lambda values: Config(model, dataset, config_files or None, {**base_dict, **values}))
     is_ckd = ckd_backbone_name(model) is not None
     if is_ckd and "learning_rate" in params and not overrides["teacher_learning_rate"]:
@@ -362,26 +363,32 @@ def _fit(base, params, search, num_samples, early_stopping, cpus_per_trial, gpus
     metric, mode = "valid_score", "max" if base["bigger"] else "min"
     trainable = tune.with_resources(tune.with_parameters(trial, base=base),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-    with ray_session(ray_address, "--hyper", gpus_per_trial):
-        if resume:
-            print(f"Resuming the sweep in {path}", flush=True)
-            tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=search_space(params, search),
-                tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=num_samples,
-                                            search_alg=make_searcher(search, metric, mode), scheduler=early_stopping),
-                run_config=api.RunConfig(name=name, storage_path=output, verbose=verbose,
-                                         failure_config=api.FailureConfig(max_failures=0, fail_fast=False)),
-            )
-        try:
+    fitting = False
+    try:
+        with ray_session(ray_address, "--hyper", gpus_per_trial):
+            if resume:
+                print(f"Resuming the sweep in {path}", flush=True)
+                tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+            else:
+                tuner = tune.Tuner(
+                    trainable,
+                    param_space=search_space(params, search),
+                    tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=num_samples,
+                                                search_alg=make_searcher(search, metric, mode), scheduler=early_stopping),
+                    run_config=api.RunConfig(name=name, storage_path=output, verbose=verbose,
+                                             failure_config=api.FailureConfig(max_failures=0, fail_fast=False)),
+                )
+            fitting = True
             with sigterm_as_sigint():  # Ray stops on SIGINT, saving the state of every trial
                 results = tuner.fit()
-        except KeyboardInterrupt:  # a second Ctrl-C: Ray skipped its last save
-            raise Interrupted(f"the sweep was stopped before Ray saved its state, so {path} cannot be resumed; delete "
-                              "it and run the command again (finished teachers and trial checkpoints are reused).") from None
-    sign_sweep(path)  # once Ray has stopped writing: the state this sweep leaves may be resumed
+        sign_sweep(path)  # once Ray has stopped writing: the state this sweep leaves may be resumed
+    except KeyboardInterrupt:
+        if not fitting:
+            raise
+        # a second Ctrl-C (the first one stops Ray, which saves and returns): during Ray's last save, Ray's
+        # shutdown or the signing; either way the folder is not signed, and a resume would refuse it
+        raise Interrupted(f"the sweep was stopped before Ray saved its state, so {path} cannot be resumed; delete "
+                          "it and run the command again (finished teachers and trial checkpoints are reused).") from None
     return results
 
 
@@ -389,18 +396,18 @@ def _write_outputs(output, name, trials, params, table, best, settings, valid_me
     """The trial table (markdown, CSV), the searched ranges and the best configuration
     (``settings`` plus the best trial's values, a file ``--config_files`` accepts); returns its path."""
     os.makedirs(output, exist_ok=True)
-    with open(os.path.join(output, f"{name}-trials.md"), "w") as f:
+    with saving(output), open(os.path.join(output, f"{name}-trials.md"), "w") as f:
         f.write(table + "\n")
-    with open(os.path.join(output, f"{name}-trials.csv"), "w", newline="") as f:
+    with saving(output), open(os.path.join(output, f"{name}-trials.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["trial", *params, "best_valid_score", "best_epoch", "status", "error"])
         for t in trials:
             writer.writerow([t["trial_id"], *[t["params"].get(n) for n in params], t["best_valid_score"],
                              t["best_epoch"], t["status"], t["error"] or ""])
-    with open(os.path.join(output, f"{name}-space.yaml"), "w") as f:  # the ranges, for the leaderboard
+    with saving(output), open(os.path.join(output, f"{name}-space.yaml"), "w") as f:  # the ranges, for the leaderboard
         yaml.safe_dump({p.name: p.describe() for p in params.values()}, f, sort_keys=False)
     best_config_file = os.path.join(output, f"{name}-best.yaml")
-    with open(best_config_file, "w") as f:
+    with saving(best_config_file), open(best_config_file, "w") as f:
         f.write(f"# best of the sweep {name} on validation {valid_metric} "
                 f"({best['best_valid_score']:.4f}, trial {best['trial_id']})\n")
         yaml.safe_dump({k: _plain(v) for k, v in {**settings, **best["params"]}.items()}, f, sort_keys=False)

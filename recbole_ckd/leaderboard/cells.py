@@ -7,7 +7,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 
-from recbole_ckd.errors import Interrupted
+from recbole_ckd.errors import Interrupted, saving
 from recbole_ckd.leaderboard.studies import as_entry
 from recbole_ckd.leaderboard.tables import TABLE_METRICS
 from recbole_ckd.run_keys import RUN_KEY_LENGTH
@@ -17,9 +17,13 @@ def _write_json(record, path):
     """Atomic: a cell file is either complete or absent."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=1, sort_keys=True, default=float)
-    os.replace(tmp, path)
+    try:
+        with saving(path), os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1, sort_keys=True, default=float)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 @dataclass(frozen=True, eq=False)

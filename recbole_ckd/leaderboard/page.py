@@ -5,6 +5,7 @@ import os
 
 import yaml
 
+from recbole_ckd.errors import saving
 from recbole_ckd.leaderboard.plots import plot_modalities, plot_study_modalities, plot_weights
 from recbole_ckd.leaderboard.tables import (
     MMREC_REFERENCE,
@@ -30,7 +31,7 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
     seeds = sorted({r["seed"] for records in cells.values() for r in records})
     os.makedirs(output, exist_ok=True)
 
-    with open(os.path.join(output, f"{name}.csv"), "w", newline="") as f:
+    with saving(os.path.join(output, f"{name}.csv")), open(os.path.join(output, f"{name}.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["model", "metric", "mean", "std", "n_seeds", "values"])
         for model, row in summary.items():
@@ -88,7 +89,7 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
             lines += ["Mean CKD weight r_m per epoch of stage 2 (above 1: the modality the student under-uses):", "",
                       f"![weights]({os.path.basename(plots['weights'])})", ""]
     page = os.path.join(output, f"{name}.md")
-    with open(page, "w") as f:
+    with saving(page), open(page, "w") as f:
         f.write("\n".join(lines))
     return page
 
