@@ -52,8 +52,12 @@ def read_inter_header(path):
     """The columns of an interaction file's header, or None if there is no such file."""
     if not os.path.isfile(path):
         return None
-    with open(path, "r", encoding="utf-8") as f:
-        return f.readline().rstrip("\r\n").split("\t")
+    with open(path, "rb") as f:  # the first line only: the rest is checked, line by line, when the data is read
+        line = f.readline()
+    try:
+        return line.decode("utf-8").rstrip("\r\n").split("\t")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}, line 1: not UTF-8 text; save the file as UTF-8.") from None
 
 
 class Config(RecBoleConfig):

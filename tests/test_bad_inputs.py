@@ -86,6 +86,55 @@ def missing_npy(data, work):
     return []
 
 
+def edit_inter(name, change):
+    """The tiny .inter's lines, changed by ``change(lines)`` (which edits the list in place)."""
+    def edit(data, work):
+        path = os.path.join(data, "tiny.inter")
+        lines = open(path).read().splitlines()
+        change(lines)
+        open(path, "w").write("\n".join(lines) + "\n")
+        return []
+
+    edit.__name__ = name
+    return edit
+
+
+def atomic_header(header):
+    """The tiny dataset as a RecBole atomic file with ``header`` (its columns: user, item, rating, time, split)."""
+    return edit_inter("atomic_header", lambda lines: lines.__setitem__(0, header))
+
+
+def latin1_row(data, work):
+    path = os.path.join(data, "tiny.inter")
+    lines = open(path, "rb").read().split(b"\n")
+    lines[5] = lines[5].replace(b"\t", b"\xe9\t", 1)
+    open(path, "wb").write(b"\n".join(lines))
+    return []
+
+
+def first_test_row(lines):
+    return next(line for line in lines[1:] if line.endswith("\t2"))
+
+
+def npy_claiming(shape):
+    def write(data, work):
+        with open(os.path.join(data, "text_feat.npy"), "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+            f.write(b"\0" * 64)
+        return []
+
+    return write
+
+
+def hyper_file(text):
+    def write(data, work):
+        path = os.path.join(work, "hyper.test")
+        open(path, "w", encoding="utf-8").write(text)
+        return [f"--hyper={path}"]
+
+    return write
+
+
 def config_file(text, name="my.yaml"):
     def write(data, work):
         path = os.path.join(work, name)
@@ -125,6 +174,7 @@ def code_in_value(key):
 YAML_PAYLOAD = "learning_rate: !!python/object/apply:os.system ['touch {work}/" + MARKER + "']\n"
 TRAIN = ["--model=VBPR_CKD", "--dataset=tiny"]
 BOARD = ["--leaderboard", "--dataset=tiny"]
+SWEEP = TRAIN + [f"--hyper={os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'hyper.test')}"]
 
 CASES = [
     # config keys and values, refused before any data is read
@@ -252,6 +302,38 @@ CASES = [
     ("pickled .npy", object_npy, TRAIN, ["text_feat.npy", "pickle"]),
     ("text as .npy", text_as_npy, TRAIN, ["text_feat.npy", "not a readable .npy"]),
     ("missing .npy", missing_npy, TRAIN, ["image_feat.npy", "missing"]),
+    # data files, archives and sweep files: every mistake named with its file (and line), before training
+    ("a long row", edit_inter("long", lambda lines: lines.__setitem__(5, lines[5] + "\t7")), TRAIN,
+     ["tiny.inter, line 6", "6 fields", "header has 5"]),
+    ("a short row", edit_inter("short", lambda lines: lines.__setitem__(5, lines[5].rsplit("\t", 1)[0])), TRAIN,
+     ["tiny.inter, line 6", "4 fields", "header has 5"]),
+    ("a row that is not UTF-8", latin1_row, TRAIN, ["tiny.inter, line 6", "not UTF-8"]),
+    ("a long row of an atomic file", atomic_header("user_id:token\titem_id:token\trating:float\ttimestamp:float"),
+     TRAIN, ["tiny.inter, line 2", "5 fields", "header has 4"]),
+    ("an atomic column without its type", atomic_header("user_id:token\titem_id\trating:float\ttimestamp:float\t"
+                                                        "x_label:token"), TRAIN, ["tiny.inter, line 1", "'item_id'", "item_id:token"]),
+    ("an atomic column of an unknown type", atomic_header("user_id:int\titem_id:token\trating:float\ttimestamp:float\t"
+                                                          "x_label:token"), TRAIN, ["tiny.inter, line 1", "'user_id:int'"]),
+    ("an atomic file without its user column", atomic_header("user:token\titem_id:token\trating:float\t"
+                                                             "timestamp:float\tx_label:token"), TRAIN,
+     ["tiny.inter, line 1", "no 'user_id' column", "USER_ID_FIELD"]),
+    ("an atomic split column of floats", atomic_header("user_id:token\titem_id:token\trating:float\t"
+                                                       "timestamp:float\tx_label:float"), TRAIN,
+     ["tiny.inter, line 1", "'x_label:float'", "'x_label:token'"]),
+    (".npy header claiming an absurd shape", npy_claiming((10 ** 12, 10 ** 12)), TRAIN,
+     ["text_feat.npy", "(1000000000000, 1000000000000)", "truncated"]),
+    ("0-wide .npy", lambda d, w: np.save(os.path.join(d, "text_feat.npy"), np.zeros((30, 0), np.float32)) or [], TRAIN,
+     ["text_feat.npy", "0 columns"]),
+    ("a test pair listed twice", edit_inter("twice", lambda lines: lines.append(first_test_row(lines))), TRAIN,
+     ["tiny.inter", "2 held-out", "remove the repeats"]),
+    ("a test pair also in train", edit_inter("train_too", lambda lines: lines.append(first_test_row(lines)[:-1] + "0")),
+     TRAIN, ["tiny.inter", "1 held-out", "remove the repeats"]),
+    ("a download name with '..'", nothing, ["--download=..", "--url=x"], ["--download=..", "plain folder name"]),
+    ("a download name with a path", nothing, ["--download=../baby", "--url=x"], ["--download=../baby", "plain folder"]),
+    ("a BOM before a bad hyper file", hyper_file("\ufeffkd_weight choice [0.1]\nkd_wieght choice [1]\n"),
+     ["--model=VBPR_CKD", "--dataset=tiny"], ["hyper.test, line 2", "kd_wieght", "did you mean kd_weight?"]),
+    ("--output inside a file", lambda d, w: open(os.path.join(w, "f"), "w").close() or
+     [f"--output={os.path.join(w, 'f', 'out')}"], SWEEP, ["--output=", "is a file"]),
 ]
 
 
