@@ -6,6 +6,7 @@ must name). Code planted in a config value or a file must not run: its payload w
 a marker file, and the marker must not exist afterwards.
 """
 
+import errno
 import os
 import pickle
 
@@ -369,6 +370,58 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, monkeypatch, c
     assert not os.path.exists(os.path.join(work, MARKER)), "code from the config ran"
     assert not saved.exists() and not results.exists() and not (tmp_path / "gen").exists()
     assert (snapshot(str(tmp_path / "data")), snapshot(work)) == before
+
+
+# ----------------------------------------------------------------------------- a failing machine
+def read_only_output(tmp_path, monkeypatch):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere but on a read-only file system, where os.access says no
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: os.fspath(path) != str(folder) and access(path, mode, **kw))
+    return [f"--output={folder}"]
+
+
+def disk_full(tmp_path, monkeypatch):
+    import torch
+
+    def save(obj, f, *args, **kwargs):
+        if hasattr(f, "write"):  # torch writes into the file it is given
+            f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save)
+    return []
+
+
+MACHINE_CASES = [
+    ("read-only sweep output", read_only_output, SWEEP, ["--output=", "/ro", "not writable"]),
+    ("read-only leaderboard output", read_only_output, BOARD + ["--models=BPR", "--seeds=1,"],
+     ["--output=", "/ro", "not writable"]),
+    ("disk full while saving a checkpoint", disk_full, TRAIN, [".pth", "no space left on device"]),
+]
+
+
+@pytest.mark.parametrize("name, breaks, args, names", MACHINE_CASES, ids=[c[0] for c in MACHINE_CASES])
+def test_a_failing_machine_is_one_error_line(tmp_path, monkeypatch, capsys, name, breaks, args, names):
+    """What the machine refuses (a folder not writable, a full disk): one error line naming the path,
+    exit status 2, and no result or half-written file left."""
+    monkeypatch.chdir(tmp_path)
+    data, _, _ = write_tiny_mmrec(str(tmp_path / "data"))
+    saved = tmp_path / "saved"
+    argv = args + breaks(tmp_path, monkeypatch) + [f"--data_path={tmp_path / 'data'}", f"--checkpoint_dir={saved}"]
+    argv += [f"--{k}={v}" for k, v in FAST.items()]
+    with pytest.raises(SystemExit) as exit_info:
+        run_recbole_ckd.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert "error:" in last and "Traceback" not in err, err
+    for text in names:
+        assert text in last, (text, last)
+    left = [f for f in snapshot(str(tmp_path)) if f.endswith((".pth", ".json", ".md", ".csv", ".yaml")) or "/.tmp" in f]
+    assert not [f for f in left if not f.startswith(str(tmp_path / "data"))], left
 
 
 def test_debug_shows_the_exception(tmp_path, monkeypatch):

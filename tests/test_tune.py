@@ -40,6 +40,12 @@ def test_every_type_with_comments_and_tabs(tmp_path):
     assert params["kd_weight"].line == 4
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_name(tmp_path):
+    path = tmp_path / "hyper.test"
+    path.write_text("\ufeffkd_weight choice [0.1,0.2]\n", encoding="utf-8")  # what some editors write first
+    assert list(parse_hyper_file(str(path))) == ["kd_weight"]
+
+
 def test_the_shipped_hyper_test_parses():
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     params = parse_hyper_file(os.path.join(here, "hyper.test"))
@@ -253,6 +259,68 @@ def test_an_interrupted_sweep_selects_nothing_and_says_how_to_resume(tiny_datase
     from recbole_ckd.sweep_signing import check_sweep_signature
 
     check_sweep_signature(fits[0])
+
+
+@pytest.mark.parametrize("when", ["during Ray's last save", "during Ray's shutdown"])
+def test_a_second_ctrl_c_says_the_sweep_cannot_be_resumed(tiny_dataset, tmp_path, monkeypatch, capsys, when):
+    """Ray's way: the first SIGINT makes the sweep stop and save (Ray's handler then puts Python's back);
+    a second one raises KeyboardInterrupt wherever the sweep is, and its folder is left unsigned."""
+    import signal
+
+    import ray
+    import ray.tune
+
+    import run_recbole_ckd
+    import recbole_ckd.quick_start as qs
+    from recbole_ckd.tune import SIGNATURE_FILE
+
+    fits = fake_tuner(monkeypatch, tmp_path, [_FakeResult({"kd_weight": 0.01}, {"best_valid_score": 0.3, "epoch": 1})])
+    saved_fit = ray.tune.Tuner.fit
+
+    def fit(self):
+        previous = signal.signal(signal.SIGINT, lambda *args: signal.signal(signal.SIGINT, previous))
+        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: Ray stops
+        if when == "during Ray's last save":
+            os.kill(os.getpid(), signal.SIGINT)
+        return saved_fit(self)
+
+    monkeypatch.setattr(ray.tune.Tuner, "fit", fit)
+    if when == "during Ray's shutdown":
+        monkeypatch.setattr(ray, "shutdown", lambda: os.kill(os.getpid(), signal.SIGINT))
+    monkeypatch.setattr(qs, "run", lambda *a, **k: pytest.fail("the test set was touched"))
+    hyper = write(tmp_path, "kd_weight choice [0.01,0.1]\n")
+    argv = ["--model=VBPR", "--dataset=tiny", f"--hyper={hyper}", f"--output={tmp_path / 'sweeps'}",
+            f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}"] + [
+            f"--{k}={v}" for k, v in FAST.items()]
+    with pytest.raises(SystemExit) as exit_info:
+        run_recbole_ckd.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    folder = str(tmp_path / "sweeps" / "VBPR-tiny")
+    assert exit_info.value.code == 130 and "Traceback" not in err
+    assert err.startswith("interrupted: the sweep was stopped before Ray saved its state") and folder in err
+    assert "cannot be resumed" in err and "delete it" in err
+    assert not os.path.exists(os.path.join(folder, SIGNATURE_FILE))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("where", ["config file", "command line"])
+def test_retrain_teachers_retrains_them_once_before_the_trials(tiny_dataset, tmp_path, monkeypatch, where):
+    import recbole_ckd.quick_start as qs
+    from recbole_ckd.config import Config
+    from recbole_ckd.tune import _trial_settings
+
+    retrained = []
+    monkeypatch.setattr(qs, "train_teachers", lambda model, dataset, files, settings: retrained.append(
+        settings["retrain_teachers"]) or {})
+    own = tmp_path / "own.yaml"
+    own.write_text("retrain_teachers: True\n" if where == "config file" else "epochs: 1\n")
+    cmd_args = [f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}", "--state=WARNING"]
+    cmd_args += ["--retrain_teachers=True"] if where == "command line" else []
+    hyper = write(tmp_path, "kd_weight choice [0.01,0.1]\n")
+    _, base = _trial_settings("VBPR_CKD", "tiny", parse_hyper_file(hyper), hyper, [str(own)], cmd_args)
+    assert retrained == [True]  # once, before the trials
+    # and never in a trial, which reads the same config files with the trial's values
+    assert Config("VBPR_CKD", "tiny", [str(own)], {**base, "kd_weight": 0.1})["retrain_teachers"] is False
 
 
 def test_a_planted_sweep_state_is_never_unpickled(tiny_dataset, tmp_path, capsys):
