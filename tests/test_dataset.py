@@ -188,3 +188,29 @@ def test_trailing_feature_rows_of_unused_items_are_ignored(tmp_path):
     write_tiny_mmrec(str(tmp_path), features={"v": np.ones((33, 4), np.float32), "t": np.zeros((30, 4), np.float32)})
     config, data = load(str(tmp_path))
     assert data.modality_features["v"].shape == (data.item_num, 4)
+
+
+def test_repeated_training_pairs_are_counted_in_a_warning(tiny_dataset, caplog):
+    path = os.path.join(tiny_dataset["path"], "tiny.inter")
+    lines = open(path).read().splitlines()
+    train_rows = [line for line in lines[1:] if line.endswith("\t0")]
+    open(path, "w").write("\n".join(lines + train_rows[:3] + train_rows[:1]) + "\n")
+    config, data = load(tiny_dataset["root"])
+    with caplog.at_level("WARNING"):
+        train, _, _ = data.build()
+    assert len(train) == len(train_rows) + 4  # used as they are, each repeat once more
+    assert [r.getMessage() for r in caplog.records if "duplicate" in r.getMessage()] == [
+        f"{path}: 4 duplicate (user, item) row(s) in the train split; each repeat makes its pair a more frequent "
+        "training example."]
+
+
+def test_repeated_pairs_without_a_split_column_are_counted_in_a_warning(tmp_path, caplog):
+    path = tmp_path / "plain"
+    path.mkdir()
+    rows = ["user_id:token\titem_id:token"] + [f"{u}\t{i}" for u in range(10) for i in range(10)] + ["3\t4", "5\t6"]
+    (path / "plain.inter").write_text("\n".join(rows) + "\n")
+    config, data = load(str(tmp_path), "plain", model="BPR")
+    with caplog.at_level("WARNING"):
+        data.build()
+    assert any(r.getMessage().startswith(f"{path / 'plain.inter'}: 2 duplicate (user, item) row(s)")
+               and "rm_dup_inter: first" in r.getMessage() for r in caplog.records)

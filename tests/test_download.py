@@ -24,9 +24,9 @@ FILES = {
 EXPECTED = sorted(FILES)
 
 
-def make_zip(files, top="baby"):
+def make_zip(files, top="baby", compression=zipfile.ZIP_STORED):
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
+    with zipfile.ZipFile(buf, "w", compression) as zf:
         for name, data in files.items():
             zf.writestr(f"{top}/{name}" if top else name, data)
     return buf.getvalue()
@@ -226,3 +226,79 @@ def test_local_archive(tmp_path, as_uri):
     url = src.as_uri() if as_uri else str(src)
     assert_dataset(fetch(url, data_root / "baby", sha(body)))
     assert_clean(data_root, downloads=["baby.tgz"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Caps against archive bombs, and only the dataset's files unpacked
+def lying_zip(files, declared):
+    """A zip whose central directory declares ``declared`` bytes for every member, whatever it holds."""
+    body = bytearray(make_zip(files))
+    start = body.rfind(b"PK\x01\x02", 0)  # patch every central directory entry's uncompressed size
+    while start != -1:
+        body[start + 24:start + 28] = declared.to_bytes(4, "little")
+        start = body.rfind(b"PK\x01\x02", 0, start)
+    return bytes(body)
+
+
+@pytest.mark.parametrize("make", [make_zip, make_tar_gz], ids=["zip", "tar.gz"])
+def test_an_archive_over_the_size_cap_is_refused_before_unpacking(tmp_path, monkeypatch, make):
+    body = make(FILES)
+    archive = tmp_path / "baby.bin"
+    archive.write_bytes(body)
+    monkeypatch.setattr(dl, "MAX_UNPACKED_BYTES", sum(map(len, FILES.values())) - 1)
+    written = []
+    monkeypatch.setattr(dl, "_copy_capped", lambda *args: written.append(args))
+    with pytest.raises(DownloadError, match="would unpack to .* more than the cap"):
+        fetch(str(archive), tmp_path / "data" / "baby", sha(body))
+    assert written == [] and not (tmp_path / "data" / "baby").exists()
+    assert_clean(tmp_path / "data", downloads=["baby.archive"])
+
+
+@pytest.mark.parametrize("make", [lambda files: make_zip(files, compression=zipfile.ZIP_DEFLATED), make_tar_gz],
+                         ids=["zip", "tar.gz"])
+def test_an_archive_over_the_expansion_cap_is_refused(tmp_path, monkeypatch, make):
+    # zeros compress about a thousandfold: the sort of file a bomb is made of
+    files = {**FILES, "image_feat.npy": bytes(8_000_000)}
+    body = make(files)
+    archive = tmp_path / "baby.bin"
+    archive.write_bytes(body)
+    monkeypatch.setattr(dl, "_RATIO_FREE_BYTES", 0)
+    with pytest.raises(DownloadError, match=r"times its .* \(at most 100 times\)"):
+        fetch(str(archive), tmp_path / "data" / "baby", sha(body))
+    monkeypatch.setattr(dl, "MAX_EXPANSION", 1000)  # the same archive under a looser cap
+    assert_dataset(fetch(str(archive), tmp_path / "data" / "baby", sha(body)), files)
+
+
+def test_a_member_larger_than_declared_is_stopped_while_unpacking(tmp_path):
+    body = lying_zip(FILES, declared=100)
+    archive = tmp_path / "baby.zip"
+    archive.write_bytes(body)
+    # the declared sizes pass the caps; zipfile's own reader stops at them too (and then finds a bad CRC)
+    with pytest.raises(DownloadError, match="Bad CRC|more than the 100 bytes its header declares"):
+        fetch(str(archive), tmp_path / "data" / "baby", sha(body))
+    assert not (tmp_path / "data" / "baby").exists()
+    assert_clean(tmp_path / "data", downloads=["baby.zip"])
+    # whatever the reader: no more than the declared bytes are written
+    with pytest.raises(DownloadError, match="more than the 100 bytes its header declares"):
+        dl._copy_capped(io.BytesIO(bytes(3 * dl._CHUNK_SIZE)), tmp_path / "out" / "x.npy", 100, archive)
+    assert (tmp_path / "out" / "x.npy").stat().st_size == 0
+
+
+def test_only_the_expected_members_are_unpacked(tmp_path):
+    body = make_tar_gz({**FILES, "u_id_mapping.csv": b"a,b\n", "sub/notes.txt": b"x"})
+    archive = tmp_path / "baby.tgz"
+    archive.write_bytes(body)
+    assert_dataset(fetch(str(archive), tmp_path / "data" / "baby", sha(body)))  # exactly FILES
+
+
+def test_a_member_listed_twice_is_refused(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in FILES.items():
+            zf.writestr(f"baby/{name}", data)
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            zf.writestr("baby/baby.inter", b"user_id:token\titem_id:token\n")
+    archive = tmp_path / "baby.zip"
+    archive.write_bytes(buf.getvalue())
+    with pytest.raises(DownloadError, match="holds 'baby.inter' twice"):
+        fetch(str(archive), tmp_path / "data" / "baby", sha(buf.getvalue()))
