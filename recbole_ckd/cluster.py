@@ -64,7 +64,9 @@ def assigned_devices():
 @contextlib.contextmanager
 def sigterm_as_sigint():
     """SIGTERM (a scheduler's stop, ``kill``) handled like Ctrl-C: a sweep's Ray saves its state, a
-    leaderboard keeps the cells that finished."""
+    leaderboard keeps the cells that finished. On leaving, SIGINT gets its handler back: Ray Tune's
+    (the first Ctrl-C stops the sweep) stays installed after a sweep that no Ctrl-C stopped, and would
+    swallow the next Ctrl-C."""
     def forward(signum, frame):
         os.kill(os.getpid(), signal.SIGINT)
 
@@ -73,7 +75,9 @@ def sigterm_as_sigint():
     except ValueError:  # not the main thread: nothing to install
         yield
         return
+    previous_sigint = signal.getsignal(signal.SIGINT)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_sigint)

@@ -274,8 +274,9 @@ def test_a_second_ctrl_c_says_the_sweep_cannot_be_resumed(tiny_dataset, tmp_path
     import recbole_ckd.quick_start as qs
     from recbole_ckd.tune import SIGNATURE_FILE
 
-    fits = fake_tuner(monkeypatch, tmp_path, [_FakeResult({"kd_weight": 0.01}, {"best_valid_score": 0.3, "epoch": 1})])
+    fake_tuner(monkeypatch, tmp_path, [_FakeResult({"kd_weight": 0.01}, {"best_valid_score": 0.3, "epoch": 1})])
     saved_fit = ray.tune.Tuner.fit
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # no handler an earlier sweep left
 
     def fit(self):
         previous = signal.signal(signal.SIGINT, lambda *args: signal.signal(signal.SIGINT, previous))

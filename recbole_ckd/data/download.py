@@ -1,7 +1,8 @@
 """Fetch, verify and unpack a dataset archive (for example MMRec's "baby").
 
 ``download_dataset(url, dest_dir, sha256, expected_files)`` leaves ``dest_dir`` holding the
-archive's ``expected_files`` (its other members are not unpacked), or raises :class:`DownloadError` and leaves no ``dest_dir`` behind.
+archive's ``expected_files`` (its other members are not unpacked), or raises
+:class:`DownloadError` and leaves no ``dest_dir`` behind.
 
 Layout next to ``dest_dir`` (``<root>/<name>``)::
 
@@ -338,8 +339,8 @@ def _extract(archive: pathlib.Path, target: pathlib.Path, expected: list[str]) -
             with zipfile.ZipFile(archive) as zf:
                 members = zf.infolist()
                 entries = [(_member_parts(info.filename, archive), info.is_dir()) for info in members]
-                wanted = _wanted_members(members, entries, expected, archive)
                 # zipfile never creates links, so checking names is enough.
+                wanted = _wanted_members(members, entries, expected, archive)
                 _check_sizes({name: info.file_size for name, info in wanted.items()}, archive)
                 for name, info in wanted.items():
                     with zf.open(info) as source:
