@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 
-from recbole_ckd.errors import UserError
+from recbole_ckd.errors import UserError, saving
 from recbole_ckd.run_keys import config_key, file_digest
 
 
@@ -41,16 +41,32 @@ def _secret(create):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(os.urandom(32))
+    # as ssh does with a private key: whoever can read the key can sign a folder this user then resumes
+    # (its pickles run as this user), whoever can write it can replace it
+    status = os.stat(path)
+    if status.st_uid != os.getuid():
+        raise SweepStateError(f"{path}: the sweep signing key belongs to another user; delete it (sweeps it signed "
+                              "then start over), and a new one is made.")
+    if status.st_mode & 0o077:
+        raise SweepStateError(f"{path}: the sweep signing key may be read or written by group or others (mode "
+                              f"{status.st_mode & 0o777:o}); make it yours alone: chmod 600 {path}.")
     with open(path, "rb") as f:
         return f.read()
 
 
+def check_sweep_key():
+    """The signing key exists (it is created on first use) and is this user's alone: checked before a sweep
+    trains anything, not when it signs its folder at the end."""
+    _secret(create=True)
+
+
 def _folder_files(path):
-    """``{relative path: SHA-256 (or link target)}`` of every file under ``path`` but the signature."""
+    """``{relative path: SHA-256}`` of every file under ``path`` but the signature; ``link:<target>`` for a
+    symbolic link, to a file or to a folder (os.walk does not enter those)."""
     files = {}
     for root, dirs, names in os.walk(path):
         dirs.sort()
-        for name in sorted(names):
+        for name in sorted(names + [d for d in dirs if os.path.islink(os.path.join(root, d))]):
             full = os.path.join(root, name)
             relative = os.path.relpath(full, path)
             # TensorBoard event files are flushed at exit, after the signature, and never loaded by a resume
@@ -66,10 +82,15 @@ def _mac(secret, files):
 def sign_sweep(path):
     """Sign the sweep folder ``path`` as left by this user's recbole-ckd: every file and its digest."""
     files = _folder_files(path)
+    secret = _secret(create=True)
     fd, tmp = tempfile.mkstemp(dir=path, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"files": files, "mac": _mac(_secret(create=True), files)}, f, indent=0, sort_keys=True)
-    os.replace(tmp, os.path.join(path, SIGNATURE_FILE))
+    try:
+        with saving(os.path.join(path, SIGNATURE_FILE)), os.fdopen(fd, "w") as f:
+            json.dump({"files": files, "mac": _mac(secret, files)}, f, indent=0, sort_keys=True)
+        os.replace(tmp, os.path.join(path, SIGNATURE_FILE))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def check_sweep_signature(path):
@@ -87,6 +108,10 @@ def check_sweep_signature(path):
         raise SweepStateError(f"{path} holds Ray resume state (pickles, which run code when loaded) that this user's "
                               f"recbole-ckd did not sign (written elsewhere, or by a sweep killed with SIGKILL); {fix}.")
     current = _folder_files(path)
+    links = sorted(k for k, v in current.items() if v.startswith("link:"))
+    if links:  # Ray writes none; a signature covers a link's target path, never what is there
+        raise SweepStateError(f"{path} holds symbolic links ({', '.join(links[:3])}{' ...' if len(links) > 3 else ''}), "
+                              f"whose contents no signature covers; it is not resumed; {fix}.")
     changed = sorted(set(current) ^ set(recorded["files"]) | {k for k in current if current[k] != recorded["files"].get(k)})
     if changed:
         raise SweepStateError(f"{path} changed after its sweep stopped ({', '.join(changed[:3])}"

@@ -21,7 +21,14 @@ import yaml
 from recbole_ckd.cluster import ray_session, require_ray, sigterm_as_sigint
 from recbole_ckd.errors import Interrupted, UserError, saving
 from recbole_ckd.run_keys import CKD_KEYS
-from recbole_ckd.sweep_signing import check_sweep_folder, check_sweep_signature, record_sweep, sign_sweep, sweep_digest
+from recbole_ckd.sweep_signing import (
+    check_sweep_folder,
+    check_sweep_key,
+    check_sweep_signature,
+    record_sweep,
+    sign_sweep,
+    sweep_digest,
+)
 
 HYPER_TYPES = ("choice", "uniform", "loguniform", "quniform")
 SEARCH_ALGORITHMS = ("random", "grid", "optuna", "hyperopt")
@@ -270,6 +277,7 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
     resume = tune.Tuner.can_restore(path)
     if resume:  # before anything else runs: Ray's resume state is pickles
         check_sweep_signature(path)
+    check_sweep_key()  # now, not when the sweep signs its folder after training
     config_files = [os.path.abspath(f) for f in (config_files or [])]
     overrides, base_dict = _trial_settings(model, dataset, params, hyper_file, config_files, cmd_args)
     digest = sweep_digest(params, model, dataset, overrides)

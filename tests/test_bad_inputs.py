@@ -395,11 +395,20 @@ def disk_full(tmp_path, monkeypatch):
     return []
 
 
+def shared_sweep_key(tmp_path, monkeypatch):
+    key = tmp_path / "config-home" / "recbole_ckd" / "sweep.key"  # conftest's private XDG_CONFIG_HOME
+    key.parent.mkdir(parents=True)
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o644)
+    return []
+
+
 MACHINE_CASES = [
     ("read-only sweep output", read_only_output, SWEEP, ["--output=", "/ro", "not writable"]),
     ("read-only leaderboard output", read_only_output, BOARD + ["--models=BPR", "--seeds=1,"],
      ["--output=", "/ro", "not writable"]),
     ("disk full while saving a checkpoint", disk_full, TRAIN, [".pth", "no space left on device"]),
+    ("a sweep key others may read", shared_sweep_key, SWEEP, ["sweep.key", "(mode 644)", "chmod 600"]),
 ]
 
 

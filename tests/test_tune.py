@@ -272,7 +272,7 @@ def test_a_second_ctrl_c_says_the_sweep_cannot_be_resumed(tiny_dataset, tmp_path
 
     import run_recbole_ckd
     import recbole_ckd.quick_start as qs
-    from recbole_ckd.tune import SIGNATURE_FILE
+    from recbole_ckd.sweep_signing import SIGNATURE_FILE
 
     fake_tuner(monkeypatch, tmp_path, [_FakeResult({"kd_weight": 0.01}, {"best_valid_score": 0.3, "epoch": 1})])
     saved_fit = ray.tune.Tuner.fit
@@ -366,6 +366,43 @@ def test_a_signed_sweep_folder_changed_afterwards_is_refused(tmp_path):
     check_sweep_signature(str(folder))
     (folder / "trial_1" / "extra.pkl").write_bytes(b"planted")  # a file added is a change too
     with pytest.raises(SweepStateError, match="changed"):
+        check_sweep_signature(str(folder))
+
+
+def test_the_sweep_key_is_private_and_refused_when_it_is_not(tmp_path):
+    from recbole_ckd.sweep_signing import SweepStateError, check_sweep_signature, sign_sweep
+
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    (folder / "tuner.pkl").write_bytes(b"state")
+    sign_sweep(str(folder))
+    key = tmp_path / "config-home" / "recbole_ckd" / "sweep.key"  # conftest's private XDG_CONFIG_HOME
+    assert oct(key.stat().st_mode & 0o777) == oct(0o600) and oct(key.parent.stat().st_mode & 0o777) == oct(0o700)
+    for mode in (0o640, 0o602):
+        key.chmod(mode)
+        with pytest.raises(SweepStateError, match=f"sweep.key: .* group or others \\(mode {mode:o}\\); .* chmod 600"):
+            check_sweep_signature(str(folder))
+        assert key.stat().st_mode & 0o777 == mode  # refused, not silently changed
+    key.chmod(0o600)
+    check_sweep_signature(str(folder))
+
+
+@pytest.mark.parametrize("when", ["after signing", "before signing"])
+def test_a_symlink_in_a_signed_sweep_folder_is_refused(tmp_path, when):
+    """A link's target is outside what the signature covers: a linked folder's pickles could change freely."""
+    from recbole_ckd.sweep_signing import SweepStateError, check_sweep_signature, sign_sweep
+
+    folder, elsewhere = tmp_path / "sweep", tmp_path / "elsewhere"
+    (folder / "trial_1").mkdir(parents=True)
+    elsewhere.mkdir()
+    (elsewhere / "params.pkl").write_bytes(b"planted")
+    (folder / "tuner.pkl").write_bytes(b"state")
+    if when == "before signing":
+        (folder / "trial_2").symlink_to(elsewhere, target_is_directory=True)
+    sign_sweep(str(folder))
+    if when == "after signing":
+        (folder / "trial_2").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(SweepStateError, match="holds symbolic links \\(trial_2\\)"):
         check_sweep_signature(str(folder))
 
 
