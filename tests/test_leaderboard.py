@@ -197,3 +197,26 @@ def test_seeds_are_a_count_or_a_list_and_a_huge_count_is_refused(capsys):
     with pytest.raises(SystemExit):
         run_recbole_ckd.main(["--leaderboard", "--dataset=tiny", "--models=BPR", "--seeds=2020"])
     assert "for the single seed 2020 write --seeds=2020," in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("failure", ["OSError", "RuntimeError"])
+def test_a_full_disk_while_writing_a_cell_is_one_error_line(tmp_path, monkeypatch, failure):
+    """The file's OSError, or the RuntimeError a writer such as torch.save(path) wraps it in."""
+    import errno
+    import json
+
+    from recbole_ckd.errors import UserError
+    from recbole_ckd.leaderboard import cells
+
+    def dump(record, f, **kwargs):
+        f.write('{"half": ')
+        full = OSError(errno.ENOSPC, "No space left on device")
+        if failure == "OSError":
+            raise full
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . file write failed") from full
+
+    monkeypatch.setattr(json, "dump", dump)
+    path = tmp_path / "cells" / "BPR-seed1-abc.json"
+    with pytest.raises(UserError, match=f"^{path}: no space left on device; free some space"):
+        cells._write_json({"seed": 1}, str(path))
+    assert os.listdir(tmp_path / "cells") == []  # no half file, under any name
