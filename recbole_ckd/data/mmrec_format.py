@@ -232,8 +232,9 @@ def check_field_counts(path, sep="\t"):
             if number == 1:
                 width = line.count(sep) + 1
             elif line and line.count(sep) + 1 != width:  # blank lines are skipped by every reader
+                separator = "tab" if sep == "\t" else repr(sep)
                 raise ValueError(f"{path}, line {number}: {line.count(sep) + 1} fields, but the header has {width}; "
-                                 f"every row needs one {sep!r}-separated value per header column.")
+                                 f"every row needs one {separator}-separated value per header column.")
 
 
 def read_mmrec_dataset(path, feature_files=None):
