@@ -270,8 +270,8 @@ def test_a_second_ctrl_c_says_the_sweep_cannot_be_resumed(tiny_dataset, tmp_path
     import ray
     import ray.tune
 
-    import run_recbole_ckd
     import recbole_ckd.quick_start as qs
+    import run_recbole_ckd
     from recbole_ckd.sweep_signing import SIGNATURE_FILE
 
     fake_tuner(monkeypatch, tmp_path, [_FakeResult({"kd_weight": 0.01}, {"best_valid_score": 0.3, "epoch": 1})])
