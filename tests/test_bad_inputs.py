@@ -420,7 +420,7 @@ def test_a_failing_machine_is_one_error_line(tmp_path, monkeypatch, capsys, name
     data, _, _ = write_tiny_mmrec(str(tmp_path / "data"))
     saved = tmp_path / "saved"
     argv = args + breaks(tmp_path, monkeypatch) + [f"--data_path={tmp_path / 'data'}", f"--checkpoint_dir={saved}"]
-    argv += [f"--{k}={v}" for k, v in FAST.items()]
+    argv += fast_args()
     with pytest.raises(SystemExit) as exit_info:
         run_recbole_ckd.main(argv)
     err = capsys.readouterr().err

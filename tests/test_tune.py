@@ -291,8 +291,7 @@ def test_a_second_ctrl_c_says_the_sweep_cannot_be_resumed(tiny_dataset, tmp_path
     monkeypatch.setattr(qs, "run", lambda *a, **k: pytest.fail("the test set was touched"))
     hyper = write(tmp_path, "kd_weight choice [0.01,0.1]\n")
     argv = ["--model=VBPR", "--dataset=tiny", f"--hyper={hyper}", f"--output={tmp_path / 'sweeps'}",
-            f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}"] + [
-            f"--{k}={v}" for k, v in FAST.items()]
+            f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}"] + fast_args()
     with pytest.raises(SystemExit) as exit_info:
         run_recbole_ckd.main(argv)
     err = capsys.readouterr().err.strip().splitlines()[-1]
