@@ -127,15 +127,6 @@ def npy_claiming(shape):
     return write
 
 
-def hyper_file(text):
-    def write(data, work):
-        path = os.path.join(work, "hyper.test")
-        open(path, "w", encoding="utf-8").write(text)
-        return [f"--hyper={path}"]
-
-    return write
-
-
 def config_file(text, name="my.yaml"):
     def write(data, work):
         path = os.path.join(work, name)
@@ -149,7 +140,7 @@ def config_file(text, name="my.yaml"):
 def hyper_file(text):
     def write(data, work):
         path = os.path.join(work, "space.test")
-        open(path, "w").write(text)
+        open(path, "w", encoding="utf-8").write(text)
         return [f"--hyper={path}"]
 
     write.__name__ = "hyper_file"
@@ -332,7 +323,7 @@ CASES = [
     ("a download name with '..'", nothing, ["--download=..", "--url=x"], ["--download=..", "plain folder name"]),
     ("a download name with a path", nothing, ["--download=../baby", "--url=x"], ["--download=../baby", "plain folder"]),
     ("a BOM before a bad hyper file", hyper_file("\ufeffkd_weight choice [0.1]\nkd_wieght choice [1]\n"),
-     ["--model=VBPR_CKD", "--dataset=tiny"], ["hyper.test, line 2", "kd_wieght", "did you mean kd_weight?"]),
+     ["--model=VBPR_CKD", "--dataset=tiny"], ["space.test, line 2", "kd_wieght", "did you mean kd_weight?"]),
     ("--output inside a file", lambda d, w: open(os.path.join(w, "f"), "w").close() or
      [f"--output={os.path.join(w, 'f', 'out')}"], SWEEP, ["--output=", "is a file"]),
 ]

@@ -307,7 +307,7 @@ def test_a_second_ctrl_c_says_the_sweep_cannot_be_resumed(tiny_dataset, tmp_path
 def test_retrain_teachers_retrains_them_once_before_the_trials(tiny_dataset, tmp_path, monkeypatch, where):
     import recbole_ckd.quick_start as qs
     from recbole_ckd.config import Config
-    from recbole_ckd.tune import _trial_settings
+    from recbole_ckd.tune import _train_teachers_once, _trial_settings
 
     retrained = []
     monkeypatch.setattr(qs, "train_teachers", lambda model, dataset, files, settings: retrained.append(
@@ -317,7 +317,9 @@ def test_retrain_teachers_retrains_them_once_before_the_trials(tiny_dataset, tmp
     cmd_args = [f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}", "--state=WARNING"]
     cmd_args += ["--retrain_teachers=True"] if where == "command line" else []
     hyper = write(tmp_path, "kd_weight choice [0.01,0.1]\n")
-    _, base = _trial_settings("VBPR_CKD", "tiny", parse_hyper_file(hyper), hyper, [str(own)], cmd_args)
+    params = parse_hyper_file(hyper)
+    overrides, base = _trial_settings("VBPR_CKD", "tiny", params, hyper, [str(own)], cmd_args)
+    _train_teachers_once("VBPR_CKD", "tiny", params, [str(own)], overrides, base)
     assert retrained == [True]  # once, before the trials
     # and never in a trial, which reads the same config files with the trial's values
     assert Config("VBPR_CKD", "tiny", [str(own)], {**base, "kd_weight": 0.1})["retrain_teachers"] is False
