@@ -82,12 +82,16 @@ def _mac(secret, files):
 def sign_sweep(path):
     """Sign the sweep folder ``path`` as left by this user's recbole-ckd: every file and its digest."""
     files = _folder_files(path)
-    secret = _secret(create=True)
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=".tmp-")
+    _write_json(os.path.join(path, SIGNATURE_FILE), {"files": files, "mac": _mac(_secret(create=True), files)})
+
+
+def _write_json(target, record):
+    """Write ``record`` to ``target`` all at once (a temporary file, then a rename); a full disk is one line."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-")
     try:
-        with saving(os.path.join(path, SIGNATURE_FILE)), os.fdopen(fd, "w") as f:
-            json.dump({"files": files, "mac": _mac(secret, files)}, f, indent=0, sort_keys=True)
-        os.replace(tmp, os.path.join(path, SIGNATURE_FILE))
+        with saving(target), os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=0, sort_keys=True)
+        os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -146,7 +150,4 @@ def check_sweep_folder(path, digest):
 def record_sweep(path, digest):
     """Record in ``path`` that it holds the sweep ``digest`` (before Ray writes anything there)."""
     os.makedirs(path, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"digest": digest}, f)
-    os.replace(tmp, os.path.join(path, SETTINGS_FILE))
+    _write_json(os.path.join(path, SETTINGS_FILE), {"digest": digest})
