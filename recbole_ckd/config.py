@@ -327,6 +327,9 @@ CONFIG_RULES = {
     "ogm_noise": _boolean(),
     "ogm_epochs": _pair(lambda start: _is_integer(start) and start >= 0, lambda start, end: _is_integer(end) and start <= end,
                         "[first, last] epochs, integers with 0 <= first <= last"),
+    "mg": _boolean(),
+    "alpha1": _number(0),
+    "alpha2": _number(0),
     "learning_rate_scheduler": (lambda value: value is None or _pair(lambda a: a > 0, lambda a, b: b > 0, "")[0](value),
                                 "[factor, epochs] with both > 0 (e.g. [0.96, 50]), or ~"),
     "learner": _name_among("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam"),
@@ -374,6 +377,10 @@ def validate(config):
     if final.get("ckd_specific") is False and final.get("ckd_generic") is False:
         raise ConfigError("config keys ckd_specific and ckd_generic are both False: nothing is distilled; keep one of "
                           "them, or set kd_weight: 0 for the plain backbone's objective.")
+    if final.get("mg") is True and not _number(1, integer=True)[0](final.get("beta")):
+        # only then: several RecBole models have a beta of their own (RecVAE, NAIS...)
+        raise ConfigError(f"config key beta: {final.get('beta')!r} is not allowed with mg: True; beta (Mirror "
+                          "Gradient mirrors every beta-th batch) must be an integer >= 1.")
     checkpoint_dir = final.get("checkpoint_dir")
     if isinstance(checkpoint_dir, str) and os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
         raise ConfigError(f"config key checkpoint_dir: {checkpoint_dir} is a file; give a folder (it holds every checkpoint).")
