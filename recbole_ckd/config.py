@@ -16,6 +16,7 @@ from recbole_ckd.errors import ConfigError
 from recbole_ckd.settings_files import (
     SHIPPED_DATASETS_DIR,
     SafeYamlLoader,
+    model_property_files,
     properties_dir,
     read_yaml,
     resolve_config_file,
@@ -59,7 +60,8 @@ class Config(RecBoleConfig):
     """RecBole's Config plus the plugin's YAMLs, plugin-first model lookup and MMRec data.
 
     Priority, lowest first: RecBole's overall.yaml, the plugin's overall.yaml, RecBole's model
-    and dataset YAMLs, the plugin's model YAML(s) and dataset YAML, then config files, the
+    and dataset YAMLs, the plugin's model YAML(s) (each followed by its settings for the dataset,
+    ``model/<Model>/<dataset>.yaml``, where there is one) and dataset YAML, then config files, the
     config dict and the command line. ``cmd_args`` replaces RecBole's own parsing of
     ``sys.argv`` (a list like ``["--learning_rate=0.01"]``; ``None`` means no command line),
     so a Config built inside a Ray worker or a library call never sees a foreign argv.
@@ -151,10 +153,8 @@ class Config(RecBoleConfig):
         for key, value in self._read_yaml(props / "overall.yaml").items():
             if key not in specific:
                 self.internal_config_dict[key] = value
-        for name in getattr(model_class, "config_names", lambda: [model])():
-            path = props / "model" / f"{name}.yaml"
-            if path.is_file():
-                self.internal_config_dict.update(self._read_yaml(path))
+        for path in model_property_files(getattr(model_class, "config_names", lambda: [model])(), dataset):
+            self.internal_config_dict.update(self._read_yaml(path))
         path = props / "dataset" / f"{dataset}.yaml"
         if path.is_file():
             dataset_dict = self._read_yaml(path)
