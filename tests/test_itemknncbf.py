@@ -84,7 +84,7 @@ def test_nothing_is_trained(tiny_dataset):
 
 @pytest.mark.parametrize("knn_k", [0, 31, 2.5])
 def test_a_bad_neighbour_count_is_refused(tiny_dataset, knn_k):
-    with pytest.raises(ValueError, match=r"ItemKNNCBF: knn_k is .*; it must be an integer from 1 to the number of items \(30\)"):
+    with pytest.raises(ValueError, match=r"^knn_k is .*; it must be an integer from 1 to the number of items \(30\)"):
         build_model("ItemKNNCBF", tiny_dataset["root"], knn_k=knn_k)
 
 

@@ -47,10 +47,10 @@ class ItemKNNCBF(MultimodalRecommender):
         self.knn_k = config["knn_k"]
         self.shrink = config["shrink"]
         if not (isinstance(self.knn_k, int) and 1 <= self.knn_k <= self.n_items - 1):
-            raise ValueError(f"ItemKNNCBF: knn_k is {self.knn_k!r}; it must be an integer from 1 to the number of "
+            raise ValueError(f"knn_k is {self.knn_k!r}; it must be an integer from 1 to the number of "
                              f"items ({self.n_items - 1}).")
         if not (isinstance(self.shrink, (int, float)) and self.shrink >= 0):
-            raise ValueError(f"ItemKNNCBF: shrink is {self.shrink!r}; it must be a number >= 0.")
+            raise ValueError(f"shrink is {self.shrink!r}; it must be a number >= 0.")
         users, items = graphs.interaction_edges(dataset)
         interactions = torch.sparse_coo_tensor(torch.stack([users, items]), torch.ones(len(users)),
                                                (self.n_users, self.n_items)).coalesce()

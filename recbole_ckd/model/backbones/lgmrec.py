@@ -89,16 +89,16 @@ class LGMRec(NodeTableRecommender):
         self.cl_weight = float(config["cl_weight"])
         self.draw_seed = int(config["seed"])
         if self.cf_model not in CF_MODELS:
-            raise ValueError(f"LGMRec: cf_model is {self.cf_model!r}; it must be one of {', '.join(CF_MODELS)}.")
+            raise ValueError(f"cf_model is {self.cf_model!r}; it must be one of {', '.join(CF_MODELS)}.")
         counts = {"n_ui_layers": (self.n_ui_layers, 0), "n_mm_layers": (self.n_mm_layers, 0),
                   "n_hyper_layer": (self.n_hyper_layer, 1), "hyper_num": (self.hyper_num, 1)}
         for key, (value, low) in counts.items():
             if not (isinstance(value, int) and value >= low):
-                raise ValueError(f"LGMRec: {key} is {value!r}; it must be an integer >= {low}.")
+                raise ValueError(f"{key} is {value!r}; it must be an integer >= {low}.")
         if not 0 < self.keep_rate <= 1:
-            raise ValueError(f"LGMRec: keep_rate is {self.keep_rate}; it must be in (0, 1].")
+            raise ValueError(f"keep_rate is {self.keep_rate}; it must be in (0, 1].")
         if config["feat_embed_dim"] != dim:
-            raise ValueError(f"LGMRec: feat_embed_dim ({config['feat_embed_dim']}) must equal embedding_size ({dim}): "
+            raise ValueError(f"feat_embed_dim ({config['feat_embed_dim']}) must equal embedding_size ({dim}): "
                              "the modality embeddings are added to the collaborative one.")
 
         self.user_embedding = nn.Embedding(self.n_users, dim)
