@@ -19,7 +19,8 @@ STUDENT_LATER_KEYS = {"ckd_specific", "ckd_generic", "ckd_weighting", "mdrop_pro
                       "ogm_noise", "ogm_epochs"}
 LATER_KEYS = STUDENT_LATER_KEYS | {"mg", "alpha1", "alpha2", "beta"}
 # Keys of the student only: changing them never changes a teacher (Mirror Gradient trains the teachers too).
-CKD_KEYS = {"kd_weight", "gd_weight", "kd_temperature", "gd_samples", "cf_clamp", "teacher_learning_rate"} | STUDENT_LATER_KEYS
+CKD_KEYS = {"kd_weight", "gd_weight", "kd_temperature", "gd_samples", "cf_clamp",
+            "teacher_learning_rate"} | STUDENT_LATER_KEYS
 # Keys that only change how a trained model is scored, not how it is trained.
 EVALUATION_KEYS = {"test_masking", "metrics", "topk"}
 # Keys that change where or how loudly a run happens, never what it computes.

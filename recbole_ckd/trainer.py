@@ -30,7 +30,8 @@ def with_safe_checkpoints(trainer_class):
     if issubclass(trainer_class, SafeCheckpointMixin):
         return trainer_class
     if trainer_class not in _SAFE_TRAINERS:
-        _SAFE_TRAINERS[trainer_class] = type(trainer_class.__name__, (SafeCheckpointMixin, OwnLoopMixin, trainer_class), {})
+        bases = (SafeCheckpointMixin, OwnLoopMixin, trainer_class)
+        _SAFE_TRAINERS[trainer_class] = type(trainer_class.__name__, bases, {})
     return _SAFE_TRAINERS[trainer_class]
 
 

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import build_model, write_tiny_mmrec
+from conftest import build_model, fast_args, write_tiny_mmrec
 
 import run_recbole_ckd
 from recbole_ckd.errors import ConfigError
@@ -90,7 +90,7 @@ def test_a_bad_neighbour_count_is_refused(tiny_dataset, knn_k):
 
 def test_command_line_end_to_end_with_a_report_per_modality(tiny_dataset, tmp_path, capsys):
     argv = ["--model=ItemKNNCBF", "--dataset=tiny", f"--data_path={tiny_dataset['root']}",
-            f"--checkpoint_dir={tmp_path}/saved", "--show_progress=False", "--state=WARNING", "--use_gpu=False"]
+            f"--checkpoint_dir={tmp_path}/saved", *fast_args(["--epochs=1"])]
     result = run_recbole_ckd.main(argv)
     assert "only_t" in capsys.readouterr().out
     assert result["model"] == "ItemKNNCBF" and 0.0 < result["test_result"]["recall@20"] <= 1.0
@@ -105,7 +105,8 @@ def test_its_variants_are_refused(tiny_dataset, tmp_path, capsys, suffix):
     variant = f"ItemKNNCBF_{suffix}"
     with pytest.raises(ConfigError, match=re.escape(REFUSAL.format(variant=variant))):
         get_model(variant)
-    argv = [f"--model={variant}", "--dataset=tiny", f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path}/saved"]
+    argv = [f"--model={variant}", "--dataset=tiny", f"--data_path={tiny_dataset['root']}",
+            f"--checkpoint_dir={tmp_path}/saved"]
     with pytest.raises(SystemExit) as exit_info:
         run_recbole_ckd.main(argv)
     assert exit_info.value.code == 2

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAST, build_model, write_tiny_mmrec
+from conftest import build_model, fast_config, write_tiny_mmrec
 
 from recbole_ckd.config import Config
 
@@ -162,14 +162,14 @@ def test_each_step_draws_anew_and_the_same_state_draws_the_same(tmp_path):
 
 
 def config(tmp_path, model, dataset, **extra):
-    return Config(model, dataset, config_dict={**FAST, "data_path": str(tmp_path), **extra})
+    return Config(model, dataset, config_dict=fast_config(tmp_path, **extra))
 
 
 def test_defaults_are_mmrec_ones_and_each_dataset_gets_its_settings(tmp_path):
     keys = ("n_hyper_layer", "hyper_num", "keep_rate", "alpha")
     baby = config(tmp_path, "LGMRec", "baby")
     assert [baby[k] for k in keys] == [1, 4, 0.5, 0.3]
-    assert (baby["embedding_size"], baby["n_ui_layers"], baby["n_mm_layers"], baby["cf_model"]) == (64, 2, 2, "lightgcn")
+    assert [baby[k] for k in ("embedding_size", "n_ui_layers", "n_mm_layers", "cf_model")] == [64, 2, 2, "lightgcn"]
     assert (baby["cl_weight"], baby["reg_weight"]) == (1e-4, 1e-6)
     assert [config(tmp_path, "LGMRec", "sports")[k] for k in keys] == [1, 4, 0.4, 0.6]
     assert [config(tmp_path, "LGMRec", "clothing")[k] for k in keys] == [2, 64, 0.2, 0.2]

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import FAST
+from conftest import fast_config
 from recbole.trainer import KGTrainer
 
 from recbole_ckd.config import Config
@@ -42,8 +42,7 @@ def test_the_logged_loss_is_the_first_one_with_every_part():
 
 
 def test_a_trained_model_differs_only_when_on(tiny_dataset, tmp_path):
-    settings = {**FAST, "epochs": 2, "data_path": tiny_dataset["root"], "checkpoint_dir": str(tmp_path / "saved"),
-                "train_batch_size": 32}
+    settings = fast_config(tiny_dataset["root"], tmp_path / "saved", epochs=2, train_batch_size=32)
     off = run("VBPR", "tiny", config_dict=settings)
     again = run("VBPR", "tiny", config_dict={**settings, "checkpoint_dir": str(tmp_path / "again"), "mg": False})
     on = run("VBPR", "tiny", config_dict={**settings, "mg": True, "alpha2": 0.3})
@@ -54,7 +53,7 @@ def test_a_trained_model_differs_only_when_on(tiny_dataset, tmp_path):
 
 def test_run_key_is_unchanged_while_off(tiny_dataset):
     def key(model, **extra):
-        config = Config(model, "tiny", config_dict={**FAST, "data_path": tiny_dataset["root"], **extra})
+        config = Config(model, "tiny", config_dict=fast_config(tiny_dataset["root"], **extra))
         return config_key(config), teacher_run_dir(config, "v")
 
     for model in ("VBPR", "VBPR_CKD", "BPR"):
@@ -73,11 +72,11 @@ def test_run_key_is_unchanged_while_off(tiny_dataset):
 ])
 def test_bad_settings_are_refused(tiny_dataset, extra, words):
     with pytest.raises(ConfigError, match=words):
-        Config("VBPR", "tiny", config_dict={**FAST, "data_path": tiny_dataset["root"], **extra})
+        Config("VBPR", "tiny", config_dict=fast_config(tiny_dataset["root"], **extra))
 
 
 def test_a_beta_of_another_model_is_accepted_while_off(tiny_dataset):
-    config = Config("VBPR", "tiny", config_dict={**FAST, "data_path": tiny_dataset["root"], "beta": 0.2})
+    config = Config("VBPR", "tiny", config_dict=fast_config(tiny_dataset["root"], beta=0.2))
     assert config["beta"] == 0.2
 
 
