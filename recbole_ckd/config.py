@@ -153,7 +153,7 @@ class Config(RecBoleConfig):
         for key, value in self._read_yaml(props / "overall.yaml").items():
             if key not in specific:
                 self.internal_config_dict[key] = value
-        for path in model_property_files(getattr(model_class, "config_names", lambda: [model])(), dataset):
+        for path in model_property_files(props, getattr(model_class, "config_names", lambda: [model])(), dataset):
             self.internal_config_dict.update(self._read_yaml(path))
         path = props / "dataset" / f"{dataset}.yaml"
         if path.is_file():

@@ -146,7 +146,7 @@ def _properties_text(props, dataset, cells, config_files, config_dict):
     models = {records[0]["model"] for records in cells.values()}
     names = {name for model in models for name in (MODELS[model].config_names() if model in MODELS else [model])}
     for path in [os.path.join(props, "dataset", f"{dataset}.yaml")] + sorted(
-        str(path) for path in model_property_files(names, dataset)
+        str(path) for path in model_property_files(props, names, dataset)
     ):
         if os.path.isfile(path):
             parts.append(f"# {os.path.relpath(path, os.path.dirname(props))}\n{open(path).read().strip()}")
