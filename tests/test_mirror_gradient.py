@@ -5,6 +5,7 @@ import torch
 from conftest import fast_config
 from recbole.trainer import KGTrainer
 
+from recbole_ckd.compat import load_checkpoint
 from recbole_ckd.config import Config
 from recbole_ckd.errors import ConfigError
 from recbole_ckd.quick_start import run
@@ -49,6 +50,19 @@ def test_a_trained_model_differs_only_when_on(tiny_dataset, tmp_path):
     assert again["run_key"] == off["run_key"] and again["valid_result"] == off["valid_result"]
     assert on["run_key"] != off["run_key"] and on["checkpoint"] != off["checkpoint"]
     assert on["valid_result"] != off["valid_result"]
+
+
+def test_an_interrupted_run_with_it_resumes_bit_identically(tiny_dataset, tmp_path, epoch_log):
+    """No state of its own: the batches are counted from 0 in every epoch, as in MMRec."""
+    settings = fast_config(tiny_dataset["root"], epochs=3, stopping_step=100, train_batch_size=32, mg=True, beta=2)
+    reference = run("VBPR", "tiny", config_dict={**settings, "checkpoint_dir": str(tmp_path / "a")})
+    epoch_log.interrupt(1)
+    with pytest.raises(KeyboardInterrupt):
+        run("VBPR", "tiny", config_dict={**settings, "checkpoint_dir": str(tmp_path / "b")})
+    resumed = run("VBPR", "tiny", config_dict={**settings, "checkpoint_dir": str(tmp_path / "b")})
+    assert epoch_log.interrupted == [(None, 1)] and resumed["test_result"] == reference["test_result"]
+    ours, theirs = (load_checkpoint(r["checkpoint"])["state_dict"] for r in (resumed, reference))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
 def test_run_key_is_unchanged_while_off(tiny_dataset):
