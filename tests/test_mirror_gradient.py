@@ -61,7 +61,8 @@ def test_an_interrupted_run_with_it_resumes_bit_identically(tiny_dataset, tmp_pa
         run("VBPR", "tiny", config_dict={**settings, "checkpoint_dir": str(tmp_path / "b")})
     resumed = run("VBPR", "tiny", config_dict={**settings, "checkpoint_dir": str(tmp_path / "b")})
     assert epoch_log.interrupted == [(None, 1)] and resumed["test_result"] == reference["test_result"]
-    ours, theirs = (load_checkpoint(r["checkpoint"])["state_dict"] for r in (resumed, reference))
+    ours, theirs = (load_checkpoint(tmp_path / d / r["checkpoint"])["state_dict"]
+                    for r, d in ((resumed, "b"), (reference, "a")))
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
