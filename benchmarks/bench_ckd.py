@@ -116,7 +116,7 @@ def bench_backbone(backbone, dataset, root, args):
     base = {"data_path": root, "state": "ERROR", "show_progress": False, "use_gpu": args.device == "cuda",
             "checkpoint_dir": os.path.join(root, ".bench-saved"), "seed": 2024}
     model_class = MODELS[backbone]
-    with_ckd = model_class.ranks_with_modalities
+    with_ckd = model_class.ranks_with_modalities and model_class.trains
     config = Config(f"{backbone}_CKD" if with_ckd else backbone, dataset, config_dict=base)
     train_data, valid_data, _ = data_preparation(config, create_dataset(config))
     device = config["device"]

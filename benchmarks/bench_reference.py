@@ -321,7 +321,7 @@ def implementations(backbone, args):
     from recbole_ckd.model import MODELS
 
     models = {"plain": backbone}
-    if MODELS[backbone].ranks_with_modalities:
+    if MODELS[backbone].ranks_with_modalities and MODELS[backbone].trains:
         models["student"] = f"{backbone}_CKD"
     jobs = []
     for part, model in models.items():

@@ -17,6 +17,7 @@ from recbole_ckd.errors import ConfigError
 from recbole_ckd.settings_files import (
     SHIPPED_DATASETS_DIR,
     SafeYamlLoader,
+    model_property_files,
     properties_dir,
     read_yaml,
     resolve_config_file,
@@ -64,7 +65,8 @@ class Config(RecBoleConfig):
     """RecBole's Config plus the plugin's YAMLs, plugin-first model lookup and MMRec data.
 
     Priority, lowest first: RecBole's overall.yaml, the plugin's overall.yaml, RecBole's model
-    and dataset YAMLs, the plugin's model YAML(s) and dataset YAML, then config files, the
+    and dataset YAMLs, the plugin's model YAML(s) (each followed by its settings for the dataset,
+    ``model/<Model>/<dataset>.yaml``, where there is one) and dataset YAML, then config files, the
     config dict and the command line. ``cmd_args`` replaces RecBole's own parsing of
     ``sys.argv`` (a list like ``["--learning_rate=0.01"]``; ``None`` means no command line),
     so a Config built inside a Ray worker or a library call never sees a foreign argv.
@@ -156,10 +158,8 @@ class Config(RecBoleConfig):
         for key, value in self._read_yaml(props / "overall.yaml").items():
             if key not in specific:
                 self.internal_config_dict[key] = value
-        for name in getattr(model_class, "config_names", lambda: [model])():
-            path = props / "model" / f"{name}.yaml"
-            if path.is_file():
-                self.internal_config_dict.update(self._read_yaml(path))
+        for path in model_property_files(props, getattr(model_class, "config_names", lambda: [model])(), dataset):
+            self.internal_config_dict.update(self._read_yaml(path))
         path = props / "dataset" / f"{dataset}.yaml"
         if path.is_file():
             dataset_dict = self._read_yaml(path)
@@ -364,6 +364,9 @@ CONFIG_RULES = {
     "ogm_noise": _boolean(),
     "ogm_epochs": _pair(lambda start: _is_integer(start) and start >= 0, lambda start, end: _is_integer(end) and start <= end,
                         "[first, last] epochs, integers with 0 <= first <= last"),
+    "mg": _boolean(),
+    "alpha1": _number(0),
+    "alpha2": _number(0),
     "learning_rate_scheduler": (lambda value: value is None or _pair(lambda a: a > 0, lambda a, b: b > 0, "")[0](value),
                                 "[factor, epochs] with both > 0 (e.g. [0.96, 50]), or ~"),
     "learner": _name_among("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam"),
@@ -428,6 +431,10 @@ def validate(config):
     if final.get("ckd_specific") is False and final.get("ckd_generic") is False:
         raise ConfigError("config keys ckd_specific and ckd_generic are both False: nothing is distilled; keep one of "
                           "them, or set kd_weight: 0 for the plain backbone's objective.")
+    if final.get("mg") is True and not _number(1, integer=True)[0](final.get("beta")):
+        # only then: several RecBole models have a beta of their own (RecVAE, NAIS...)
+        raise ConfigError(f"config key beta: {final.get('beta')!r} is not allowed with mg: True; beta (Mirror "
+                          "Gradient mirrors every beta-th batch) must be an integer >= 1.")
     checkpoint_dir = final.get("checkpoint_dir")
     if isinstance(checkpoint_dir, str) and os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
         raise ConfigError(f"config key checkpoint_dir: {checkpoint_dir} is a file; give a folder (it holds every checkpoint).")

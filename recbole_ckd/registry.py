@@ -11,7 +11,7 @@ from recbole.utils import get_trainer as recbole_get_trainer
 from recbole_ckd import model as plugin_models
 from recbole_ckd.data.dataset import MultimodalDataset
 from recbole_ckd.errors import ConfigError
-from recbole_ckd.model.balancing import balancing_refusal
+from recbole_ckd.model.balancing import balancing_refusal, untrained_refusal
 from recbole_ckd.model.ckd import ckd_refusal
 from recbole_ckd.trainer import CKDTrainer, ResumableTrainer, with_safe_checkpoints
 
@@ -38,6 +38,8 @@ def get_model(name):
     name = canonical_model_name(name)
     model_class = plugin_models.MODELS.get(name)
     backbone = getattr(model_class, "backbone", None)
+    if backbone is not None and not backbone.trains:
+        raise ConfigError(untrained_refusal(name, backbone.__name__))
     if backbone is not None and not backbone.ranks_with_modalities:
         # refuse before any data is read; models that do not declare it are checked when built
         if getattr(model_class, "is_ckd_student", False):

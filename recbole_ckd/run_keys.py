@@ -13,12 +13,14 @@ import os
 from recbole_ckd.settings_files import properties_dir, read_yaml
 
 # Keys added after results were published (the CKD ablation switches, the balancing baselines'
-# settings): at overall.yaml's default they compute exactly what the code did before they
-# existed, so they enter a run key only when set to another value (cached cells stay valid).
-LATER_KEYS = {"ckd_specific", "ckd_generic", "ckd_weighting", "mdrop_prob", "mdrop_unit", "ogm_alpha", "ogm_noise",
-              "ogm_epochs"}
-# Keys of the student only: changing them never changes a teacher.
-CKD_KEYS = {"kd_weight", "gd_weight", "kd_temperature", "gd_samples", "cf_clamp", "teacher_learning_rate"} | LATER_KEYS
+# settings, Mirror Gradient's): at overall.yaml's default they compute exactly what the code did
+# before they existed, so they enter a run key only when set to another value (cached cells stay valid).
+STUDENT_LATER_KEYS = {"ckd_specific", "ckd_generic", "ckd_weighting", "mdrop_prob", "mdrop_unit", "ogm_alpha",
+                      "ogm_noise", "ogm_epochs"}
+LATER_KEYS = STUDENT_LATER_KEYS | {"mg", "alpha1", "alpha2", "beta"}
+# Keys of the student only: changing them never changes a teacher (Mirror Gradient trains the teachers too).
+CKD_KEYS = {"kd_weight", "gd_weight", "kd_temperature", "gd_samples", "cf_clamp",
+            "teacher_learning_rate"} | STUDENT_LATER_KEYS
 # Keys that only change how a trained model is scored, not how it is trained.
 EVALUATION_KEYS = {"test_masking", "metrics", "topk"}
 # Keys that change where or how loudly a run happens, never what it computes.

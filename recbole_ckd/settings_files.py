@@ -23,6 +23,16 @@ def properties_dir():
     )
 
 
+def model_property_files(props, names, dataset):
+    """The model YAMLs under the properties folder ``props`` of the models ``names``, in loading
+    order: ``model/<name>.yaml``, then ``model/<name>/<dataset>.yaml`` (that model's settings for
+    one dataset, e.g. the per-dataset best values its authors report), for each name; only the
+    files that exist."""
+    model_dir = Path(props) / "model"
+    paths = [path for name in names for path in (model_dir / f"{name}.yaml", model_dir / name / f"{dataset}.yaml")]
+    return [path for path in paths if path.is_file()]
+
+
 def resolve_config_file(path):
     """``path`` as given, or, when it names one of the plugin's own files (``properties/protocol/
     ckd_reference.yaml``) and no such file is here, that file of the installed package."""

@@ -2,6 +2,7 @@
 learning-rate schedule), and the two CKD stages (teachers, then the student)."""
 
 import copy
+import itertools
 import os
 import shutil
 
@@ -11,7 +12,7 @@ from recbole.utils import set_color
 
 from recbole_ckd.checkpoints import SafeCheckpointMixin, restore_rng_state, rng_state, seed_stage
 from recbole_ckd.compat import CheckpointError, save_checkpoint
-from recbole_ckd.errors import UserError
+from recbole_ckd.errors import ConfigError, UserError
 from recbole_ckd.run_keys import default_run_dir, file_lock, teacher_key, teacher_run_dir
 
 
@@ -29,8 +30,53 @@ def with_safe_checkpoints(trainer_class):
     if issubclass(trainer_class, SafeCheckpointMixin):
         return trainer_class
     if trainer_class not in _SAFE_TRAINERS:
-        _SAFE_TRAINERS[trainer_class] = type(trainer_class.__name__, (SafeCheckpointMixin, trainer_class), {})
+        bases = (SafeCheckpointMixin, OwnLoopMixin, trainer_class)
+        _SAFE_TRAINERS[trainer_class] = type(trainer_class.__name__, bases, {})
     return _SAFE_TRAINERS[trainer_class]
+
+
+class OwnLoopMixin:
+    """A RecBole trainer with a training loop of its own (KG, pre-training, VAE...): Mirror
+    Gradient lives in the plugin's loop (:class:`ResumableTrainer`), which such a trainer skips."""
+
+    def __init__(self, config, model):
+        if config["mg"]:
+            raise ConfigError(
+                f"config key mg: True is not supported for {config['model']}: it trains with RecBole's "
+                f"{type(self).__name__}, whose own training loop has no Mirror Gradient; set mg: False."
+            )
+        super().__init__(config, model)
+
+
+# ----------------------------------------------------------------------------- Mirror Gradient
+def mirror_gradient(loss_func, optimizer, alpha1, alpha2, beta):
+    """``loss_func`` with Mirror Gradient (Zhong et al., WWW 2024) in MMRec's form, for one epoch.
+
+    On batches 0, beta, 2 beta, ... of the epoch it takes a step along ``alpha1 x`` the gradient
+    of the loss itself, then recomputes the loss on the same batch at the new parameters and
+    returns what makes RecBole's loop step along ``-alpha2 x`` that loss's gradient (with its
+    gradient clipping, which MMRec also applies to the second step only). The value returned is
+    the first loss, which RecBole logs (as MMRec does); other batches are untouched.
+    """
+    batches = itertools.count()
+
+    def mirrored_loss(interaction):
+        losses = loss_func(interaction)
+        if next(batches) % beta:
+            return losses
+        first = sum(losses) if isinstance(losses, tuple) else losses
+        if torch.isfinite(first):  # a bad loss is reported by RecBole's check of the returned value
+            (alpha1 * first).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        second = loss_func(interaction)
+        second = -alpha2 * (sum(second) if isinstance(second, tuple) else second)
+        gradient_only = second - second.detach()  # value 0 (NaN if the loss is), the second step's gradient
+        if isinstance(losses, tuple):
+            return (losses[0].detach() + gradient_only, *(part.detach() for part in losses[1:]))
+        return losses.detach() + gradient_only
+
+    return mirrored_loss
 
 
 # ----------------------------------------------------------------------------- learning-rate schedule
@@ -206,6 +252,9 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
         self._epoch = epoch_idx
         if hasattr(self.model, "pre_epoch"):  # e.g. FREEDOM re-samples its pruned graph
             self.model.pre_epoch(epoch_idx)
+        if self.config["mg"]:  # no state across epochs: MMRec counts the batches of each epoch from 0
+            loss_func = mirror_gradient(loss_func or self.model.calculate_loss, self.optimizer,
+                                        self.config["alpha1"], self.config["alpha2"], self.config["beta"])
         loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()

@@ -27,7 +27,8 @@ from recbole_ckd.registry import create_dataset
 pytestmark = [pytest.mark.filterwarnings("error::ResourceWarning"),
               pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")]
 
-STUDENT_BACKBONES = [cls.__name__ for cls in BACKBONES if cls.ranks_with_modalities]
+RANKING_BACKBONES = [cls.__name__ for cls in BACKBONES if cls.ranks_with_modalities]
+STUDENT_BACKBONES = [cls.__name__ for cls in BACKBONES if cls.ranks_with_modalities and cls.trains]
 BASELINES = ("MDrop", "OGMGE")
 ALL_MODELS = [cls.__name__ for cls in BACKBONES] + [
     f"{name}_{suffix}" for suffix in ("CKD",) + BASELINES for name in STUDENT_BACKBONES
@@ -47,8 +48,8 @@ VARIANTS = {
     # a threshold low enough that the tiny graph has fused and unfused edges (see test_egogcn.py)
     "EgoGCN": [{"alpha_threshold": 0.105}, {"modulation": "soft"}, {"alpha_threshold": 0.105, "masked_fusion": "drop"}],
 }
-MASKING_CASES = [(name, {}) for name in STUDENT_BACKBONES] + [
-    (name, extra) for name, extras in VARIANTS.items() for extra in extras if name in STUDENT_BACKBONES
+MASKING_CASES = [(name, {}) for name in RANKING_BACKBONES] + [
+    (name, extra) for name, extras in VARIANTS.items() for extra in extras if name in RANKING_BACKBONES
 ]
 
 

@@ -90,19 +90,19 @@ def _value(value):
 
 
 def _variants(backbone):
+    """Its variants, or the registry's own refusal text (so the page says what the command line says)."""
+    from recbole_ckd.errors import ConfigError
+    from recbole_ckd.registry import get_model
+
     name = backbone.__name__
-    if backbone.ranks_with_modalities:
-        return (
-            f"`{name}_CKD` (CKD student), `{name}_MDrop` (modality dropout) and `{name}_OGMGE` "
-            "(OGM-GE gradient modulation)",
-            "yes",
-        )
+    try:
+        get_model(f"{name}_CKD")
+    except ConfigError as refusal:
+        return f"none. {refusal} The balancing baselines are refused for the same reason.", "no"
     return (
-        f"none. {name} ranks with ID embeddings only at inference (`ranks_with_modalities = False`), so "
-        "masking a modality changes none of its scores: every counterfactual effect is zero and CKD's "
-        "weights are undefined ([the method](../method.md), section 2), and there is no modality for the "
-        "balancing baselines to balance. Asking for a variant is refused with this reason.",
-        "no",
+        f"`{name}_CKD` (CKD student), `{name}_MDrop` (modality dropout) and `{name}_OGMGE` "
+        "(OGM-GE gradient modulation)",
+        "yes",
     )
 
 

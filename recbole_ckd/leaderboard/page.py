@@ -141,12 +141,13 @@ def _training_protocol(record, dataset, config_files, config_dict):
 
 def _properties_text(props, dataset, cells, config_files, config_dict):
     from recbole_ckd.model import MODELS
+    from recbole_ckd.settings_files import model_property_files
 
     parts = [f"# properties/overall.yaml\n{open(os.path.join(props, 'overall.yaml')).read().strip()}"]
     models = {records[0]["model"] for records in cells.values()}
     names = {name for model in models for name in (MODELS[model].config_names() if model in MODELS else [model])}
     for path in [os.path.join(props, "dataset", f"{dataset}.yaml")] + sorted(
-        os.path.join(props, "model", f"{name}.yaml") for name in names
+        str(path) for path in model_property_files(props, names, dataset)
     ):
         if os.path.isfile(path):
             parts.append(f"# {os.path.relpath(path, os.path.dirname(props))}\n{open(path).read().strip()}")

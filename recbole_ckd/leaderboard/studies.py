@@ -42,8 +42,9 @@ def study_entries(study, backbones):
         raise ValueError(f"--study={study}: unknown study; the studies are {', '.join(sorted(STUDIES))}")
     for name in backbones:
         backbone = MODELS.get(name)
-        if backbone is None or getattr(backbone, "backbone", None) is not None or not backbone.ranks_with_modalities:
-            raise ValueError(f"--models: {name} is not a multimodal backbone that ranks with its modalities; "
+        if (backbone is None or getattr(backbone, "backbone", None) is not None or not backbone.ranks_with_modalities
+                or not backbone.trains):
+            raise ValueError(f"--models: {name} is not a trained multimodal backbone that ranks with its modalities; "
                              f"--study={study} takes backbones, e.g. --models=VBPR,LATTICE,EgoGCN")
     return [Entry(label.format(B=name), model.format(B=name), dict(overrides))
             for name in backbones for label, model, overrides in STUDIES[study]]

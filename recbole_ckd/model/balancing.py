@@ -28,6 +28,14 @@ def balancing_refusal(variant, backbone):
     )
 
 
+def untrained_refusal(variant, backbone):
+    return (
+        f"{variant} cannot be built: {backbone} has nothing to train (its scores follow from the training "
+        "interactions and the features), so there is nothing for distillation or modality balancing to change. "
+        "Use the plain backbone instead."
+    )
+
+
 class BalancingMixin:
     """What every method that balances a backbone's modalities shares (the two baselines here
     and the CKD student): two or more modalities, all of them active, its own properties file

@@ -84,6 +84,8 @@ class MultimodalRecommender(GeneralRecommender):
     # False for a backbone whose ranking ignores its modalities (BM3): no CKD variant, no
     # per-modality report
     ranks_with_modalities = True
+    # False for a backbone with nothing to train (ItemKNNCBF): no CKD or balancing variant either
+    trains = True
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
