@@ -102,7 +102,10 @@ class MVGAE(MultimodalRecommender):
     alone (every modality and the collaborative one), a reconstruction term on a sample
     ``z = mu + 0.1 eps exp(logvar / 2)`` (:func:`reconstruction_loss`) plus ``beta`` times the
     KL divergence to ``N(0, I)``, averaged over the real user and item nodes. A CKD student
-    keeps every term (:meth:`objective`).
+    keeps every term (:meth:`objective`). The reconstruction scores are sigmoids of dot products
+    of sigmoids: at ``embedding_size: 64`` a dot product is near 16, where the sigmoid is flat,
+    so that term moves slowly and the KL terms dominate at first; this is the reference's loss,
+    kept as it is.
 
     The reference is MMRec's MVGAE, which this reproduces in its default settings (one layer,
     ``embedding_size: 64``, a hidden size of 128, no concatenation, the sigmoid of its
