@@ -35,9 +35,11 @@ def reconstruction_loss(z, users, pos, neg):
     ``sigmoid(max_k <s_u, s_{j_k}>)``, as ``-sum log2 sigmoid(pos - neg)`` over the batch
     (``users``, ``pos``, ``neg``: node indices into ``z``)."""
     s = torch.sigmoid(z)
-    s_users = s[users]
+    s_users, s_neg = s[users], s[neg]
+    with torch.no_grad():  # the maximum's gradient reaches only its argument: find it, then score that pair alone
+        hardest = (s_users @ s_neg.T).argmax(dim=1)
     pos_scores = torch.sigmoid((s_users * s[pos]).sum(dim=1))
-    neg_scores = torch.sigmoid((s_users @ s[neg].T).max(dim=1).values)
+    neg_scores = torch.sigmoid((s_users * s_neg[hardest]).sum(dim=1))
     return -torch.log2(torch.sigmoid(pos_scores - neg_scores)).sum()
 
 
