@@ -15,7 +15,7 @@ def info_nce(queries, keys, temperature):
 
 
 class SLMRec(MultimodalRecommender):
-    """SLMRec: Z. Tao, X. Liu, Y. Xia, X. Wang, L. Yang, X. Huang, T.-S. Chua, "Self-supervised
+    """SLMRec: Z. Tao, X. Liu, Y. Xia, X. Wang, L. Yang, X. Huang, T.-S. Chua, "Self-Supervised
     Learning for Multimedia Recommendation", IEEE Transactions on Multimedia, 2022.
 
     Branches. Users have one ID embedding ``e_U``, items an ID embedding ``e_I``; each modality m
