@@ -124,8 +124,9 @@ class MVGAE(MultimodalRecommender):
       modes, with the same representations as the full-table forward. The only random draws are
       the reparameterisation's (below);
     - MMRec ranks with the tables of its last training batch (so with that batch's dropout);
-      here ranking uses the current parameters, and at evaluation the posterior mean, as MMRec's
-      sampling step does (it returns ``mu`` outside training);
+      here ranking uses the current parameters. Both rank with the posterior mean, never a
+      sample (MMRec's sampling step also returns ``mu`` outside training), so evaluation draws
+      nothing;
     - MMRec's per-layer self-connection layers feed nothing without concatenation, and are left
       out; ``n_layers`` is honoured for any value >= 1 (MMRec builds two layers at most and
       ignores larger values); any number of modalities is supported; the padding nodes (id 0)
@@ -136,7 +137,11 @@ class MVGAE(MultimodalRecommender):
     generator seeded with the run's ``seed`` and the model's count of training steps, which is
     part of its state (checkpoints, ``state_dict``): a resumed run draws what the
     uninterrupted one did, and the backbone, its student and its balancing variants draw the
-    same noise for the same step, whatever else they compute.
+    same noise for the same step, whatever else they compute. (The other backbones' draws come
+    from torch's global generator, whose state the checkpoints keep; its position within a step
+    depends on what else the step drew (a student's distillation triples, a variant's modality
+    dropout), so a student's or a variant's backbone terms would not be the backbone's for the
+    same state and batch.)
 
     Masking modality m (docs/method.md, section 2) drops m's factor from the product of
     experts: the fused posterior is the product of the remaining experts, which is how a
