@@ -84,6 +84,9 @@ class MultimodalRecommender(GeneralRecommender):
     # False for a backbone whose ranking ignores its modalities (BM3): no CKD variant, no
     # per-modality report
     ranks_with_modalities = True
+    # False for a backbone with no parameter of one modality alone (DA-MRS reads its features only
+    # to build graphs): no OGM-GE variant, which modulates those parameters' gradients
+    has_modality_parameters = True
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
