@@ -120,6 +120,7 @@ class SMORE(MGCN):
         self.dropout = nn.Dropout(self.dropout_rate)
 
         self._build_knn_graphs(config)
+        self._fused_graphs = {}  # S_f per set of unmasked modalities and device, built when first used
         adjacency = self.bipartite_adjacency(dataset, "sym")
         self.register_buffer("norm_adj", adjacency, persistent=False)
         self.register_buffer("user_item", self._user_item_block(adjacency), persistent=False)
@@ -128,7 +129,6 @@ class SMORE(MGCN):
     def _build_knn_graphs(self, config):
         """Each modality's cosine-weighted kNN graph (its own k), cached under ``<checkpoint_dir>/graphs``."""
         keys = {"v": "image_knn_k", "t": "text_knn_k"}
-        self._fused_graphs = {}
         for m in self.modalities:
             key = keys.get(m, "knn_k")
             k = int(config[key])
