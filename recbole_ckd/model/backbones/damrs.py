@@ -11,12 +11,12 @@ from recbole_ckd.model.multimodal import MultimodalRecommender
 BEHAVIOUR = "behaviour"  # the name of the view over the item-item behaviour graph
 
 
-def binary_kl(logits_p, logits_q):
-    """``KL(Bernoulli(sigmoid(p)) || Bernoulli(sigmoid(q)))`` per entry, from the logits (stable
-    where a probability saturates)."""
-    p = torch.sigmoid(logits_p)
-    return (p * (F.logsigmoid(logits_p) - F.logsigmoid(logits_q))
-            + (1 - p) * (F.logsigmoid(-logits_p) - F.logsigmoid(-logits_q)))
+def symmetric_binary_kl(logits_p, logits_q):
+    """``KL(p || q) + KL(q || p)`` of Bernoulli distributions ``p = sigmoid(logits_p)``,
+    ``q = sigmoid(logits_q)``, per entry: the log-ratios of both outcomes combine into the
+    difference of the logits, ``(p - q) (logits_p - logits_q)`` (exact, and finite where a
+    probability saturates)."""
+    return (torch.sigmoid(logits_p) - torch.sigmoid(logits_q)) * (logits_p - logits_q)
 
 
 class DAMRS(MultimodalRecommender):
@@ -62,7 +62,8 @@ class DAMRS(MultimodalRecommender):
     built in blocks with the mean similarity in closed form (no ``n x n`` matrix) and cached;
     the padding item (row 0) has no kNN neighbours, is no one's, and is no candidate of the
     alignment softmax; degrees have no ``1e-7`` added (every node with an edge has degree >= 1);
-    logarithms of sigmoids are computed as ``logsigmoid`` (equal values, no ``log 0``); the
+    logarithms of sigmoids are computed as ``logsigmoid`` and the symmetric KL in closed form
+    (equal values, no ``log 0``); the
     reference's unused feature projections (``image_trs``, ``text_trs``), feature tables and
     ``reg_weight`` are left out: DA-MRS has no L2 term and reads the features only to build graphs.
 
@@ -212,5 +213,5 @@ class DAMRS(MultimodalRecommender):
         user_reps = parts["users"][torch.unique(users)]
         behaviour_logits = user_reps @ F.normalize(parts["items"][items], dim=-1).T
         content_logits = user_reps @ F.normalize(self.content(parts)[items], dim=-1).T
-        kl = (binary_kl(behaviour_logits, content_logits) + binary_kl(content_logits, behaviour_logits)).mean()
+        kl = symmetric_binary_kl(behaviour_logits, content_logits).mean()
         return {"bpr": bpr, "item_alignment": self.neighbor_weight * relation, "user_alignment": self.kl_weight * kl}
