@@ -76,14 +76,13 @@ def test_consistent_knn_is_the_brute_force_one(k, block_size):
     generator = torch.Generator().manual_seed(0)
     features = [torch.randn(17, 5, generator=generator), torch.randn(17, 3, generator=generator)]
     features[0][0] = features[1][0] = 0  # padding
-    for target in (0, 1):
-        rows, cols = graphs.consistent_knn_neighbours(features, target, k, block_size)
+    for target, (rows, cols) in enumerate(graphs.consistent_knn_neighbours(features, k, block_size)):
         got = torch.zeros(17, 17)
         got[rows, cols] = 1
         assert len(rows) == int(got.sum())
         torch.testing.assert_close(got, brute_consistent_knn(features, target, k))
     # one modality: its pairs above its own mean
-    rows, cols = graphs.consistent_knn_neighbours(features[1:], 0, k, block_size)
+    [(rows, cols)] = graphs.consistent_knn_neighbours(features[1:], k, block_size)
     got = torch.zeros(17, 17)
     got[rows, cols] = 1
     torch.testing.assert_close(got, brute_consistent_knn(features[1:], 0, k))

@@ -223,47 +223,58 @@ def item_behaviour_graph(users, items, n_users, n_items, k, min_users, cache_dir
     return cached_graph(cache_dir, "item-behaviour", digest, n_items, "cpu", build)
 
 
-def consistent_knn_neighbours(features, target, k, block_size=2048):
-    """DA-MRS's denoised kNN graph of modality ``target`` (an index into ``features``, the
-    ``[n_items, dim]`` tables of the modalities compared, row 0 padding): a pair of items is a
-    candidate only where its cosine similarity is at least that modality's mean similarity (over
-    all pairs of real items, self pairs included) in *every* modality; each item keeps its top
-    ``min(k, candidates)`` by ``target``'s similarity, non-candidates counting as 0 (self
-    included when it is a candidate; row 0 gets no neighbours and is no one's). The mean is
-    ``|sum_i f_i / |f_i||^2 / n^2``, so no ``n x n`` block is ever kept. Returns ``(rows, cols)``."""
+def consistent_knn_neighbours(features, k, block_size=2048):
+    """DA-MRS's denoised kNN graphs of the modalities whose ``[n_items, dim]`` tables are
+    ``features`` (row 0 padding): a pair of items is a candidate only where its cosine
+    similarity is at least that modality's mean similarity (over all pairs of real items, self
+    pairs included) in *every* modality; in modality m's graph each item keeps its top
+    ``min(k, candidates)`` by m's similarity, non-candidates counting as 0 (self included when it
+    is a candidate; row 0 gets no neighbours and is no one's). The mean is ``|sum_i f_i /
+    |f_i||^2 / n^2``, so no ``n x n`` block is ever kept. Returns ``[(rows, cols)]``, one pair per
+    modality, from one pass over the blocks."""
     n = features[0].shape[0]
     k = min(k, n - 1)
     normed = [torch.nn.functional.normalize(f.float(), dim=1) for f in features]
     means = [x[1:].sum(0).pow(2).sum() / (n - 1) ** 2 for x in normed]
-    rows, cols = [], []
+    edges = [([], []) for _ in features]
     for start in range(1, n, block_size):
         stop = min(start + block_size, n)
         sims = [x[start:stop] @ x.T for x in normed]
         below = torch.stack([sim < mean for sim, mean in zip(sims, means)]).any(0)
         below[:, 0] = True
-        sim = sims[target].masked_fill(below, 0.0)
-        sim[:, 0] = -float("inf")
-        index = sim.topk(k, dim=1).indices
-        keep = torch.arange(k, device=sim.device)[None, :] < (~below).sum(1, keepdim=True)
-        rows.append(torch.arange(start, stop, device=sim.device)[:, None].expand(-1, k)[keep])
-        cols.append(index[keep])
-    return torch.cat(rows), torch.cat(cols)
+        keep = torch.arange(k, device=below.device)[None, :] < (~below).sum(1, keepdim=True)
+        rows = torch.arange(start, stop, device=below.device)[:, None].expand(-1, k)[keep]
+        for sim, (all_rows, all_cols) in zip(sims, edges):
+            sim = sim.masked_fill(below, 0.0)
+            sim[:, 0] = -float("inf")
+            all_rows.append(rows)
+            all_cols.append(sim.topk(k, dim=1).indices[keep])
+    return [(torch.cat(rows), torch.cat(cols)) for rows, cols in edges]
 
 
-def consistent_knn_graph(features, target, k, cache_dir=None, block_size=2048):
-    """:func:`consistent_knn_neighbours` with edges of weight 1, ``D^-1/2 A D^-1/2`` (sparse, on the
-    features' device), cached in ``cache_dir`` keyed by every table compared, ``target`` and ``k``."""
-    digest = None
+def consistent_knn_graphs(features, k, cache_dir=None, block_size=2048):
+    """:func:`consistent_knn_neighbours` as graphs with edges of weight 1, ``D^-1/2 A D^-1/2``
+    (sparse, on the features' device), one per table; each cached in ``cache_dir`` keyed by every
+    table compared, its position and ``k``."""
+    n, device = features[0].shape[0], features[0].device
+    digests = [None] * len(features)
     if cache_dir:
-        digest = hashlib.sha256(repr((GRAPH_FORMAT_VERSION, target, k, [tuple(f.shape) for f in features])).encode())
+        shared = hashlib.sha256(repr((GRAPH_FORMAT_VERSION, k, [tuple(f.shape) for f in features])).encode())
         for table in features:
-            digest.update(table.detach().cpu().float().contiguous().numpy().tobytes())
+            shared.update(table.detach().cpu().float().contiguous().numpy().tobytes())
+        digests = [shared.copy() for _ in features]
+        for target, digest in enumerate(digests):
+            digest.update(repr(target).encode())
+    neighbours = []  # every table's, from one pass, computed when the first graph is not cached
 
-    def build():
-        rows, cols = consistent_knn_neighbours(features, target, k, block_size)
-        return normalized_adjacency(rows, cols, torch.ones(len(rows), device=rows.device), features[0].shape[0], "sym")
+    def build(target):
+        if not neighbours:
+            neighbours.extend(consistent_knn_neighbours(features, k, block_size))
+        rows, cols = neighbours[target]
+        return normalized_adjacency(rows, cols, torch.ones(len(rows), device=rows.device), n, "sym")
 
-    return cached_graph(cache_dir, "consistent-knn", digest, features[0].shape[0], features[0].device, build)
+    return [cached_graph(cache_dir, "consistent-knn", digest, n, device, lambda target=target: build(target))
+            for target, digest in enumerate(digests)]
 
 
 def sparse_sum(parts, n):

@@ -118,11 +118,8 @@ class DAMRS(MultimodalRecommender):
         active = tuple(m for m in self.modalities if m not in masked)
         key = (active, self.norm_adj.device)
         if key not in self._denoised_graphs:
-            tables = [self.feature(m) for m in active]
-            self._denoised_graphs[key] = {
-                m: graphs.consistent_knn_graph(tables, k, self.knn_k, self.graph_cache_dir).to(self.norm_adj.device)
-                for k, m in enumerate(active)
-            }
+            built = graphs.consistent_knn_graphs([self.feature(m) for m in active], self.knn_k, self.graph_cache_dir)
+            self._denoised_graphs[key] = {m: graph.to(self.norm_adj.device) for m, graph in zip(active, built)}
         return self._denoised_graphs[key]
 
     # ------------------------------------------------------------ representations
