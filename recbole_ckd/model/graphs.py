@@ -230,7 +230,7 @@ def consistent_knn_neighbours(features, k, block_size=2048):
     pairs included) in *every* modality; in modality m's graph each item keeps its top
     ``min(k, candidates)`` by m's similarity, non-candidates counting as 0 (self included when it
     is a candidate; row 0 gets no neighbours and is no one's). The mean is ``|sum_i f_i /
-    |f_i||^2 / n^2``, so no ``n x n`` block is ever kept. Returns ``[(rows, cols)]``, one pair per
+    |f_i||^2 / N^2`` over the ``N`` real items, so no ``N x N`` block is ever kept. Returns ``[(rows, cols)]``, one pair per
     modality, from one pass over the blocks."""
     n = features[0].shape[0]
     k = min(k, n - 1)

@@ -1,4 +1,4 @@
-"""DA-MRS (Xu et al., KDD 2024): denoising and aligning multimodal content and user feedback."""
+"""DA-MRS (Xv et al., KDD 2024): denoising and aligning multimodal content and user feedback."""
 
 import torch
 import torch.nn.functional as F
