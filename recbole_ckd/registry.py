@@ -11,7 +11,12 @@ from recbole.utils import get_trainer as recbole_get_trainer
 from recbole_ckd import model as plugin_models
 from recbole_ckd.data.dataset import MultimodalDataset
 from recbole_ckd.errors import ConfigError
-from recbole_ckd.model.balancing import balancing_refusal, untrained_refusal
+from recbole_ckd.model.balancing import (
+    GradientModulationMixin,
+    balancing_refusal,
+    modulation_refusal,
+    untrained_refusal,
+)
 from recbole_ckd.model.ckd import ckd_refusal
 from recbole_ckd.trainer import CKDTrainer, ResumableTrainer, with_safe_checkpoints
 
@@ -33,18 +38,32 @@ def canonical_model_name(name):
     return same[0] if same else name
 
 
+def model_refusal(name):
+    """Why the plugin's variant ``name`` cannot be built (its backbone declares what the variant
+    needs missing), or None. Checked before any data is read; models that do not declare it are
+    checked when built."""
+    model_class = plugin_models.MODELS.get(name)
+    backbone = getattr(model_class, "backbone", None)
+    if backbone is None:
+        return None
+    if not backbone.trains:
+        return untrained_refusal(name, backbone.__name__)
+    if not backbone.ranks_with_modalities:
+        if getattr(model_class, "is_ckd_student", False):
+            return ckd_refusal(backbone.__name__, "any")
+        return balancing_refusal(name, backbone.__name__)
+    if issubclass(model_class, GradientModulationMixin) and not backbone.has_modality_parameters:
+        return modulation_refusal(name, backbone.__name__)
+    return None
+
+
 def get_model(name):
     """The model class called ``name`` (in any case): a plugin model if there is one, else RecBole's."""
     name = canonical_model_name(name)
     model_class = plugin_models.MODELS.get(name)
-    backbone = getattr(model_class, "backbone", None)
-    if backbone is not None and not backbone.trains:
-        raise ConfigError(untrained_refusal(name, backbone.__name__))
-    if backbone is not None and not backbone.ranks_with_modalities:
-        # refuse before any data is read; models that do not declare it are checked when built
-        if getattr(model_class, "is_ckd_student", False):
-            raise ConfigError(ckd_refusal(backbone.__name__, "any"))
-        raise ConfigError(balancing_refusal(name, backbone.__name__))
+    refusal = model_refusal(name)
+    if refusal is not None:
+        raise ConfigError(refusal)
     if model_class is not None:
         return model_class
     try:

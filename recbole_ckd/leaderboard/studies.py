@@ -35,8 +35,10 @@ STUDIES = {"balancing": BALANCING_STUDY}
 
 
 def study_entries(study, backbones):
-    """Every entry of ``study`` for each backbone, backbone by backbone."""
+    """Every entry of ``study`` for each backbone, backbone by backbone, but the variants a backbone
+    has not (DAMRS_OGMGE: :func:`~recbole_ckd.registry.model_refusal`)."""
     from recbole_ckd.model import MODELS
+    from recbole_ckd.registry import model_refusal
 
     if study not in STUDIES:
         raise ValueError(f"--study={study}: unknown study; the studies are {', '.join(sorted(STUDIES))}")
@@ -47,4 +49,5 @@ def study_entries(study, backbones):
             raise ValueError(f"--models: {name} is not a trained multimodal backbone that ranks with its modalities; "
                              f"--study={study} takes backbones, e.g. --models=VBPR,LATTICE,EgoGCN")
     return [Entry(label.format(B=name), model.format(B=name), dict(overrides))
-            for name in backbones for label, model, overrides in STUDIES[study]]
+            for name in backbones for label, model, overrides in STUDIES[study]
+            if model_refusal(model.format(B=name)) is None]

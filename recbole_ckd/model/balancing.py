@@ -36,6 +36,13 @@ def untrained_refusal(variant, backbone):
     )
 
 
+def modulation_refusal(variant, backbone):
+    return (
+        f"{variant} cannot be built: {backbone} has no parameters of a single modality (it reads its features "
+        "only to build graphs), so OGM-GE has no gradients to modulate. Use the plain backbone, its _MDrop or its _CKD variant."
+    )
+
+
 class BalancingMixin:
     """What every method that balances a backbone's modalities shares (the two baselines here
     and the CKD student): two or more modalities, all of them active, its own properties file
@@ -105,7 +112,7 @@ def modulation_coefficients(scores, alpha):
 
 
 class GradientModulationMixin(BalancingMixin):
-    """OGM-GE for pairwise ranking.
+    """OGM-GE for pairwise ranking (refused for a backbone without modality parameters).
 
     A modality's score is ``s_m = sum_batch sigmoid(d_only_m)``, the probability mass with
     which its "only m" mode ranks the positive item first (OGM's per-modality confidence in

@@ -153,11 +153,11 @@ def cached_graph_problem(state, n):
     return None
 
 
-def co_interaction_neighbours(users, items, n_users, n_items, k, block_size=4096):
+def co_interaction_neighbours(users, items, n_users, n_items, k, block_size=4096, min_count=1):
     """For every user, the ``k`` other users with whom it shares the most items, and how many.
 
     ``(users, items)`` are interaction pairs (a repeated pair counts once). Two users are candidates when they share
-    at least one item; a user with fewer than ``k`` candidates keeps them all. Ties are broken by
+    at least ``min_count`` items (and one); a user with fewer than ``k`` candidates keeps them all. Ties are broken by
     the smaller user id. The shared-item counts ``R R^T`` (``R`` the binary user-item matrix) are
     computed for a block of ``block_size`` users at a time, as a sparse product, so memory grows
     with the co-interacting pairs of one block, never with ``n_users^2``. Returns long tensors
@@ -176,7 +176,7 @@ def co_interaction_neighbours(users, items, n_users, n_items, k, block_size=4096
         order = np.lexsort((col, -count, row))  # by row, then decreasing count, then smaller id
         row, col, count = row[order], col[order], count[order]
         rank = np.arange(len(row)) - np.searchsorted(row, row, side="left")
-        keep = rank < k
+        keep = (rank < k) & (count >= min_count)  # by decreasing count: the same as dropping them first
         rows.append(row[keep])
         cols.append(col[keep])
         counts.append(count[keep])
@@ -199,6 +199,82 @@ def co_interaction_graph(users, items, n_users, n_items, k, cache_dir=None, bloc
         return torch.sparse_coo_tensor(torch.stack([rows, cols]), counts.float(), (n_users, n_users)).coalesce()
 
     return cached_graph(cache_dir, "users", digest, n_users, "cpu", build)
+
+
+def item_behaviour_graph(users, items, n_users, n_items, k, min_users, cache_dir=None):
+    """DA-MRS's item-item behaviour graph: every item linked to itself and to the ``k`` other items
+    with which it shares the most users, among those sharing at least ``min_users`` (ties: the
+    smaller item id), edges of weight 1, ``D^-1/2 A D^-1/2`` with ``D`` the row sums, sparse
+    ``[n_items, n_items]``. ``(users, items)`` are the training pairs; :func:`co_interaction_neighbours`
+    with the roles of users and items swapped. With ``cache_dir``, cached keyed by the pairs, ``k``
+    and ``min_users``."""
+    users, items = torch.as_tensor(users).long().cpu(), torch.as_tensor(items).long().cpu()
+    digest = None
+    if cache_dir:
+        digest = hashlib.sha256(torch.stack([users, items]).contiguous().numpy().tobytes())
+        digest.update(repr((GRAPH_FORMAT_VERSION, k, min_users, n_users, n_items)).encode())
+
+    def build():
+        rows, cols, _ = co_interaction_neighbours(items, users, n_items, n_users, k, min_count=min_users)
+        loops = torch.arange(n_items)
+        rows, cols = torch.cat([loops, rows]), torch.cat([loops, cols])
+        return normalized_adjacency(rows, cols, torch.ones(len(rows)), n_items, "sym")
+
+    return cached_graph(cache_dir, "item-behaviour", digest, n_items, "cpu", build)
+
+
+def consistent_knn_neighbours(features, k, block_size=2048):
+    """DA-MRS's denoised kNN graphs of the modalities whose ``[n_items, dim]`` tables are
+    ``features`` (row 0 padding): a pair of items is a candidate only where its cosine
+    similarity is at least that modality's mean similarity (over all pairs of real items, self
+    pairs included) in *every* modality; in modality m's graph each item keeps its top
+    ``min(k, candidates)`` by m's similarity, non-candidates counting as 0 (self included when it
+    is a candidate; row 0 gets no neighbours and is no one's). The mean is ``|sum_i f_i /
+    |f_i||^2 / N^2`` over the ``N`` real items, so no ``N x N`` block is ever kept. Returns ``[(rows, cols)]``, one pair per
+    modality, from one pass over the blocks."""
+    n = features[0].shape[0]
+    k = min(k, n - 1)
+    normed = [torch.nn.functional.normalize(f.float(), dim=1) for f in features]
+    means = [x[1:].sum(0).pow(2).sum() / (n - 1) ** 2 for x in normed]
+    edges = [([], []) for _ in features]
+    for start in range(1, n, block_size):
+        stop = min(start + block_size, n)
+        sims = [x[start:stop] @ x.T for x in normed]
+        below = torch.stack([sim < mean for sim, mean in zip(sims, means)]).any(0)
+        below[:, 0] = True
+        keep = torch.arange(k, device=below.device)[None, :] < (~below).sum(1, keepdim=True)
+        rows = torch.arange(start, stop, device=below.device)[:, None].expand(-1, k)[keep]
+        for sim, (all_rows, all_cols) in zip(sims, edges):
+            sim = sim.masked_fill(below, 0.0)
+            sim[:, 0] = -float("inf")
+            all_rows.append(rows)
+            all_cols.append(sim.topk(k, dim=1).indices[keep])
+    return [(torch.cat(rows), torch.cat(cols)) for rows, cols in edges]
+
+
+def consistent_knn_graphs(features, k, cache_dir=None, block_size=2048):
+    """:func:`consistent_knn_neighbours` as graphs with edges of weight 1, ``D^-1/2 A D^-1/2``
+    (sparse, on the features' device), one per table; each cached in ``cache_dir`` keyed by every
+    table compared, its position and ``k``."""
+    n, device = features[0].shape[0], features[0].device
+    digests = [None] * len(features)
+    if cache_dir:
+        shared = hashlib.sha256(repr((GRAPH_FORMAT_VERSION, k, [tuple(f.shape) for f in features])).encode())
+        for table in features:
+            shared.update(table.detach().cpu().float().contiguous().numpy().tobytes())
+        digests = [shared.copy() for _ in features]
+        for target, digest in enumerate(digests):
+            digest.update(repr(target).encode())
+    neighbours = []  # every table's, from one pass, computed when the first graph is not cached
+
+    def build(target):
+        if not neighbours:
+            neighbours.extend(consistent_knn_neighbours(features, k, block_size))
+        rows, cols = neighbours[target]
+        return normalized_adjacency(rows, cols, torch.ones(len(rows), device=rows.device), n, "sym")
+
+    return [cached_graph(cache_dir, "consistent-knn", digest, n, device, lambda target=target: build(target))
+            for target, digest in enumerate(digests)]
 
 
 def sparse_sum(parts, n):

@@ -86,6 +86,9 @@ class MultimodalRecommender(GeneralRecommender):
     ranks_with_modalities = True
     # False for a backbone with nothing to train (ItemKNNCBF): no CKD or balancing variant either
     trains = True
+    # False for a backbone with no parameter of one modality alone (DA-MRS reads its features only
+    # to build graphs): no OGM-GE variant, which modulates those parameters' gradients
+    has_modality_parameters = True
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
