@@ -5,20 +5,22 @@ leaderboard cells)."""
 import contextlib
 import errno
 import fcntl
-import functools
 import hashlib
 import json
 import os
 
-from recbole_ckd.settings_files import properties_dir, read_yaml
 
 # Keys added after results were published (the CKD ablation switches, the balancing baselines'
-# settings): at overall.yaml's default they compute exactly what the code did before they
-# existed, so they enter a run key only when set to another value (cached cells stay valid).
-LATER_KEYS = {"ckd_specific", "ckd_generic", "ckd_weighting", "mdrop_prob", "mdrop_unit", "ogm_alpha", "ogm_noise",
-              "ogm_epochs"}
+# settings), each with its legacy value: what the code computed before the key existed. A key at its
+# legacy value is left out of the run key, so cells cached before it existed stay valid; at any other
+# value (a newer default included) it enters the run key, so a cell computed under the old rule is
+# never served as the new rule's result.
+LATER_KEYS = {
+    "ckd_specific": True, "ckd_generic": True, "ckd_weighting": "counterfactual",
+    "mdrop_prob": 0.5, "mdrop_unit": "triple", "ogm_alpha": 0.1, "ogm_noise": True, "ogm_epochs": [0, 50],
+}
 # Keys of the student only: changing them never changes a teacher.
-CKD_KEYS = {"kd_weight", "gd_weight", "kd_temperature", "gd_samples", "cf_clamp", "teacher_learning_rate"} | LATER_KEYS
+CKD_KEYS = {"kd_weight", "gd_weight", "kd_temperature", "gd_samples", "cf_clamp", "teacher_learning_rate"} | set(LATER_KEYS)
 # Keys that only change how a trained model is scored, not how it is trained.
 EVALUATION_KEYS = {"test_masking", "metrics", "topk"}
 # Keys that change where or how loudly a run happens, never what it computes.
@@ -50,19 +52,11 @@ def dataset_fingerprint(config):
     return {os.path.basename(p): file_digest(p) for p in paths if os.path.isfile(p)}
 
 
-@functools.lru_cache(maxsize=None)
-def later_key_defaults():
-    """overall.yaml's values of :data:`LATER_KEYS`."""
-    overall = read_yaml(properties_dir() / "overall.yaml")
-    return {key: overall[key] for key in LATER_KEYS}
-
-
 def config_key(config, exclude=()):
     """A digest of everything that determines what a run computes: config and data files."""
-    defaults = later_key_defaults()
     items = {
         k: v for k, v in config.final_config_dict.items()
-        if k not in RUNTIME_KEYS and k not in exclude and not (k in defaults and v == defaults[k])
+        if k not in RUNTIME_KEYS and k not in exclude and not (k in LATER_KEYS and v == LATER_KEYS[k])
     }
     items["dataset_files"] = dataset_fingerprint(config)
     text = json.dumps(items, sort_keys=True, default=str)
