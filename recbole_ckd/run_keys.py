@@ -8,16 +8,30 @@ import fcntl
 import hashlib
 import json
 import os
+from typing import NamedTuple
+
+
+class LaterKey(NamedTuple):
+    """A config key added after results were published: its ``legacy`` value (what the code
+    computed before the key existed) and the ``variant`` whose models read it (``VBPR_MDrop``
+    is a variant ``MDrop``)."""
+
+    legacy: object
+    variant: str
 
 
 # Keys added after results were published (the CKD ablation switches, the balancing baselines'
-# settings), each with its legacy value: what the code computed before the key existed. A key at its
-# legacy value is left out of the run key, so cells cached before it existed stay valid; at any other
-# value (a newer default included) it enters the run key, so a cell computed under the old rule is
-# never served as the new rule's result.
+# settings). One is left out of the run key where it cannot change what the run computes: at its
+# legacy value, or in a model that does not read it. Cells cached before the key existed keep their
+# run keys; any other value (a newer default included) enters the run key, so a cell computed under
+# the old rule is never served as the new rule's result.
 LATER_KEYS = {
-    "ckd_specific": True, "ckd_generic": True, "ckd_weighting": "counterfactual",
-    "mdrop_prob": 0.5, "mdrop_unit": "triple", "ogm_alpha": 0.1, "ogm_noise": True, "ogm_epochs": [0, 50],
+    **{key: LaterKey(legacy, "CKD") for key, legacy in
+       {"ckd_specific": True, "ckd_generic": True, "ckd_weighting": "counterfactual"}.items()},
+    **{key: LaterKey(legacy, "MDrop") for key, legacy in
+       {"mdrop_prob": 0.5, "mdrop_unit": "triple", "mdrop_rule": "one_of"}.items()},
+    **{key: LaterKey(legacy, "OGMGE") for key, legacy in
+       {"ogm_alpha": 0.1, "ogm_noise": True, "ogm_epochs": [0, 50], "ogm_scope": "all"}.items()},
 }
 # Keys of the student only: changing them never changes a teacher.
 CKD_KEYS = {"kd_weight", "gd_weight", "kd_temperature", "gd_samples", "cf_clamp", "teacher_learning_rate"} | set(LATER_KEYS)
@@ -54,9 +68,15 @@ def dataset_fingerprint(config):
 
 def config_key(config, exclude=()):
     """A digest of everything that determines what a run computes: config and data files."""
+    model = str(config["model"])
+
+    def computes_as_before(key, value):
+        later = LATER_KEYS.get(key)
+        return later is not None and (value == later.legacy or not model.endswith(f"_{later.variant}"))
+
     items = {
         k: v for k, v in config.final_config_dict.items()
-        if k not in RUNTIME_KEYS and k not in exclude and not (k in LATER_KEYS and v == LATER_KEYS[k])
+        if k not in RUNTIME_KEYS and k not in exclude and not computes_as_before(k, v)
     }
     items["dataset_files"] = dataset_fingerprint(config)
     text = json.dumps(items, sort_keys=True, default=str)

@@ -17,6 +17,7 @@ Both rank with every modality at inference, exactly like the backbone. docs/meth
 import functools
 
 import torch
+import torch.nn.functional as F
 
 from recbole_ckd.model.multimodal import EpochStats, TrainingPass
 
@@ -52,24 +53,43 @@ class BalancingMixin:
 
 
 # ----------------------------------------------------------------------------- modality dropout
-def dropout_choice(n_triples, n_modalities, prob, unit, device=None):
-    """Per triple, ``0`` (nothing masked) or ``1 + k`` (modality ``k`` masked): a modality is masked
-    with probability ``prob``, drawn uniformly; ``unit="batch"`` takes one draw for all triples."""
+def dropped_modalities(n_triples, n_modalities, prob, unit="triple", rule="independent", generator=None, device=None):
+    """``[n_triples, n_modalities]``, True where a triple's modality is masked.
+
+    ``rule="independent"`` (ModDrop): each modality is masked with probability ``prob`` on its
+    own; a draw that masks every modality keeps one of them, drawn uniformly, so a modality is
+    masked with probability ``prob - prob^M / M``. ``rule="one_of"``: with probability ``prob``
+    one modality, drawn uniformly, is masked. ``unit="batch"``: one draw for all triples."""
     draws = n_triples if unit == "triple" else 1
-    masked = torch.rand(draws, device=device) < prob
-    which = torch.randint(n_modalities, (draws,), device=device)
-    return torch.where(masked, which + 1, torch.zeros_like(which)).expand(n_triples)
+    if rule == "independent":
+        dropped = torch.rand(draws, n_modalities, generator=generator, device=device) < prob
+        kept = torch.randint(n_modalities, (draws,), generator=generator, device=device)
+        keep_one = dropped.all(dim=1, keepdim=True) & F.one_hot(kept, n_modalities).bool()
+        dropped = dropped & ~keep_one
+    else:
+        masked = torch.rand(draws, generator=generator, device=device) < prob
+        which = torch.randint(n_modalities, (draws,), generator=generator, device=device)
+        dropped = F.one_hot(which, n_modalities).bool() & masked[:, None]
+    return dropped.expand(n_triples, -1)
 
 
 class ModalityDropoutMixin(BalancingMixin):
-    """The backbone trained with one modality masked at random (per triple or per batch)."""
+    """The backbone trained with modalities masked at random (per triple or per batch, rule
+    ``mdrop_rule``: :func:`dropped_modalities`)."""
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.mdrop_prob, self.mdrop_unit = config["mdrop_prob"], config["mdrop_unit"]
+        self.mdrop_prob, self.mdrop_unit, self.mdrop_rule = config["mdrop_prob"], config["mdrop_unit"], config["mdrop_rule"]
+        # every masked set the rule can draw, by its bit code (bit k: modality k masked); never all of them
+        n = len(self.modalities)
+        codes = [1 << k for k in range(n)] if self.mdrop_rule == "one_of" else range(1, (1 << n) - 1)
+        self.dropout_modes = {0: frozenset(), **{
+            code: frozenset(m for k, m in enumerate(self.modalities) if code >> k & 1) for code in codes
+        }}
 
-    def dropout_choice(self, n_triples):
-        return dropout_choice(n_triples, len(self.modalities), self.mdrop_prob, self.mdrop_unit, self.device)
+    def dropped_modalities(self, n_triples):
+        return dropped_modalities(n_triples, len(self.modalities), self.mdrop_prob, self.mdrop_unit, self.mdrop_rule,
+                                  device=self.device)
 
     def training_pass(self, interaction):
         """The backbone's step with each triple's margin taken from its drawn mode; the terms
@@ -77,13 +97,18 @@ class ModalityDropoutMixin(BalancingMixin):
         if self.mdrop_prob == 0:  # exactly the backbone, no random draws
             return super().training_pass(interaction)
         triples = self.batch_triples(interaction)
-        modes = {"joint": frozenset(), **{f"without_{m}": frozenset({m}) for m in self.modalities}}
+        modes = {"joint" if not masked else "without_" + "_".join(sorted(masked)): masked
+                 for masked in self.dropout_modes.values()}
         step = self.triple_margins(*triples, modes)
-        choice = self.dropout_choice(len(triples[0]))
-        stacked = torch.stack([step.margins[name] for name in modes])  # [1 + M, B], in choice's order
-        dropped = stacked.gather(0, choice[None]).squeeze(0)
-        self.balancing_stats.add({"masked_share": (choice > 0).float().mean()})
-        return TrainingPass({**step.margins, "joint": dropped}, step.joint, step.memo)
+        dropped = self.dropped_modalities(len(triples[0]))
+        code = (dropped.long() << torch.arange(len(self.modalities), device=dropped.device)).sum(dim=1)
+        row = torch.full((1 << len(self.modalities),), -1, dtype=torch.long, device=dropped.device)
+        row[list(self.dropout_modes)] = torch.arange(len(modes), device=dropped.device)
+        stacked = torch.stack([step.margins[name] for name in modes])  # [modes, B], in dropout_modes' order
+        margins = stacked.gather(0, row[code][None]).squeeze(0)
+        self.balancing_stats.add({"masked_share": dropped.any(dim=1).float().mean(),
+                                  **{f"masked_{m}": dropped[:, k].float().mean() for k, m in enumerate(self.modalities)}})
+        return TrainingPass({**step.margins, "joint": margins}, step.joint, step.memo)
 
 
 # ----------------------------------------------------------------------------- OGM-GE
@@ -102,9 +127,19 @@ class GradientModulationMixin(BalancingMixin):
     A modality's score is ``s_m = sum_batch sigmoid(d_only_m)``, the probability mass with
     which its "only m" mode ranks the positive item first (OGM's per-modality confidence in
     the true class); ``rho_m = s_m / mean_{k != m} s_k``. During epochs ``ogm_epochs`` (inclusive)
-    the gradient of every parameter of modality ``m`` (:meth:`modality_parameters`) becomes
-    ``k_m * g + N(0, std(g)^2)`` (the noise with ``ogm_noise``, as the authors' code adds it to
-    both modalities' parameters); shared parameters (ID embeddings) are untouched.
+    the gradient ``g`` of each modulated parameter of modality ``m`` becomes ``k_m * g``, plus
+    ``N(0, (std(g) + 1e-8)^2)`` with ``ogm_noise`` (GE), drawn for every entry of that tensor at
+    every modulated step and added to every modality's modulated parameters (``k_m = 1`` or not),
+    as the authors' code does.
+
+    Which parameters, ``ogm_scope``: ``encoders`` (the paper): the weight tensors (two or more
+    dimensions) of the modality's dense encoder layers (:meth:`modality_encoders`), as the
+    authors' code modulates the kernels of each modality's encoder and leaves its 1-d
+    parameters, the fusion and the classifier alone; never an ID or feature table, whose
+    gradient covers only a batch's rows (noise drawn over the whole table would move every row
+    at every step). ``all`` (the rule before this key): every parameter of the modality
+    (:meth:`modality_parameters`), tables included. Shared parameters (ID embeddings, fusion
+    weights) are never touched.
     """
 
     def __init__(self, config, dataset):
@@ -113,11 +148,18 @@ class GradientModulationMixin(BalancingMixin):
         self.ogm_epochs = tuple(int(e) for e in config["ogm_epochs"])
         self.coefficients = None  # {m: k_m} of the current step while modulating
         self.epoch = 0
-        for m, params in self.modality_parameters().items():
+        for m, params in self.modulated_parameters(config["ogm_scope"]).items():
             if not params:
-                raise ValueError(f"{type(self).__name__}: {self.backbone.__name__} declares no parameters of modality '{m}'.")
+                raise ValueError(f"{type(self).__name__}: {self.backbone.__name__} declares no parameters of modality "
+                                 f"'{m}' for ogm_scope={config['ogm_scope']}.")
             for param in params:
                 param.register_hook(functools.partial(self._modulate, m))
+
+    def modulated_parameters(self, scope):
+        """``{m: [parameters]}`` that ``ogm_scope`` modulates."""
+        if scope == "all":
+            return self.modality_parameters()
+        return {m: [p for p in params if p.dim() >= 2] for m, params in self.modality_encoders().items()}
 
     def pre_epoch(self, epoch):
         parent = getattr(super(), "pre_epoch", None)
