@@ -14,7 +14,7 @@ from conftest import build_baseline_pair, build_model, fast_config, loss_and_gra
 
 from recbole_ckd import leaderboard as lb
 from recbole_ckd.model import BACKBONES
-from recbole_ckd.model.balancing import dropped_modalities, modulation_coefficients
+from recbole_ckd.model.balancing import dropped_modalities, min_norm_weights, modulation_coefficients, pareto_combination
 
 
 def build_pair(root, tmp_path, suffix, **extra):
@@ -217,6 +217,66 @@ def test_no_modulation_outside_its_epochs(tiny_dataset, tmp_path):
         same = all(torch.allclose(got[n], g, rtol=1e-5, atol=1e-8) for n, g in plain_grads.items())
         assert same is not modulated, epoch
         assert (model.coefficients is not None) is modulated
+
+
+# ----------------------------------------------------------------------------- MMPareto
+def test_pareto_combination_of_two_conflicting_gradients_by_hand():
+    """g1 = (1, 0), g2 = (-1, 1): cosine below 0, so the min-norm weights: w1 = (g2.g2 - g1.g2) /
+    |g1 - g2|^2 = 3/5; direction 2 (3/5 g1 + 2/5 g2) = (0.4, 0.8), shorter than g1 + g2 = (0, 1),
+    so scaled to length 1, then by 1.5."""
+    combined, conflict = pareto_combination([[torch.tensor([1.0, 0.0])], [torch.tensor([-1.0, 1.0])]])
+    assert conflict
+    torch.testing.assert_close(combined[0], 1.5 * torch.tensor([0.4, 0.8]) / math.sqrt(0.8))
+    torch.testing.assert_close(min_norm_weights(torch.tensor([[1.0, -1.0], [-1.0, 2.0]])), torch.tensor([0.6, 0.4]))
+
+
+def test_pareto_combination_of_two_agreeing_gradients_is_their_sum_times_gamma():
+    """g1 = (1, 0), g2 = (1, 1) on one tensor and (0, 2), (1, 0) on another: every cosine of the
+    flattened gradients is positive, so equal weights: each tensor's plain sum, times 1.5."""
+    combined, conflict = pareto_combination([[torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])],
+                                             [torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0])]])
+    assert not conflict
+    torch.testing.assert_close(combined[0], torch.tensor([3.0, 1.5]))
+    torch.testing.assert_close(combined[1], torch.tensor([1.5, 3.0]))
+
+
+def test_min_norm_weights_of_three_gradients():
+    gram = lambda vectors: vectors @ vectors.T  # noqa: E731
+    balanced = min_norm_weights(gram(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])))
+    torch.testing.assert_close(balanced, torch.full((3,), 1 / 3))  # their mean is 0
+    vectors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    weights = min_norm_weights(gram(vectors))
+    assert weights.sum().item() == pytest.approx(1) and (weights >= 0).all()
+    assert (weights @ vectors).norm().item() ** 2 == pytest.approx(0.5, abs=1e-6)  # at w = (1/2, 1/2, 0)
+
+
+def test_pareto_gradients_of_a_model_follow_the_rule(tiny_dataset, tmp_path):
+    """VBPR_MMPareto's loss is the joint objective plus each "only m" BPR; each gradient is the rule
+    applied to the losses' own gradients: modality m's parameters over (joint, only m), the
+    shared ones over all three."""
+    plain, model, batch = build_pair(tiny_dataset["root"], tmp_path, "MMPareto")
+    u, i, j = batch["userID"], batch["itemID"], batch["neg_itemID"]
+    loss, got = loss_and_grads(model, batch)
+    joint = plain.calculate_loss(batch)
+    only = {m: -F.logsigmoid(margins(model, model.only(m), u, i, j)).mean() for m in model.modalities}
+    torch.testing.assert_close(loss, (joint + sum(only.values())).detach(), rtol=1e-5, atol=1e-7)
+    names = [n for n, _ in model.named_parameters()]
+    grad_of = {}
+    for name, value in {"joint": joint, **only}.items():
+        source = plain if name == "joint" else model
+        found = torch.autograd.grad(value, list(source.parameters()), allow_unused=True)
+        grad_of[name] = {n: torch.zeros_like(p) if g is None else g
+                         for (n, p), g in zip(source.named_parameters(), found)}
+    for m in model.modalities:
+        members = [n for n in names if m in n.split(".")]
+        expected, _ = pareto_combination([[grad_of[k][n] for n in members] for k in ("joint", m)])
+        for n, e in zip(members, expected):
+            torch.testing.assert_close(got[n], e, rtol=1e-4, atol=1e-7, msg=n)
+    shared = [n for n in names if not any(m in n.split(".") for m in model.modalities)]
+    expected, _ = pareto_combination([[grad_of[k][n] for n in shared] for k in ("joint", *model.modalities)])
+    for n, e in zip(shared, expected):
+        torch.testing.assert_close(got[n], e, rtol=1e-4, atol=1e-7, msg=n)
+    assert set(model.pop_epoch_stats()) >= {"conflict_shared", *(f"conflict_{m}" for m in model.modalities)}
 
 
 # ----------------------------------------------------------------------------- run keys

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.filterwarnings("error::ResourceWarning"),
               pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")]
 
 STUDENT_BACKBONES = [cls.__name__ for cls in BACKBONES if cls.ranks_with_modalities]
-BASELINES = ("MDrop", "OGMGE")
+BASELINES = ("MDrop", "OGMGE", "MMPareto")
 ALL_MODELS = [cls.__name__ for cls in BACKBONES] + [
     f"{name}_{suffix}" for suffix in ("CKD",) + BASELINES for name in STUDENT_BACKBONES
 ]

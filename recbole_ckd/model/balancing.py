@@ -15,11 +15,12 @@ Both rank with every modality at inference, exactly like the backbone. docs/meth
 """
 
 import functools
+import itertools
 
 import torch
 import torch.nn.functional as F
 
-from recbole_ckd.model.multimodal import EpochStats, TrainingPass
+from recbole_ckd.model.multimodal import EpochStats, TrainingPass, bpr
 
 
 def balancing_refusal(variant, backbone):
@@ -193,8 +194,111 @@ class GradientModulationMixin(BalancingMixin):
         return modulated
 
 
-VARIANT_MIXINS = {"MDrop": ModalityDropoutMixin, "OGMGE": GradientModulationMixin}
-VARIANT_DOCS = {"MDrop": "modality dropout", "OGMGE": "OGM-GE gradient modulation"}
+# ----------------------------------------------------------------------------- MMPareto
+PARETO_GAMMA = 1.5  # the authors' scale of every combined gradient
+
+
+def min_norm_weights(gram):
+    """The weights ``w`` on the simplex that minimise ``|sum_i w_i g_i|^2 = w^T G w`` for the Gram
+    matrix ``G`` ``[n, n]`` of ``n`` gradients (MGDA's min-norm element), exactly: the minimum is
+    on some face of the simplex, and on each face it solves a small linear system (the
+    Lagrangian's), so every face is tried (``n`` is the number of losses, a handful)."""
+    n = len(gram)
+    gram64 = gram.double().cpu()
+    best, best_value = None, float("inf")
+    for size in range(1, n + 1):
+        for face in itertools.combinations(range(n), size):
+            index = list(face)
+            system = torch.zeros(size + 1, size + 1, dtype=torch.float64)
+            system[:size, :size] = 2 * gram64[index][:, index]
+            system[:size, size] = system[size, :size] = 1.0
+            target = torch.zeros(size + 1, dtype=torch.float64)
+            target[size] = 1.0
+            on_face = (torch.linalg.pinv(system) @ target)[:size]
+            if (on_face < -1e-9).any() or abs(float(on_face.sum()) - 1) > 1e-6:
+                continue
+            weights = torch.zeros(n, dtype=torch.float64)
+            weights[index] = on_face.clamp_min(0)
+            value = float(weights @ gram64 @ weights)
+            if value < best_value - 1e-12:
+                best, best_value = weights, value
+    return best.to(dtype=gram.dtype, device=gram.device)
+
+
+def pareto_combination(group_grads):
+    """MMPareto's gradient of one parameter group shared by several losses.
+
+    ``group_grads``: per loss, its gradients of the group's tensors. If every pair of the losses' (flattened)
+    gradients has a positive cosine, the weights are equal; otherwise they are the min-norm
+    weights (:func:`min_norm_weights`). The direction is ``n * sum_i w_i g_i`` (the plain sum for
+    equal weights); each tensor's is scaled up to the norm of the plain sum of the losses' gradients
+    if shorter, then by ``PARETO_GAMMA``. Returns the new gradient per tensor and whether the
+    gradients conflicted."""
+    n = len(group_grads)
+    flat = torch.stack([torch.cat([g.reshape(-1) for g in grads]) for grads in group_grads])
+    gram = flat @ flat.T
+    norms = gram.diagonal().sqrt()
+    cosines = gram / (norms[:, None] * norms[None, :]).clamp_min(1e-12)
+    conflict = bool((cosines[~torch.eye(n, dtype=torch.bool, device=gram.device)] <= 0).any())
+    weights = min_norm_weights(gram) if conflict else torch.full((n,), 1.0 / n, dtype=gram.dtype, device=gram.device)
+    combined = []
+    for k in range(len(group_grads[0])):
+        direction = n * sum(w * grads[k] for w, grads in zip(weights, group_grads))
+        length, wanted = direction.norm(), sum(grads[k] for grads in group_grads).norm()
+        scale = torch.where(wanted > length, wanted / length.clamp_min(1e-12), torch.ones_like(length))
+        combined.append(direction * scale * PARETO_GAMMA)
+    return combined, conflict
+
+
+class ParetoMixin(BalancingMixin):
+    """MMPareto for pairwise ranking.
+
+    The losses: the backbone's whole objective on the joint mode and, per modality m, the BPR
+    loss of its "only m" mode (every other modality masked). Each parameter group is combined
+    over the losses that own it (:func:`pareto_combination`): modality m's parameters
+    (:meth:`modality_parameters`) over the joint loss and the "only m" loss, as the paper
+    combines a modality's encoder gradients from the multimodal and its unimodal loss; the shared
+    parameters (ID embeddings, fusion weights) over the joint loss and every "only m" loss.
+    Ranking uses every modality, like the backbone.
+    """
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        groups = self.modality_parameters()
+        owned = {id(p) for params in groups.values() for p in params}
+        self.pareto_groups = {"shared": (None, [p for p in self.parameters() if id(p) not in owned]),
+                              **{m: (m, params) for m, params in groups.items()}}
+
+    def calculate_loss(self, interaction):
+        modes = {"joint": frozenset(), **{f"only_{m}": self.only(m) for m in self.modalities}}
+        step = self.triple_margins(*self.batch_triples(interaction), modes)
+        terms = self.objective(interaction, step)
+        unimodal = {m: bpr(step.margins[f"only_{m}"]) for m in self.modalities}
+        losses = {"joint": sum(terms.values()), **unimodal}
+        params = [p for p in self.parameters() if p.requires_grad]
+        grads = {}
+        for name, loss in losses.items():
+            found = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            grads[name] = {id(p): torch.zeros_like(p) if g is None else g for p, g in zip(params, found)}
+        new, conflicts = {}, {}
+        for group, (modality, members) in self.pareto_groups.items():
+            members = [p for p in members if p.requires_grad]
+            if not members:
+                continue
+            owners = ["joint"] + (list(self.modalities) if modality is None else [modality])
+            combined, conflicts[f"conflict_{group}"] = pareto_combination(
+                [[grads[name][id(p)] for p in members] for name in owners])
+            new.update(zip(map(id, members), combined))
+        total = sum(losses.values())
+        self.record_terms({**terms, **{f"bpr_only_{m}": loss for m, loss in unimodal.items()}, "loss": total})
+        self.balancing_stats.add({name: float(value) for name, value in conflicts.items()})
+        # the loss's value, with the combined gradients as its gradients
+        surrogate = sum((p * new[id(p)].detach()).sum() for p in params)
+        return total.detach() + surrogate - surrogate.detach()
+
+
+VARIANT_MIXINS = {"MDrop": ModalityDropoutMixin, "OGMGE": GradientModulationMixin, "MMPareto": ParetoMixin}
+VARIANT_DOCS = {"MDrop": "modality dropout", "OGMGE": "OGM-GE gradient modulation", "MMPareto": "MMPareto gradient integration"}
 
 
 def make_balanced_model(backbone, suffix):
