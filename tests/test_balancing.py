@@ -309,6 +309,14 @@ def test_a_later_key_enters_the_run_key_only_away_from_its_legacy_value(tiny_dat
 
 
 # ----------------------------------------------------------------------------- the study
+def test_mmpareto_joins_the_balancing_study_only_when_asked():
+    """The published balancing pages' rows are the ones they ran; 'balancing_mmpareto' adds MMPareto."""
+    plain = [e.label for e in lb.study_entries("balancing", ["VBPR", "LATTICE"])]
+    extended = [e.label for e in lb.study_entries("balancing_mmpareto", ["VBPR", "LATTICE"])]
+    assert not any("MMPareto" in label for label in plain)
+    assert [label for label in extended if label not in plain] == ["VBPR_MMPareto", "LATTICE_MMPareto"]
+
+
 @pytest.mark.slow
 def test_the_balancing_study_writes_every_row(tiny_dataset, tmp_path):
     entries = lb.study_entries("balancing", ["VBPR"])
@@ -333,6 +341,12 @@ def test_the_balancing_study_writes_every_row(tiny_dataset, tmp_path):
     for label in labels[1:]:
         assert f"| {label} | recall@20 | " in comparisons, label
     assert "| VBPR_CKD-uniform_weights | VBPR_CKD | ckd_weighting: uniform |" in text
+    # each row in words, with the rule it ran with
+    assert ("| VBPR_MDrop | modality dropout (ModDrop, Neverova et al., TPAMI 2016), ModDrop's rule, each modality "
+            "dropped independently (one kept when all are drawn), p = 0.5 per triple |") in text
+    assert ("| VBPR_OGMGE | on-the-fly gradient modulation (OGM-GE, Peng et al., CVPR 2022) on each modality's dense "
+            "encoder weights, alpha 0.1, epochs 0-50 |") in text
+    assert "| VBPR_CKD-no_generic | counterfactual knowledge distillation (CKD, Zhang et al., ACM MM 2024): specific term," in text
     assert os.path.getsize(os.path.join(out, "tiny-balancing-modalities.png")) > 1000
     modes = lb.study_modes(cells)["VBPR"]
     assert {"VBPR", "teachers", "VBPR_CKD", "VBPR_MDrop", "VBPR_OGMGE"} == set(modes)

@@ -88,6 +88,13 @@ class ModalityDropoutMixin(BalancingMixin):
             code: frozenset(m for k, m in enumerate(self.modalities) if code >> k & 1) for code in codes
         }}
 
+    @classmethod
+    def describe(cls, config):
+        rule = {"independent": "ModDrop's rule, each modality dropped independently (one kept when all are drawn)",
+                "one_of": "one-of rule, one random modality dropped"}[config["mdrop_rule"]]
+        return (f"modality dropout (ModDrop, Neverova et al., TPAMI 2016), {rule}, p = {config['mdrop_prob']} per "
+                f"{config['mdrop_unit']}")
+
     def dropped_modalities(self, n_triples):
         return dropped_modalities(n_triples, len(self.modalities), self.mdrop_prob, self.mdrop_unit, self.mdrop_rule,
                                   device=self.device)
@@ -155,6 +162,15 @@ class GradientModulationMixin(BalancingMixin):
                                  f"'{m}' for ogm_scope={config['ogm_scope']}.")
             for param in params:
                 param.register_hook(functools.partial(self._modulate, m))
+
+    @classmethod
+    def describe(cls, config):
+        scope = {"encoders": "on each modality's dense encoder weights",
+                 "all": "on every parameter of a modality, ID and feature tables included"}[config["ogm_scope"]]
+        first, last = config["ogm_epochs"]
+        name = "OGM-GE" if config["ogm_noise"] else "OGM without GE"
+        return (f"on-the-fly gradient modulation ({name}, Peng et al., CVPR 2022) {scope}, alpha {config['ogm_alpha']}, "
+                f"epochs {first}-{last}")
 
     def modulated_parameters(self, scope):
         """``{m: [parameters]}`` that ``ogm_scope`` modulates."""
@@ -268,6 +284,10 @@ class ParetoMixin(BalancingMixin):
         owned = {id(p) for params in groups.values() for p in params}
         self.pareto_groups = {"shared": (None, [p for p in self.parameters() if id(p) not in owned]),
                               **{m: (m, params) for m, params in groups.items()}}
+
+    @classmethod
+    def describe(cls, config):
+        return "Pareto integration of the joint and each \"only m\" loss's gradients (MMPareto, Wei and Hu, ICML 2024)"
 
     def calculate_loss(self, interaction):
         modes = {"joint": frozenset(), **{f"only_{m}": self.only(m) for m in self.modalities}}

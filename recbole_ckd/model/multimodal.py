@@ -130,6 +130,11 @@ class MultimodalRecommender(GeneralRecommender):
         """Model YAMLs to load, in order (the plugin's properties/model/<name>.yaml)."""
         return [cls.__name__]
 
+    @classmethod
+    def describe(cls, config):
+        """The model in words, with the settings that define it under ``config`` (a study page's rows)."""
+        return "the backbone"
+
     # ------------------------------------------------------------ features
     def feature(self, name):
         """Item features of modality ``name``, ``[n_items, dim]``, row 0 padding."""
