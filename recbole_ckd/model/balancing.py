@@ -3,15 +3,20 @@
 Like ``<Backbone>_CKD``, each is a mixin over the backbone, derived by :func:`make_balanced_model`:
 
 - ``<Backbone>_MDrop``, modality dropout (ModDrop: Neverova, Wolf, Taylor and Nebout, "ModDrop:
-  adaptive multi-modal gesture recognition", TPAMI 2016): with probability ``mdrop_prob`` a
-  training triple (or the whole batch, ``mdrop_unit: batch``) has one modality, drawn
-  uniformly, masked; the backbone's own objective is trained on those margins.
+  adaptive multi-modal gesture recognition", TPAMI 2016): a training triple (or the whole batch,
+  ``mdrop_unit: batch``) has each modality masked independently with probability ``mdrop_prob``,
+  one kept when all are drawn (``mdrop_rule: independent``), or one modality, drawn uniformly,
+  masked with that probability (``mdrop_rule: one_of``, the earlier rule); the backbone's own
+  objective is trained on those margins.
 - ``<Backbone>_OGMGE``, on-the-fly gradient modulation with generalisation enhancement (Peng,
   Wei, Deng, Wang and Hu, "Balanced Multimodal Learning via On-the-fly Gradient Modulation",
-  CVPR 2022), adapted to pairwise ranking: the gradients of the dominant modality's own
-  parameters are damped by how much its "only m" mode out-ranks the others', plus Gaussian noise.
+  CVPR 2022), adapted to pairwise ranking: the gradients of the dominant modality's encoder
+  weights are damped by how much its "only m" mode out-ranks the others', plus Gaussian noise.
+- ``<Backbone>_MMPareto`` (Wei and Hu, "MMPareto: Boosting Multimodal Learning with Innocent
+  Unimodal Assistance", ICML 2024), adapted to pairwise ranking: the joint loss and each "only m"
+  BPR loss, their gradients combined per parameter group by MMPareto's rule.
 
-Both rank with every modality at inference, exactly like the backbone. docs/method.md, section 9.
+All rank with every modality at inference, exactly like the backbone. docs/method.md, section 9.
 """
 
 import functools
