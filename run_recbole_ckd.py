@@ -44,7 +44,8 @@ def build_parser():
     board.add_argument("--seeds", help="a count (default 3: seeds 2020, 2021, 2022) or a list (1,2,3)")
     board.add_argument("--sweeps", metavar="DIR", help="use the best configurations sweeps left in DIR")
     board.add_argument("--study", help="'balancing': for each backbone in --models, the plain model, CKD, CKD's "
-                       "ablations and the balancing baselines; writes results/<dataset>-balancing.md")
+                       "ablations and the balancing baselines (modality dropout, OGM-GE); writes "
+                       "results/<dataset>-balancing.md; 'balancing_mmpareto': the same and MMPareto")
     data = parser.add_argument_group("data commands")
     data.add_argument("--download", metavar="NAME", help="fetch dataset NAME's archive, verify it, unpack it")
     data.add_argument("--url", help="archive URL (or local path) for --download; default: the dataset YAML's")

@@ -5,22 +5,39 @@ leaderboard cells)."""
 import contextlib
 import errno
 import fcntl
-import functools
 import hashlib
 import json
 import os
+from typing import NamedTuple
 
-from recbole_ckd.settings_files import properties_dir, read_yaml
+
+class LaterKey(NamedTuple):
+    """A config key added after results were published: its ``legacy`` value (what the code
+    computed before the key existed) and the ``variant`` whose models read it (``VBPR_MDrop``
+    is a variant ``MDrop``; None: every model)."""
+
+    legacy: object
+    variant: object  # a variant suffix, or None
+
 
 # Keys added after results were published (the CKD ablation switches, the balancing baselines'
-# settings, Mirror Gradient's): at overall.yaml's default they compute exactly what the code did
-# before they existed, so they enter a run key only when set to another value (cached cells stay valid).
-STUDENT_LATER_KEYS = {"ckd_specific", "ckd_generic", "ckd_weighting", "mdrop_prob", "mdrop_unit", "ogm_alpha",
-                      "ogm_noise", "ogm_epochs"}
-LATER_KEYS = STUDENT_LATER_KEYS | {"mg", "alpha1", "alpha2", "beta"}
+# settings). One is left out of the run key where it cannot change what the run computes: at its
+# legacy value, or in a model that does not read it. Cells cached before the key existed keep their
+# run keys; any other value (a newer default included) enters the run key, so a cell computed under
+# the old rule is never served as the new rule's result.
+LATER_KEYS = {
+    **{key: LaterKey(legacy, "CKD") for key, legacy in
+       {"ckd_specific": True, "ckd_generic": True, "ckd_weighting": "counterfactual"}.items()},
+    **{key: LaterKey(legacy, "MDrop") for key, legacy in
+       {"mdrop_prob": 0.5, "mdrop_unit": "triple", "mdrop_rule": "one_of"}.items()},
+    **{key: LaterKey(legacy, "OGMGE") for key, legacy in
+       {"ogm_alpha": 0.1, "ogm_noise": True, "ogm_epochs": [0, 50], "ogm_scope": "all"}.items()},
+    # Mirror Gradient: every model's trainer reads it
+    **{key: LaterKey(legacy, None) for key, legacy in {"mg": False, "alpha1": 1.0, "alpha2": 0.1, "beta": 3}.items()},
+}
 # Keys of the student only: changing them never changes a teacher (Mirror Gradient trains the teachers too).
-CKD_KEYS = {"kd_weight", "gd_weight", "kd_temperature", "gd_samples", "cf_clamp",
-            "teacher_learning_rate"} | STUDENT_LATER_KEYS
+CKD_KEYS = {"kd_weight", "gd_weight", "kd_temperature", "gd_samples", "cf_clamp", "teacher_learning_rate"} | {
+    key for key, later in LATER_KEYS.items() if later.variant is not None}
 # Keys that only change how a trained model is scored, not how it is trained.
 EVALUATION_KEYS = {"test_masking", "metrics", "topk"}
 # Keys that change where or how loudly a run happens, never what it computes.
@@ -52,19 +69,19 @@ def dataset_fingerprint(config):
     return {os.path.basename(p): file_digest(p) for p in paths if os.path.isfile(p)}
 
 
-@functools.lru_cache(maxsize=None)
-def later_key_defaults():
-    """overall.yaml's values of :data:`LATER_KEYS`."""
-    overall = read_yaml(properties_dir() / "overall.yaml")
-    return {key: overall[key] for key in LATER_KEYS}
-
-
 def config_key(config, exclude=()):
     """A digest of everything that determines what a run computes: config and data files."""
-    defaults = later_key_defaults()
+    model = str(config["model"])
+
+    def computes_as_before(key, value):
+        later = LATER_KEYS.get(key)
+        if later is None:
+            return False
+        return value == later.legacy or (later.variant is not None and not model.endswith(f"_{later.variant}"))
+
     items = {
         k: v for k, v in config.final_config_dict.items()
-        if k not in RUNTIME_KEYS and k not in exclude and not (k in defaults and v == defaults[k])
+        if k not in RUNTIME_KEYS and k not in exclude and not computes_as_before(k, v)
     }
     items["dataset_files"] = dataset_fingerprint(config)
     text = json.dumps(items, sort_keys=True, default=str)

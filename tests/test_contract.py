@@ -32,7 +32,7 @@ STUDENT_BACKBONES = [cls.__name__ for cls in BACKBONES if cls.ranks_with_modalit
 # OGM-GE modulates each modality's own parameters: a backbone without any has no OGMGE variant
 MODULATED_BACKBONES = [name for name in STUDENT_BACKBONES if MODELS[name].has_modality_parameters]
 ALL_MODELS = [cls.__name__ for cls in BACKBONES] + [
-    f"{name}_{suffix}" for suffix in ("CKD", "MDrop") for name in STUDENT_BACKBONES
+    f"{name}_{suffix}" for suffix in ("CKD", "MDrop", "MMPareto") for name in STUDENT_BACKBONES
 ] + [f"{name}_OGMGE" for name in MODULATED_BACKBONES]
 BASELINE_CASES = [(name, "MDrop", {"mdrop_prob": 0.0}) for name in STUDENT_BACKBONES] + [
     (name, "OGMGE", {"ogm_alpha": 0.0, "ogm_noise": False}) for name in MODULATED_BACKBONES

@@ -1,5 +1,5 @@
 """Speed work must not change what is computed: the loss terms and the gradients of one training
-step of every backbone and every CKD student, on the tiny dataset, equal the values recorded in
+step of every backbone, every CKD student and every MMPareto variant (its own gradient rule), on the tiny dataset, equal the values recorded in
 ``tests/pinned_values.json`` before the speed optimisations of the trainers and models.
 
 Each gradient is pinned by three checksums (its sum, its absolute sum and its dot product with a
@@ -24,7 +24,8 @@ from recbole_ckd.model import BACKBONES  # noqa: E402
 
 PINNED = os.path.join(HERE, "pinned_values.json")
 STUDENTS = [cls.__name__ + "_CKD" for cls in BACKBONES if cls.ranks_with_modalities and cls.trains]
-MODELS = [cls.__name__ for cls in BACKBONES] + STUDENTS
+PARETO = [cls.__name__ + "_MMPareto" for cls in BACKBONES if cls.ranks_with_modalities and cls.trains]
+MODELS = [cls.__name__ for cls in BACKBONES] + STUDENTS + PARETO
 
 
 def checksums(tensor):

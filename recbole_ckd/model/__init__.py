@@ -1,5 +1,5 @@
 """The plugin's models, by name: every backbone and, for each, its ``<Backbone>_CKD`` student and
-its balancing baselines ``<Backbone>_MDrop`` and ``<Backbone>_OGMGE``.
+its balancing baselines ``<Backbone>_MDrop``, ``<Backbone>_OGMGE`` and ``<Backbone>_MMPareto``.
 
 Backbones are found in ``recbole_ckd/model/backbones/``: every ``MultimodalRecommender``
 subclass defined in a module there is registered under its class name, with its variants

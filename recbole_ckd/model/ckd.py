@@ -73,6 +73,12 @@ class CKDStudentMixin(BalancingMixin):
 
     is_ckd_student = True  # the registry trains it with CKDTrainer
 
+    @classmethod
+    def describe(cls, config):
+        terms = [name for name, on in (("specific", config["ckd_specific"]), ("generic", config["ckd_generic"])) if on]
+        return (f"counterfactual knowledge distillation (CKD, Zhang et al., ACM MM 2024): {' and '.join(terms)} "
+                f"term{'s' if len(terms) > 1 else ''}, {config['ckd_weighting']} weights")
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.kd_weight = config["kd_weight"]

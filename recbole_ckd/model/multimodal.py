@@ -45,6 +45,12 @@ class TrainingPass(NamedTuple):
     memo: dict
 
 
+def _is_dense_layer(module):
+    """A ``torch.nn`` layer with weights of its own, not a table of rows."""
+    tables = (nn.Embedding, nn.EmbeddingBag, nn.ParameterDict, nn.ParameterList)
+    return type(module).__module__.startswith("torch.nn.") and not isinstance(module, tables)
+
+
 class EpochStats:
     """Per-step values summed on the device and read once per epoch (no per-step synchronisation)."""
 
@@ -129,6 +135,11 @@ class MultimodalRecommender(GeneralRecommender):
         """Model YAMLs to load, in order (the plugin's properties/model/<name>.yaml)."""
         return [cls.__name__]
 
+    @classmethod
+    def describe(cls, config):
+        """The model in words, with the settings that define it under ``config`` (a study page's rows)."""
+        return "the backbone"
+
     # ------------------------------------------------------------ features
     def feature(self, name):
         """Item features of modality ``name``, ``[n_items, dim]``, row 0 padding."""
@@ -195,6 +206,16 @@ class MultimodalRecommender(GeneralRecommender):
             if len(owners) == 1:
                 groups[owners[0]].append(param)
         return groups
+
+    def modality_encoders(self):
+        """``{m: [parameters]}``: modality ``m``'s own dense encoder layers (projections, modality
+        MLPs, graph layers), what OGM-GE modulates: :meth:`modality_parameters` held by a
+        ``torch.nn`` layer (``nn.Linear`` and the like), never a table: an ``nn.Embedding``, a
+        ``ParameterDict`` / ``ParameterList`` entry or a bare parameter of the backbone's own
+        modules (per-user preferences, trained feature tables), whose gradient covers only the
+        rows a batch reaches. A backbone laid out otherwise overrides this."""
+        layers = {id(p) for module in self.modules() if _is_dense_layer(module) for p in module.parameters(recurse=False)}
+        return {m: [p for p in params if id(p) in layers] for m, params in self.modality_parameters().items()}
 
     def only(self, name):
         """The masked set of the "only ``name``" mode."""

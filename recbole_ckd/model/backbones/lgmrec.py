@@ -123,6 +123,11 @@ class LGMRec(NodeTableRecommender):
                              persistent=False)
 
     # ------------------------------------------------------------ branches
+    def modality_encoders(self):
+        # its dense encoders are bare matrices (feature -> embedding projection, feature -> hyperedge
+        # weights), not nn.Linear layers; neither has a row per user or item
+        return {m: [self.projection[m], self.hyperedges[m]] for m in self.modalities}
+
     def collaborative(self):
         """``E`` ``[n_users + n_items, d]``: LightGCN over the ID embeddings, or the embeddings (mf)."""
         ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight])
