@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_model, write_tiny_mmrec
+from conftest import attach_random_teachers, build_model, write_tiny_mmrec
 
 # training items of raw users 0..5
 TRAIN = {0: [0, 1, 2, 3], 1: [0, 1, 3, 5], 2: [1, 2, 4, 6], 3: [5, 6, 7], 4: [6, 7, 2], 5: [3, 4, 0]}
@@ -160,6 +160,25 @@ def test_pgl_loss_is_bpr_plus_the_contrastive_terms(hand_made, tmp_path):
     expected = expected + 0.3 * (info_nce(views[0], views[1], 0.5) + info_nce(views[2], views[3], 0.5)) / 2
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     assert net.last_loss_terms["contrastive"] > 0
+
+
+def test_pgl_student_keeps_the_contrastive_terms(hand_made, tmp_path):
+    """The contrastive terms are random (dropout views): drawn from the same RNG state, the
+    student's equal the backbone's."""
+    settings = {"cl_weight": 0.3, "kd_weight": 0.5}
+    plain, train = build("PGL", hand_made, tmp_path, **settings)
+    student, _ = build("PGL_CKD", hand_made, tmp_path, **settings)
+    student.load_state_dict(plain.state_dict())
+    attach_random_teachers(student)
+    triples = student.generic_triples()
+    student.generic_triples = lambda: triples  # no draw before the dropout views
+    batch = next(iter(train))
+    for net in (plain.train(), student.train()):
+        torch.manual_seed(5)
+        net.calculate_loss(batch)
+    assert plain.last_loss_terms["contrastive"] > 0
+    for name in ("bpr", "l2", "contrastive"):
+        torch.testing.assert_close(student.last_loss_terms[name], plain.last_loss_terms[name], rtol=1e-5, atol=1e-7)
 
 
 def test_pgl_bad_settings(hand_made, tmp_path):
