@@ -36,9 +36,9 @@ class PGL(FixedItemGraphs, PrunedUserItemGraph, MultimodalRecommender):
     Loss (the reference's): BPR plus ``cl_weight`` times the mean of two InfoNCE terms
     (temperature ``cl_temperature``), one between two dropout views (rate ``dropout``) of the
     batch users' representations and one between two of the positive items'. The reference calls
-    ``cl_weight`` ``reg_weight``, and MMRec's grid holds only 0, so it is 0 by default; this
-    project's ``reg_weight`` (L2 on the batch representations) is 0 too, as the reference has
-    none.
+    ``cl_weight`` ``reg_weight``, and MMRec's grid holds only 0, so it is 0 by default (the terms
+    are then neither computed nor their dropout masks drawn); this project's ``reg_weight`` (L2
+    on the batch representations) is 0 too, as the reference has none.
 
     Differences from MMRec's code, on purpose:
 
@@ -103,9 +103,11 @@ class PGL(FixedItemGraphs, PrunedUserItemGraph, MultimodalRecommender):
         self.build_pruned_graph(dataset, keep_share)
 
     # ------------------------------------------------------------ representations
-    def node_inputs(self, masked=frozenset()):
+    def node_inputs(self, masked=frozenset(), memo=None):
         """``(x_U, x_I)``: per-modality user embeddings and normalised projected item features,
-        concatenated over the modalities, the masked ones at their mean."""
+        concatenated over the modalities, the masked ones at their mean. ``memo`` (a dict) keeps
+        each modality's projected features for the other masking modes of the same step."""
+        projected = {} if memo is None else memo.setdefault("projected", {})
         users, items = [], []
         for m in self.modalities:
             if m in masked:
@@ -113,12 +115,18 @@ class PGL(FixedItemGraphs, PrunedUserItemGraph, MultimodalRecommender):
                 mean = F.normalize(self.projection[m](self.trained_feature_mean(m)))
                 items.append(mean.expand(self.n_items, -1))
             else:
+                if m not in projected:
+                    projected[m] = F.normalize(self.projection[m](self.trained_feature(m)))
                 users.append(self.user_embedding[m])
-                items.append(F.normalize(self.projection[m](self.trained_feature(m))))
+                items.append(projected[m])
         return torch.cat(users, dim=1), torch.cat(items, dim=1)
 
     def forward(self, masked=frozenset()):
-        user_inputs, item_inputs = self.node_inputs(masked)
+        return self.tables(masked)
+
+    def tables(self, masked=frozenset(), memo=None):
+        """:meth:`forward`, sharing ``memo`` with the other modes of a step."""
+        user_inputs, item_inputs = self.node_inputs(masked, memo)
         users, items = self.lightgcn(self.training_graph(), user_inputs, item_inputs, self.n_ui_layers)
         adjacency = self.item_adjacency(masked)
         if adjacency is not None:
@@ -127,6 +135,14 @@ class PGL(FixedItemGraphs, PrunedUserItemGraph, MultimodalRecommender):
                 h = graphs.spmm(adjacency, h)
             items = items + h
         return users, items
+
+    def batch_representations_modes(self, users, items, modes, memo=None):
+        """Every mode's tables, each modality's features projected once for all of them."""
+        memo, result = {} if memo is None else memo, {}
+        for name, masked in modes.items():
+            user_reps, item_reps = self.tables(masked, memo)
+            result[name] = (user_reps[users], item_reps[items])
+        return result
 
     # ------------------------------------------------------------ training
     def info_nce(self, view1, view2):
@@ -144,6 +160,7 @@ class PGL(FixedItemGraphs, PrunedUserItemGraph, MultimodalRecommender):
         """BPR (with ``reg_weight``'s L2, 0 by default) plus ``cl_weight`` times the contrastive
         terms of the batch users and positive items."""
         terms = super().objective(interaction, step)
-        user_reps, pos_reps, _ = step.joint
-        terms["contrastive"] = self.cl_weight * (self.contrastive(user_reps) + self.contrastive(pos_reps)) / 2
+        if self.cl_weight:  # at weight 0 (the default) neither computed nor drawn
+            user_reps, pos_reps, _ = step.joint
+            terms["contrastive"] = self.cl_weight * (self.contrastive(user_reps) + self.contrastive(pos_reps)) / 2
         return terms
