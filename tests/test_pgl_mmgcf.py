@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from conftest import attach_random_teachers, build_model, write_tiny_mmrec
 
+from recbole_ckd.model import graphs
+
 # training items of raw users 0..5
 TRAIN = {0: [0, 1, 2, 3], 1: [0, 1, 3, 5], 2: [1, 2, 4, 6], 3: [5, 6, 7], 4: [6, 7, 2], 5: [3, 4, 0]}
 MASKS = [set(), {"v"}, {"t"}, {"v", "t"}]
@@ -134,6 +136,39 @@ def test_pgl_trains_on_a_seeded_principal_subgraph(hand_made, tmp_path):
         torch.testing.assert_close(net.forward()[0], pgl_reference(net, sym(full), set())[0], rtol=1e-5, atol=1e-6)
 
 
+def principal_reference(L, rank, threshold=1e-3):
+    """MMRec's global-aware extraction, densely: ``U[:, :q] diag(s[:q] s[rank-q:rank]) V[:q]``
+    of the SVD of ``L`` (``q = rank / 4``), entries below ``threshold`` in magnitude dropped."""
+    U, s, Vh = torch.linalg.svd(L.double())
+    q = rank // 4
+    P = U[:, :q] @ torch.diag(s[:q] * s[rank - q:rank]) @ Vh[:q]
+    return (P * (P.abs() >= threshold)).float()
+
+
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "lanczos"])
+def test_pgl_global_mode_trains_on_the_svd_principal_subgraph(hand_made, tmp_path, monkeypatch, dense):
+    if not dense:  # the tiny graph through the Lanczos path of large graphs
+        monkeypatch.setattr(graphs, "DENSE_EIGEN_LIMIT", 0)
+    net, train = build("PGL", hand_made, tmp_path, mode="global", embedding_size=8, feat_embed_dim=8)
+    L = sym(bipartite(training_matrix(train)))
+    P = principal_reference(L, 8)
+    assert ((P != 0) & (L == 0)).any()  # not a subset of the edges: user-user and item-item entries too
+    torch.testing.assert_close(net.principal_graph.to_dense(), P, rtol=1e-4, atol=1e-6)
+    threshold = float(P[P != 0].abs().median())  # a threshold that drops some entries
+    coarse = graphs.principal_graph(net.full_graph, 8, threshold=threshold).to_dense()
+    assert 0 < (coarse != 0).sum() < (P != 0).sum()
+    torch.testing.assert_close(coarse, principal_reference(L, 8, threshold), rtol=1e-4, atol=1e-6)
+    net.train()
+    net.pre_epoch(0)
+    with torch.no_grad():
+        users, items = net.forward()
+        expected_users, expected_items = pgl_reference(net, P, set())
+        torch.testing.assert_close(users, expected_users, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(items, expected_items, rtol=1e-4, atol=1e-6)
+        net.eval()
+        torch.testing.assert_close(net.forward()[1], pgl_reference(net, L, set())[1], rtol=1e-5, atol=1e-6)
+
+
 def info_nce(a, b, t):
     """``mean -log(exp(<a_k, b_k> / t) / sum_l exp(<a_k, b_l> / t))`` of the unit rows."""
     a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
@@ -183,7 +218,8 @@ def test_pgl_student_keeps_the_contrastive_terms(hand_made, tmp_path):
 
 def test_pgl_bad_settings(hand_made, tmp_path):
     for bad, match in [({"feat_embed_dim": 32}, "feat_embed_dim"), ({"keep_share": 0.0}, "keep_share"),
-                       ({"dropout": 1.0}, "dropout"), ({"cl_temperature": 0.0}, "cl_temperature")]:
+                       ({"dropout": 1.0}, "dropout"), ({"cl_temperature": 0.0}, "cl_temperature"),
+                       ({"mode": "spectral"}, "mode"), ({"mode": "global", "embedding_size": 2, "feat_embed_dim": 2}, "global")]:
         with pytest.raises(ValueError, match=match):
             build("PGL", hand_made, tmp_path, **bad)
 

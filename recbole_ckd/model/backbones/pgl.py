@@ -18,14 +18,25 @@ class PGL(FixedItemGraphs, PrunedUserItemGraph, MultimodalRecommender):
     must equal ``embedding_size``). A node's input is the concatenation over the modalities,
     ``x_u = [p^m_u]_m``, ``x_i = [q^m_i]_m``; there are no item ID embeddings.
 
-    - *Principal subgraph* (the *local-aware* extraction, the reference's default ``mode:
-      local``): every epoch, :meth:`pre_epoch` keeps ``int(|E| keep_share)`` of the training
-      edges (``keep_share`` 0.3), edge ``(u, i)`` drawn with probability proportional to
-      ``1 / sqrt(d_u d_i)`` without replacement, and normalises the kept graph with its own
-      degrees (FREEDOM's sampling, :class:`~recbole_ckd.model.multimodal.PrunedUserItemGraph`).
-      The torch RNG of the model's device draws it, so a run is reproducible from its seed and
-      a resumed run draws what the uninterrupted one did. Training propagates over the
-      subgraph, evaluation over the full graph ``D^-1/2 A D^-1/2``, as in the reference.
+    - *Principal subgraph*, extracted from the normalised training graph ``L = D^-1/2 A D^-1/2``
+      by one of the paper's two operators (``mode``):
+
+      - ``local`` (*local-aware*, the reference's default): every epoch, :meth:`pre_epoch` keeps
+        ``int(|E| keep_share)`` of the training edges (``keep_share`` 0.3), edge ``(u, i)``
+        drawn with probability proportional to ``1 / sqrt(d_u d_i)`` without replacement, and
+        normalises the kept graph with its own degrees (FREEDOM's sampling,
+        :class:`~recbole_ckd.model.multimodal.PrunedUserItemGraph`). The torch RNG of the
+        model's device draws it, so a run is reproducible from its seed and a resumed run draws
+        what the uninterrupted one did;
+      - ``global`` (*global-aware*): with the top-``embedding_size`` singular values
+        ``s_1 >= ... >= s_r`` of ``L`` and their vectors, ``q = r / 4`` and
+        ``P = sum_{k <= q} s_k s_{r-q+k} u_k v_k^T``, entries with ``|P_ij| < 1e-3`` dropped
+        (:func:`~recbole_ckd.model.graphs.principal_graph`): a fixed, signed graph over all
+        nodes (user-user and item-item entries too), built once, deterministically, and cached
+        under ``<checkpoint_dir>/graphs``.
+
+      Training propagates over the subgraph, evaluation over the full graph ``L``, as in the
+      reference.
     - *Message passing*: LightGCN (mean of layers ``0..n_ui_layers``) of ``x`` over that graph.
     - *Item-item graph*: FREEDOM's frozen kNN graphs of the raw features (top-``knn_k`` cosine,
       self included, unweighted, ``D^-1/2 S_m D^-1/2``), ``S = sum_m w_m S_m`` with
@@ -42,10 +53,11 @@ class PGL(FixedItemGraphs, PrunedUserItemGraph, MultimodalRecommender):
 
     Differences from MMRec's code, on purpose:
 
-    - the *global-aware* extraction (``mode: global``: a truncated SVD of the normalised graph,
-      rebuilt as a dense ``(|U| + |I|)^2`` matrix from the products of its top and bottom
-      singular values, then thresholded) is not offered: its dense matrix does not fit in memory
-      at the sizes of the usual datasets, and MMRec's configuration searches only ``local``;
+    - ``global`` mode builds ``P`` a block of rows at a time (the reference forms the dense
+      ``(|U| + |I|)^2`` matrix, which does not fit in memory at the sizes of the usual
+      datasets), from the eigenvectors of the symmetric ``L`` (its singular triplets, by dense
+      decomposition for small graphs and ARPACK's Lanczos iteration from a fixed start vector
+      otherwise, where the reference calls SVDLIBC through ``sparsesvd``);
     - the share of edges kept, hard-coded to 0.3 in the reference, is the key ``keep_share``;
     - the InfoNCE is computed as a cross-entropy of the scaled cosine logits (the same value,
       without overflow at low temperatures); the temperature 0.2 is the key ``cl_temperature``;
@@ -65,8 +77,8 @@ class PGL(FixedItemGraphs, PrunedUserItemGraph, MultimodalRecommender):
     over users, and ``S_m`` is dropped from the item-item graph, the remaining weights
     renormalised (with every modality masked there is no item-item term). m's block of the
     representations then carries the graphs' degrees but no item- or user-specific information
-    of m. The principal subgraph is drawn from the interactions alone, so masking does not touch
-    it.
+    of m. The principal subgraph is extracted from the interactions alone, so masking does not
+    touch it.
     """
 
     def __init__(self, config, dataset):
@@ -79,6 +91,13 @@ class PGL(FixedItemGraphs, PrunedUserItemGraph, MultimodalRecommender):
         self.cl_weight = float(config["cl_weight"])
         self.cl_temperature = float(config["cl_temperature"])
         keep_share = float(config["keep_share"])
+        self.mode = config["mode"]
+        if self.mode not in ("local", "global"):
+            raise ValueError(f"PGL's mode (the principal subgraph's extraction) must be 'local' or 'global', "
+                             f"got {self.mode!r}.")
+        if self.mode == "global" and dim < 4:
+            raise ValueError(f"PGL's global mode takes a quarter of embedding_size ({dim}) singular vectors: "
+                             f"it needs embedding_size >= 4.")
         if self.n_mm_layers < 0 or self.n_ui_layers < 0:
             raise ValueError("PGL needs n_mm_layers >= 0 and n_ui_layers >= 0.")
         if self.feat_embed_dim != dim:
@@ -100,7 +119,18 @@ class PGL(FixedItemGraphs, PrunedUserItemGraph, MultimodalRecommender):
         self.projection = nn.ModuleDict({m: nn.Linear(self.feature_dim(m), self.feat_embed_dim) for m in self.modalities})
         self.init_trained_features(config, [m for m in self.modalities if m not in self.default_masked])
         self.build_fixed_item_graphs(config)
-        self.build_pruned_graph(dataset, keep_share)
+        if self.mode == "local":
+            self.build_pruned_graph(dataset, keep_share)
+        else:  # one principal subgraph for all epochs: nothing drawn
+            self.build_pruned_graph(dataset, 1.0)
+            principal = graphs.principal_graph(self.full_graph, dim, cache_dir=self.graph_cache_dir)
+            self.register_buffer("principal_graph", principal.to(self.device), persistent=False)
+
+    def training_graph(self):
+        """The principal subgraph in training, the full graph otherwise."""
+        if self.mode == "global" and self.training:
+            return self.principal_graph
+        return super().training_graph()
 
     # ------------------------------------------------------------ representations
     def node_inputs(self, masked=frozenset(), memo=None):
