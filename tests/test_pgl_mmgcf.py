@@ -169,6 +169,20 @@ def test_pgl_global_mode_trains_on_the_svd_principal_subgraph(hand_made, tmp_pat
         torch.testing.assert_close(net.forward()[1], pgl_reference(net, L, set())[1], rtol=1e-5, atol=1e-6)
 
 
+def test_pgl_global_mode_reuses_its_cached_principal_subgraph(hand_made, tmp_path, monkeypatch):
+    settings = {"mode": "global", "embedding_size": 8, "feat_embed_dim": 8}
+    first, _ = build("PGL", hand_made, tmp_path, **settings)
+
+    def failing(*args, **kwargs):
+        raise AssertionError("the cached principal subgraph should have been reused")
+
+    monkeypatch.setattr(torch.linalg, "eigh", failing)
+    second, _ = build("PGL", hand_made, tmp_path, **settings)
+    assert torch.equal(second.principal_graph.to_dense(), first.principal_graph.to_dense())
+    with pytest.raises(AssertionError, match="cached"):  # another rank: another graph
+        build("PGL", hand_made, tmp_path, **{**settings, "embedding_size": 12, "feat_embed_dim": 12})
+
+
 def info_nce(a, b, t):
     """``mean -log(exp(<a_k, b_k> / t) / sum_l exp(<a_k, b_l> / t))`` of the unit rows."""
     a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
