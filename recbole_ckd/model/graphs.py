@@ -19,6 +19,8 @@ import torch
 from recbole_ckd.compat import CheckpointError, load_checkpoint, save_checkpoint
 
 GRAPH_FORMAT_VERSION = 1
+# up to this many nodes, principal_graph decomposes the graph densely (exact, and ARPACK needs rank < n)
+DENSE_EIGEN_LIMIT = 4096
 
 
 def knn_neighbours(features, k, block_size=2048):
@@ -275,6 +277,55 @@ def consistent_knn_graphs(features, k, cache_dir=None, block_size=2048):
 
     return [cached_graph(cache_dir, "consistent-knn", digest, n, device, lambda target=target: build(target))
             for target, digest in enumerate(digests)]
+
+
+def principal_graph(adjacency, rank, share=0.25, threshold=1e-3, cache_dir=None, block_size=2048):
+    """PGL's global-aware principal subgraph of the symmetric sparse ``n x n`` graph ``adjacency``.
+
+    With its top-``rank`` singular values ``s_1 >= ... >= s_rank`` and vectors ``u_k``, ``v_k``,
+    and ``q = int(share * rank)``: ``P = sum_{k <= q} s_k s_{rank - q + k} u_k v_k^T``, the
+    entries with ``|P_ij| < threshold`` dropped (sparse, on the graph's device). As the graph is
+    symmetric, its singular triplets come from its eigenvectors ``x_k``: ``s_k = |l_k|``,
+    ``u_k = x_k``, ``v_k = sign(l_k) x_k``; computed densely for small graphs, otherwise by
+    Lanczos iteration (ARPACK) from a fixed start vector, so the result is deterministic.
+    ``P`` is built a block of rows at a time. With ``cache_dir``, it is cached as
+    :func:`cached_graph` does, keyed by the graph and the parameters.
+    """
+    n = adjacency.shape[0]
+    adjacency = adjacency.coalesce().cpu()
+    indices, values = adjacency.indices(), adjacency.values().double()
+    rank = min(int(rank), n)
+    digest = None
+    if cache_dir:
+        digest = hashlib.sha256(indices.contiguous().numpy().tobytes())
+        digest.update(values.float().contiguous().numpy().tobytes())
+        digest.update(repr((GRAPH_FORMAT_VERSION, n, rank, share, threshold)).encode())
+
+    def build():
+        if n <= DENSE_EIGEN_LIMIT:
+            eigenvalues, vectors = torch.linalg.eigh(torch.sparse_coo_tensor(indices, values, (n, n)).to_dense())
+        else:
+            from scipy.sparse.linalg import eigsh
+
+            matrix = sp.csr_matrix((values.numpy(), indices.numpy()), shape=(n, n))
+            eigenvalues, vectors = eigsh(matrix, k=rank, which="LM", v0=np.ones(n))
+            eigenvalues, vectors = torch.from_numpy(eigenvalues), torch.from_numpy(vectors)
+        order = torch.argsort(eigenvalues.abs(), descending=True, stable=True)[:rank]
+        singular, vectors = eigenvalues[order].abs(), vectors[:, order]
+        q = int(share * rank)
+        left = vectors[:, :q] * (singular[:q] * singular[rank - q:])
+        right = vectors[:, :q] * torch.sign(eigenvalues[order][:q])
+        rows, cols, kept = [], [], []
+        for start in range(0, n, block_size):
+            block = left[start:start + block_size] @ right.T
+            r, c = torch.nonzero(block.abs() >= threshold, as_tuple=True)
+            rows.append(r + start)
+            cols.append(c)
+            kept.append(block[r, c])
+        graph_indices = torch.stack([torch.cat(rows), torch.cat(cols)])
+        return torch.sparse_coo_tensor(graph_indices, torch.cat(kept).float(), (n, n)).coalesce()
+
+    return cached_graph(cache_dir, "principal", digest, n, "cpu", build)
 
 
 def sparse_sum(parts, n):

@@ -482,3 +482,46 @@ class FixedItemGraphs(MultimodalRecommender):
             ]
             self._adjacency_cache[key] = graphs.sparse_sum(parts, self.n_items).coalesce()
         return self._adjacency_cache[key]
+
+
+class PrunedUserItemGraph(MultimodalRecommender):
+    """The degree-sensitive pruning of the user-item graph of FREEDOM (also PGL's local
+    principal subgraph and MMGCF's edge dropout), listed before the backbone's other base class.
+
+    The full training graph is ``D^-1/2 A D^-1/2`` (a repeated interaction is one edge). Every
+    epoch, :meth:`pre_epoch` keeps ``int(|E| keep_share)`` of the ``|E|`` training edges (at
+    least one), drawn without replacement with edge ``(u, i)``'s probability proportional to
+    ``1 / sqrt(d_u d_i)`` (edges between popular nodes are the likeliest to be dropped), and
+    normalises the kept graph with its own degrees; with ``keep_share >= 1`` nothing is
+    pruned. The torch RNG of the model's device draws the sample, so a resumed run (which
+    restores the RNG states) draws what the uninterrupted one did. :meth:`training_graph` is
+    the pruned graph in training and the full graph otherwise.
+    """
+
+    def build_pruned_graph(self, dataset, keep_share):
+        """Read the training edges of ``dataset`` and their sampling weights; ``keep_share``: the
+        share of edges each epoch keeps."""
+        self.keep_share = float(keep_share)
+        users, items = graphs.interaction_edges(dataset)
+        self.register_buffer("_edge_users", users.to(self.device), persistent=False)
+        self.register_buffer("_edge_items", items.to(self.device), persistent=False)
+        self.register_buffer("full_graph", self.user_item_graph(users, items, "sym"), persistent=False)
+        degree_u = torch.bincount(users, minlength=self.n_users).float()
+        degree_i = torch.bincount(items, minlength=self.n_items).float()
+        probabilities = (degree_u[users] * degree_i[items]).rsqrt()
+        self.register_buffer("_edge_probabilities", probabilities.to(self.device), persistent=False)
+        self.register_buffer("pruned_graph", None, persistent=False)
+
+    def pre_epoch(self, epoch):
+        """A new pruned user-item graph for this epoch's training."""
+        if self.keep_share >= 1:
+            self.pruned_graph = None  # the full graph
+            return
+        n_edges = len(self._edge_probabilities)
+        keep = max(int(n_edges * self.keep_share), 1)
+        kept = torch.multinomial(self._edge_probabilities, keep, replacement=False)
+        self.pruned_graph = self.user_item_graph(self._edge_users[kept], self._edge_items[kept], "sym")
+
+    def training_graph(self):
+        """The pruned graph in training (once drawn), the full graph otherwise."""
+        return self.pruned_graph if self.training and self.pruned_graph is not None else self.full_graph

@@ -4,10 +4,10 @@ import torch
 from torch import nn
 
 from recbole_ckd.model import graphs
-from recbole_ckd.model.multimodal import FixedItemGraphs, ItemGraphRecommender, bpr, margin
+from recbole_ckd.model.multimodal import FixedItemGraphs, ItemGraphRecommender, PrunedUserItemGraph, bpr, margin
 
 
-class FREEDOM(FixedItemGraphs, ItemGraphRecommender):
+class FREEDOM(FixedItemGraphs, PrunedUserItemGraph, ItemGraphRecommender):
     """FREEDOM: LATTICE's item-item graph frozen at its initial kNN structure, plus a user-item
     graph pruned at random, in a degree-sensitive way, every epoch.
 
@@ -18,7 +18,8 @@ class FREEDOM(FixedItemGraphs, ItemGraphRecommender):
       ``D^-1/2 S D^-1/2`` (row sums); ``S = sum_m w_m S_m`` with fixed weights that sum to 1.
       Built once and cached under ``<checkpoint_dir>/graphs``. ``h = S^{n_mm_layers} e_I``.
     - *Denoised user-item graph*: LightGCN (mean of layers ``0..n_ui_layers``) over the training
-      graph ``D^-1/2 A D^-1/2``. In training, :meth:`pre_epoch` samples, every epoch,
+      graph ``D^-1/2 A D^-1/2``. In training, :meth:`pre_epoch` samples, every epoch
+      (:class:`~recbole_ckd.model.multimodal.PrunedUserItemGraph`),
       ``int(|E| (1 - dropout))`` of the ``|E|`` training edges without replacement, edge ``(u, i)``
       with probability proportional to ``1 / sqrt(d_u d_i)`` (edges between popular nodes are the
       likeliest to be dropped), and normalises the kept graph with its own degrees. The torch
@@ -85,31 +86,13 @@ class FREEDOM(FixedItemGraphs, ItemGraphRecommender):
         self.init_trained_features(config, [m for m in self.modalities if m not in self.default_masked])
 
         self.build_fixed_item_graphs(config)
-        users, items = graphs.interaction_edges(dataset)
-        self.register_buffer("_edge_users", users.to(self.device), persistent=False)
-        self.register_buffer("_edge_items", items.to(self.device), persistent=False)
-        self.register_buffer("full_graph", self.user_item_graph(users, items, "sym"), persistent=False)
-        degree_u = torch.bincount(users, minlength=self.n_users).float()
-        degree_i = torch.bincount(items, minlength=self.n_items).float()
-        probabilities = (degree_u[users] * degree_i[items]).rsqrt()
-        self.register_buffer("_edge_probabilities", probabilities.to(self.device), persistent=False)
-        self.register_buffer("pruned_graph", None, persistent=False)
-
-    def pre_epoch(self, epoch):
-        """Degree-sensitive edge pruning: a new pruned user-item graph for this epoch's training."""
-        if self.dropout <= 0:
-            self.pruned_graph = None  # the full graph
-            return
-        n_edges = len(self._edge_probabilities)
-        keep = max(int(n_edges * (1.0 - self.dropout)), 1)
-        kept = torch.multinomial(self._edge_probabilities, keep, replacement=False)
-        self.pruned_graph = self.user_item_graph(self._edge_users[kept], self._edge_items[kept], "sym")
+        self.build_pruned_graph(dataset, 1.0 - self.dropout)
 
     # ------------------------------------------------------------ representations
     def _collaborative(self):
         """``(x_U, x_I)``: LightGCN over the pruned graph in training, the full graph otherwise."""
-        graph = self.pruned_graph if self.training and self.pruned_graph is not None else self.full_graph
-        return self.lightgcn(graph, self.user_embedding.weight, self.item_id_embedding.weight, self.n_ui_layers)
+        users, items = self.user_embedding.weight, self.item_id_embedding.weight
+        return self.lightgcn(self.training_graph(), users, items, self.n_ui_layers)
 
     def _item_graph_term(self, masked):
         adjacency = self.item_adjacency(masked)
