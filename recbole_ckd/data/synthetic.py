@@ -91,7 +91,7 @@ def _sample_items(user_factors, item_factors, popularity, counts, temperature, r
     for b, start in enumerate(range(0, n_users, block)):
         stop = min(start + block, n_users)
         lg, nz = logits[: stop - start], noise[: stop - start]
-        np.matmul(user_factors[start:stop], item_t, out=lg)
+        np.einsum("ud,di->ui", user_factors[start:stop], item_t, out=lg)  # not BLAS: see _features
         lg += bias
         # Gumbel noise -log(-log U), computed in place; U > 0 keeps the logs finite
         rng.random(out=nz, dtype=np.float32)
@@ -163,7 +163,9 @@ def _features(item_factors, dim, strength, rng):
     rows = max(1, BLOCK_ELEMENTS // dim)
     for start in range(0, n_items, rows):  # in chunks: only the output is ever held in full
         stop = min(start + rows, n_items)
-        out[start:stop] = item_factors[start:stop] @ proj
+        # einsum, not a BLAS product: its sums do not depend on the number of threads, so the same
+        # seed writes the same bytes on every machine
+        out[start:stop] = np.einsum("nd,dk->nk", item_factors[start:stop], proj)
         out[start:stop] *= signal_w
         out[start:stop] += noise_w * rng.standard_normal((stop - start, dim), dtype=np.float32)
     return out
