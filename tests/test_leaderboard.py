@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import struct
 
 import pytest
@@ -53,6 +54,18 @@ def test_summary_and_variant_comparison():
     assert row["t"] == pytest.approx(4.0) and row["p"] == pytest.approx(1 - 4 / math.sqrt(18))
     table = lb.method_table(summary, lb.MMREC_REFERENCE["baby"])
     assert "| VBPR | 0.1200 ± 0.0200 |" in table and "recall@20 (ref.)" in table and "0.0663" in table
+
+
+def test_reference_rows_from_other_code_say_so():
+    """MMRec's numbers beside a backbone that follows other code: the page names that code."""
+    from recbole_ckd.leaderboard.page import _other_code
+
+    summary = {name: {} for name in ("BPR", "VBPR", "FREEDOM", "MMGCN", "LGMRec")}
+    note = _other_code(summary, lb.MMREC_REFERENCE["baby"])
+    assert "VBPR follows the CKD authors' code, MMGCN follows the CKD authors' code" in note
+    for other in ("FREEDOM", "BPR", "LGMRec"):  # MMRec's own code, or no reference row
+        assert not re.search(rf"\b{other}\b", note), other
+    assert _other_code({"FREEDOM": {}}, lb.MMREC_REFERENCE["baby"]) == ""
 
 
 def png_size(path):

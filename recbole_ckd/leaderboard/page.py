@@ -74,7 +74,8 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
                   for label, r in variants.items()]
         lines.append("")
     if reference:
-        lines += [f"Reference columns: {MMREC_REFERENCE['source']}; same protocol, real Amazon features.", ""]
+        lines += [f"Reference columns: {MMREC_REFERENCE['source']}; same protocol, real Amazon features."
+                  + _other_code(summary, reference), ""]
     if comparisons:
         lines += ["## Each variant against its backbone", "", comparison_table(comparisons, len(seeds)), ""]
     if tuned:
@@ -179,3 +180,15 @@ def _properties_text(props, dataset, cells, config_files, config_dict):
     if config_dict:
         parts.append("# command line\n" + yaml.safe_dump(config_dict, sort_keys=True).strip())
     return "\n\n".join(parts)
+
+
+def _other_code(summary, reference):
+    """The sentence naming the rows whose reference numbers come from other code than ours follows."""
+    from recbole_ckd.model import MODELS
+
+    others = [f"{model} follows {MODELS[model].reference_code}" for model in summary
+              if model in reference and getattr(MODELS.get(model), "reference_code", "MMRec") != "MMRec"]
+    if not others:
+        return ""
+    return (" The reference numbers are MMRec's implementations; here " + ", ".join(others)
+            + " (its model zoo page lists every difference), so those rows compare different code.")

@@ -87,6 +87,8 @@ class MultimodalRecommender(GeneralRecommender):
 
     input_type = InputType.PAIRWISE
     uses_modalities = True
+    # whose code the backbone reproduces by default; result pages say so beside MMRec's numbers
+    reference_code = "MMRec"
     # False for a backbone whose ranking ignores its modalities (BM3): no CKD variant, no
     # per-modality report
     ranks_with_modalities = True

@@ -101,6 +101,8 @@ class EgoGCN(NodeTableRecommender):
     left (with every other modality masked, m's branch is then plain attention over m).
     """
 
+    reference_code = "its authors' code"
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         dim, latent = config["embedding_size"], config["latent_dim"]

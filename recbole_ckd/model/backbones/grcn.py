@@ -72,6 +72,8 @@ class GRCN(NodeTableRecommender):
     replaced by their mean over users, the items' kept).
     """
 
+    reference_code = "its authors' code"
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         dim, latent = config["embedding_size"], config["latent_dim"]

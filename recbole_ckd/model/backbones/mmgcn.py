@@ -76,6 +76,8 @@ class MMGCN(MultimodalRecommender):
     (it still carries the ID embedding and the graph), but no item-specific information of m.
     """
 
+    reference_code = "the CKD authors' code"
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         size = config["embedding_size"]

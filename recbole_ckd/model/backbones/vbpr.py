@@ -26,6 +26,8 @@ class VBPR(MultimodalRecommender):
     margin, and the item-specific information of m is gone.
     """
 
+    reference_code = "the CKD authors' code"
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         dim = config["embedding_size"]
