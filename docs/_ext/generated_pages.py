@@ -89,21 +89,26 @@ def _value(value):
     return "`~` (None)" if value is None else f"`{yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}`"
 
 
+VARIANT_WORDS = {"CKD": "CKD student", "MDrop": "modality dropout", "OGMGE": "OGM-GE gradient modulation",
+                 "MMPareto": "MMPareto gradient combination"}
+
+
 def _variants(backbone):
-    """Its variants, or the registry's own refusal text (so the page says what the command line says)."""
-    from recbole_ckd.errors import ConfigError
-    from recbole_ckd.registry import get_model
+    """Its variants, and the registry's own refusal text for those it cannot have (so the page says
+    what the command line says)."""
+    from recbole_ckd.registry import model_refusal
 
     name = backbone.__name__
-    try:
-        get_model(f"{name}_CKD")
-    except ConfigError as refusal:
-        return f"none. {refusal} The balancing baselines are refused for the same reason.", "no"
-    return (
-        f"`{name}_CKD` (CKD student), `{name}_MDrop` (modality dropout) and `{name}_OGMGE` "
-        "(OGM-GE gradient modulation)",
-        "yes",
-    )
+    built, refused = [], []
+    for suffix, words in VARIANT_WORDS.items():
+        refusal = model_refusal(f"{name}_{suffix}")
+        if refusal is None:
+            built.append(f"`{name}_{suffix}` ({words})")
+        elif refusal not in refused:
+            refused.append(refusal)
+    if not built:  # one reason refuses them all
+        return f"none. {refused[0]}", "no"
+    return ". ".join([", ".join(built), *refused]), "yes"
 
 
 def backbone_page(backbone):
