@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 # RecBole's Config must never read pytest's own argv; the plugin passes cmd_args explicitly.
 FAST = {
@@ -146,6 +147,27 @@ def attach_random_teachers(student, dim=6, seed=1):
 def private_config_home(tmp_path, monkeypatch):
     """Per-user files (the sweep signing key) go to the test's folder, never the real home."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config-home"))
+
+
+# every masking mode of a two-modality dataset, and their test ids
+MASKS = [set(), {"v"}, {"t"}, {"v", "t"}]
+MASK_IDS = ["joint", "masked-v", "masked-t", "masked-all"]
+
+
+def write_hand_made(root, train, n_items=8):
+    """A hand-checkable MMRec dataset under ``root``: the training items ``{user: [items]}``, and for
+    each user one validation and one test item outside them; 5-d ``v`` and 3-d ``t`` features."""
+    rows = [(u, i, 1.0, 1000 + k, 0) for u, items in train.items() for k, i in enumerate(items)]
+    for u, items in train.items():
+        outside = [i for i in range(n_items) if i not in items]
+        rows += [(u, outside[0], 1.0, 2000, 1), (u, outside[1], 1.0, 3000, 2)]
+    write_tiny_mmrec(str(root), n_items=n_items, rows=rows, dims={"v": 5, "t": 3})
+    return str(root)
+
+
+def training_matrix(train):
+    """The 0/1 ``[n_users, n_items]`` training matrix of a RecBole training loader, dense."""
+    return torch.from_numpy((train.dataset.inter_matrix(form="coo").toarray() > 0).astype(np.float32))
 
 
 @pytest.fixture

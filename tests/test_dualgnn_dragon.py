@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_model, write_tiny_mmrec
+from conftest import MASK_IDS, MASKS, build_model, training_matrix, write_hand_made
 
 # training items of raw users 0..5. Shared items: 0-1 two, 0-2 two, 1-2 one, 1-5 one, 3-4 one.
 # With user_knn_k = 2, user 1 ties users 2 and 5 (one item each) for its second place, and
@@ -14,12 +14,7 @@ TRAIN = {0: [0, 1, 2], 1: [0, 1, 3], 2: [1, 2, 4], 3: [5, 6], 4: [6, 7], 5: [3]}
 
 @pytest.fixture
 def hand_made(tmp_path):
-    rows = [(u, i, 1.0, 1000 + k, 0) for u, items in TRAIN.items() for k, i in enumerate(items)]
-    for u, items in TRAIN.items():  # one validation and one test item each, outside its training items
-        outside = [i for i in range(8) if i not in items]
-        rows += [(u, outside[0], 1.0, 2000, 1), (u, outside[1], 1.0, 3000, 2)]
-    write_tiny_mmrec(str(tmp_path / "data"), n_items=8, rows=rows, dims={"v": 5, "t": 3})
-    return str(tmp_path / "data")
+    return write_hand_made(tmp_path / "data", TRAIN)
 
 
 def build(name, root, tmp_path, **extra):
@@ -27,8 +22,6 @@ def build(name, root, tmp_path, **extra):
     return net.eval(), train
 
 
-def training_matrix(train):
-    return torch.from_numpy((train.dataset.inter_matrix(form="coo").toarray() > 0).astype(np.float32))
 
 
 def user_graph_reference(R, k):
@@ -74,7 +67,6 @@ def fusion_reference(net, masked):
     return alpha
 
 
-MASKS = [set(), {"v"}, {"t"}, {"v", "t"}]
 
 
 def test_the_user_graph_by_hand(hand_made, tmp_path):
@@ -92,7 +84,7 @@ def test_the_user_graph_by_hand(hand_made, tmp_path):
     torch.testing.assert_close(W, user_graph_reference(training_matrix(train), 2))
 
 
-@pytest.mark.parametrize("masked", MASKS, ids=["joint", "masked-v", "masked-t", "masked-all"])
+@pytest.mark.parametrize("masked", MASKS, ids=MASK_IDS)
 def test_dualgnn_forward_is_the_dense_formula(hand_made, tmp_path, masked):
     net, train = build("DualGNN", hand_made, tmp_path)
     R = training_matrix(train)
@@ -119,7 +111,7 @@ def knn_reference(features, k):
     return full
 
 
-@pytest.mark.parametrize("masked", MASKS, ids=["joint", "masked-v", "masked-t", "masked-all"])
+@pytest.mark.parametrize("masked", MASKS, ids=MASK_IDS)
 def test_dragon_forward_is_the_dense_formula(hand_made, tmp_path, masked):
     net, train = build("DRAGON", hand_made, tmp_path, knn_k=3, n_mm_layers=2)
     R = training_matrix(train)

@@ -2,28 +2,20 @@
 representations (every masking, every fusion of MMGCF), the principal subgraph / edge dropout in
 training, and the losses (the masking invariant and end-to-end runs are in test_contract.py)."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import attach_random_teachers, build_model, write_tiny_mmrec
+from conftest import MASK_IDS, MASKS, attach_random_teachers, build_model, training_matrix, write_hand_made
 
 from recbole_ckd.model import graphs
 
 # training items of raw users 0..5
 TRAIN = {0: [0, 1, 2, 3], 1: [0, 1, 3, 5], 2: [1, 2, 4, 6], 3: [5, 6, 7], 4: [6, 7, 2], 5: [3, 4, 0]}
-MASKS = [set(), {"v"}, {"t"}, {"v", "t"}]
-MASK_IDS = ["joint", "masked-v", "masked-t", "masked-all"]
 
 
 @pytest.fixture
 def hand_made(tmp_path):
-    rows = [(u, i, 1.0, 1000 + k, 0) for u, items in TRAIN.items() for k, i in enumerate(items)]
-    for u, items in TRAIN.items():  # one validation and one test item each, outside its training items
-        outside = [i for i in range(8) if i not in items]
-        rows += [(u, outside[0], 1.0, 2000, 1), (u, outside[1], 1.0, 3000, 2)]
-    write_tiny_mmrec(str(tmp_path / "data"), n_items=8, rows=rows, dims={"v": 5, "t": 3})
-    return str(tmp_path / "data")
+    return write_hand_made(tmp_path / "data", TRAIN)
 
 
 def build(name, root, tmp_path, **extra):
@@ -32,8 +24,6 @@ def build(name, root, tmp_path, **extra):
 
 
 # ----------------------------------------------------------------------------- dense references
-def training_matrix(train):
-    return torch.from_numpy((train.dataset.inter_matrix(form="coo").toarray() > 0).astype(np.float32))
 
 
 def sym(A):

@@ -6,21 +6,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_model, write_tiny_mmrec
+from conftest import MASK_IDS, MASKS, build_model, write_hand_made
 
 TRAIN = {0: [0, 1, 2], 1: [0, 1, 3], 2: [1, 2, 4], 3: [5, 6], 4: [6, 7], 5: [3]}
-MASKS = [set(), {"v"}, {"t"}, {"v", "t"}]
-MASK_IDS = ["joint", "masked-v", "masked-t", "masked-all"]
 
 
 @pytest.fixture
 def hand_made(tmp_path):
-    rows = [(u, i, 1.0, 1000 + k, 0) for u, items in TRAIN.items() for k, i in enumerate(items)]
-    for u, items in TRAIN.items():  # one validation and one test item each, outside its training items
-        outside = [i for i in range(8) if i not in items]
-        rows += [(u, outside[0], 1.0, 2000, 1), (u, outside[1], 1.0, 3000, 2)]
-    write_tiny_mmrec(str(tmp_path / "data"), n_items=8, rows=rows, dims={"v": 5, "t": 3})
-    return str(tmp_path / "data")
+    return write_hand_made(tmp_path / "data", TRAIN)
 
 
 def build(name, root, tmp_path, **extra):
