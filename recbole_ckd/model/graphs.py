@@ -493,6 +493,13 @@ def spmm(graph, x):
     return product.mm(graph.values(), x)
 
 
+def propagate(graph, x, layers):
+    """``graph^layers x``: ``layers`` sparse products (``x`` itself at 0)."""
+    for _ in range(layers):
+        x = spmm(graph, x)
+    return x
+
+
 def interaction_edges(dataset):
     """The distinct (user, item) pairs of ``dataset``'s interactions (internal ids), as two long
     tensors: a repeated interaction is one edge of the user-item graph, as in LATTICE's and

@@ -5,7 +5,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_ckd.model import graphs
-from recbole_ckd.model.graphs import spmm
 from recbole_ckd.model.multimodal import MultimodalRecommender
 
 BEHAVIOUR = "behaviour"  # the name of the view over the item-item behaviour graph
@@ -127,8 +126,7 @@ class DAMRS(MultimodalRecommender):
         """``S^L e_I``, or ``e_I`` without a graph."""
         items = self.item_id_embedding.weight
         if graph is not None:
-            for _ in range(self.n_mm_layers):
-                items = spmm(graph, items)
+            items = graphs.propagate(graph, items, self.n_mm_layers)
         return items
 
     def propagate(self, masked=frozenset(), memo=None):

@@ -70,8 +70,5 @@ class DRAGON(FixedItemGraphs, DualGNN):
         items = torch.cat([outputs[m][self.n_users :] for m in self.modalities], dim=1)
         adjacency = self.item_adjacency(masked)
         if adjacency is not None:
-            h = items
-            for _ in range(self.n_mm_layers):
-                h = graphs.spmm(adjacency, h)
-            items = items + h
+            items = items + graphs.propagate(adjacency, items, self.n_mm_layers)
         return self.smooth_users(users), items

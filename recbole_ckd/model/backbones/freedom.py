@@ -98,10 +98,7 @@ class FREEDOM(FixedItemGraphs, PrunedUserItemGraph, ItemGraphRecommender):
         adjacency = self.item_adjacency(masked)
         if adjacency is None:
             return 0.0
-        h = self.item_id_embedding.weight
-        for _ in range(self.n_mm_layers):
-            h = graphs.spmm(adjacency, h)
-        return h
+        return graphs.propagate(adjacency, self.item_id_embedding.weight, self.n_mm_layers)
 
     # ------------------------------------------------------------ training
     def objective(self, interaction, step):

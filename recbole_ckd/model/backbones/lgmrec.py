@@ -143,9 +143,7 @@ class LGMRec(NodeTableRecommender):
         else:
             items = self.feature(m) @ self.projection[m]
         nodes = torch.cat([spmm(self._user_item_mean, items), items])
-        for _ in range(self.n_mm_layers):
-            nodes = spmm(self._graph, nodes)
-        return nodes
+        return graphs.propagate(self._graph, nodes, self.n_mm_layers)
 
     def draws(self, m):
         """``(Gumbel noise, dropout scale)`` of items and of users for modality m's assignments in

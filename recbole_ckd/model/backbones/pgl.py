@@ -160,10 +160,7 @@ class PGL(FixedItemGraphs, PrunedUserItemGraph, MultimodalRecommender):
         users, items = self.lightgcn(self.training_graph(), user_inputs, item_inputs, self.n_ui_layers)
         adjacency = self.item_adjacency(masked)
         if adjacency is not None:
-            h = item_inputs
-            for _ in range(self.n_mm_layers):
-                h = graphs.spmm(adjacency, h)
-            items = items + h
+            items = items + graphs.propagate(adjacency, item_inputs, self.n_mm_layers)
         return users, items
 
     def batch_representations_modes(self, users, items, modes, memo=None):
