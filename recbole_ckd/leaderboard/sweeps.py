@@ -1,5 +1,6 @@
-"""The tuned configurations a leaderboard takes from the sweeps' folder."""
+"""Tuned configurations: those a leaderboard takes from the sweeps' folder, and a tuned study's own sweeps."""
 
+import math
 import os
 
 
@@ -17,4 +18,45 @@ def tuned_configs(sweeps_dir, dataset, models):
             tuned[model] = best
             space = best.replace("-best.yaml", "-space.yaml")
             spaces[model] = read_yaml(space) if os.path.isfile(space) else {}
+    return tuned, spaces
+
+
+def tuned_file(tuned, label, model):
+    """The tuned configuration of a row: its own (a tuned study's), else its model's (``--sweeps``)."""
+    return (tuned or {}).get(label) or (tuned or {}).get(model)
+
+
+def describe_range(kind, low, high):
+    return f"{kind} [{low:g}, {high:g}]"
+
+
+def tune_study(dataset, entries, trials, output, config_files=None, cmd_args=(), search="random", scheduler="none",
+               cpus_per_trial=1.0, gpus_per_trial=0.0, ray_address=None):
+    """Each row's own sweep (:func:`recbole_ckd.tune.run_sweep`) over its space
+    (:func:`~recbole_ckd.leaderboard.studies.tuning_space`), ``trials`` trials each, selected on validation
+    only, in ``<output>/<dataset>/sweeps/<label>/``; a finished one is reused. Returns ``(tuned, spaces)``
+    keyed by row label: the selected configuration files and ``{key: range}``."""
+    from recbole_ckd.config import Config
+    from recbole_ckd.leaderboard.studies import tuning_space
+    from recbole_ckd.tune import finished_sweep, run_sweep
+
+    tuned, spaces = {}, {}
+    for k, entry in enumerate(entries, start=1):
+        folder = os.path.join(output, dataset, "sweeps", entry.label)
+        row_args = list(cmd_args) + [f"--{key}={value}" for key, value in sorted(entry.overrides.items())]
+        space = tuning_space(entry, Config(entry.model, dataset, config_files, cmd_args=row_args))
+        os.makedirs(folder, exist_ok=True)
+        hyper_file = os.path.join(folder, "space.test")
+        with open(hyper_file, "w") as f:  # RecBole's syntax: a loguniform range is given by its exponents
+            f.writelines(f"{key} {kind} " + (f"{math.log(low)!r},{math.log(high)!r}" if kind == "loguniform"
+                                             else f"{low!r},{high!r}") + "\n" for key, kind, low, high in space)
+        best = finished_sweep(entry.model, dataset, hyper_file, config_files, row_args, folder)
+        print(f"[{k}/{len(entries)}] sweep of {entry.label}: "
+              + (f"finished ({best})" if best else f"{trials} trial(s) ..."), flush=True)
+        if best is None:
+            best = run_sweep(entry.model, dataset, hyper_file, config_files, row_args, num_samples=trials, search=search,
+                             scheduler=scheduler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                             output=folder, ray_address=ray_address, verbose=0, evaluate_best=False)["best_config_file"]
+        tuned[entry.label] = best
+        spaces[entry.label] = {key: describe_range(kind, low, high) for key, kind, low, high in space}
     return tuned, spaces
