@@ -61,6 +61,20 @@ def test_every_row_gets_its_own_sweep_with_the_same_budget(tiny_dataset, tmp_pat
                                     "ogm_alpha": "loguniform [0.01, 1]"}
 
 
+def test_a_sweep_of_another_budget_is_refused(tiny_dataset, tmp_path, monkeypatch):
+    """Ray resumes or reuses a row's sweep with the budget it began with; another one is refused, before any sweep."""
+    from recbole_ckd.errors import ConfigError
+
+    calls = fake_sweeps(monkeypatch)
+    entries = [e for e in lb.study_entries("balancing", ["VBPR"]) if e.label in ("VBPR", "VBPR_MDrop")]
+    args = [f"--data_path={tiny_dataset['root']}"]
+    lb.tune_study("tiny", entries, 2, str(tmp_path / "out"), cmd_args=args)
+    with pytest.raises(ConfigError, match=r"--tune_trials=3 --search=random --scheduler=none: .*VBPR holds a sweep of "
+                                          r"another budget \(trials 2, search random, scheduler none\)"):
+        lb.tune_study("tiny", entries, 3, str(tmp_path / "out"), cmd_args=args)
+    assert len(calls) == 2
+
+
 def test_a_backbone_without_an_l2_key_searches_only_what_it_has(tiny_dataset, tmp_path, monkeypatch):
     calls = fake_sweeps(monkeypatch)
     entries = [e for e in lb.study_entries("balancing", ["DAMRS"]) if e.label in ("DAMRS", "DAMRS_MDrop")]
@@ -102,3 +116,57 @@ def test_a_trial_never_evaluates_the_test_set(tiny_dataset, tmp_path, monkeypatc
     trial({"learning_rate": 0.005, "mdrop_prob": 0.3}, base)
     assert len(test_splits) == 1 and len(evaluated) == 2  # one validation per epoch, never the test split
     assert [r["epoch"] for r in reports] == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_tuned_study_selects_before_any_test_then_reruns_from_its_cache(tiny_dataset, tmp_path, monkeypatch, capsys,
+                                                                         epoch_log):
+    import ray.tune
+
+    import recbole_ckd.quick_start as qs
+    import recbole_ckd.tune as tune
+    import run_recbole_ckd
+    from conftest import fast_args
+    from recbole_ckd.config import Config
+
+    monkeypatch.setitem(lb.studies.STUDIES, "pair", (("{B}", "{B}", {}), ("{B}_MDrop", "{B}_MDrop", {})))
+    events, real_sweep, real_run = [], tune.run_sweep, qs.run
+    monkeypatch.setattr(tune, "run_sweep", lambda model, *a, **k: events.append(("sweep", model)) or real_sweep(model, *a, **k))
+    monkeypatch.setattr(qs, "run", lambda model, *a, **k: events.append(("run", model)) or real_run(model, *a, **k))
+    out = tmp_path / "results"
+    args = [f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}"]
+    args += fast_args(args)
+    argv = ["--leaderboard", "--study=pair", "--dataset=tiny", "--models=VBPR", "--seeds=1,", "--tune_trials=2",
+            f"--output={out}", *args]
+    page = run_recbole_ckd.main(argv)
+    assert page == str(out / "tiny-pair.md")
+    # both sweeps ended (and selected) before any run in this process: the test split is read only by the seeds
+    assert events == [("sweep", "VBPR"), ("sweep", "VBPR_MDrop"), ("run", "VBPR"), ("run", "VBPR_MDrop")]
+    assert len(epoch_log) == 2  # the seeds' runs; the trials trained in Ray's workers
+    text = open(page).read()
+    assert "own sweep of 2 trial(s) (search: random, scheduler: none)" in text and "--tune_trials=2" in text
+    config_dict = dict(Config("VBPR", "tiny", None, cmd_args=args).cmd_config_dict)
+    ranges = {key: (low, high) for key, _, low, high in lb.SHARED_SPACE + lb.METHOD_SPACES["MDrop"]}
+    for label, keys in (("VBPR", ["learning_rate", "reg_weight"]), ("VBPR_MDrop", ["learning_rate", "reg_weight", "mdrop_prob"])):
+        folder = out / "tiny" / "sweeps" / label
+        best = yaml.safe_load(open(folder / f"{label}-tiny-best.yaml"))
+        trials = open(folder / f"{label}-tiny-trials.csv").read().strip().splitlines()
+        assert len(trials) == 3 and all(",done," in t for t in trials[1:])  # header and 2 trials
+        for key in keys:
+            value = best[key]
+            assert ranges[key][0] <= value <= ranges[key][1]
+            assert f"| {label} | {key} | {value:.4g} | " in text, (label, key)
+        # the seed ran with the selected values: its run key is the tuned plan's, not the default's
+        record = next(iter(lb.run_cells("tiny", [label], [1], str(out), config_dict=config_dict,
+                                         tuned={label: str(folder / f"{label}-tiny-best.yaml")}, log=lambda m: None)[label]))
+        default = lb.plan_cells("tiny", [label], [1], config_dict=config_dict)[0]
+        assert lb.recorded_run_key(record) != default.key
+    assert "| VBPR_MDrop | mdrop_prob | " in text and "| uniform [0.1, 0.9] |" in text
+    assert "| VBPR | learning_rate | " in text and "| loguniform [0.0001, 0.01] |" in text
+    # the same command again: every sweep finished, every cell cached, nothing trained and Ray not started
+    events.clear(), epoch_log.clear()
+    monkeypatch.setattr(ray.tune.Tuner, "fit", lambda tuner: pytest.fail("a sweep ran again"))
+    capsys.readouterr()
+    assert run_recbole_ckd.main(argv) == page
+    assert events == [] and len(epoch_log) == 0
+    assert capsys.readouterr().out.count(": finished (") == 2

@@ -91,10 +91,10 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
                       "seeds then ran with the selected values, and each variant is compared with the tuned "
                       "backbone.", ""]
         lines += [f"| {'row' if budget else 'model'} | key | tuned | range |", "| --- | --- | --- | --- |"]
-        for name, path in tuned.items():
+        for row, path in tuned.items():
             best = read_yaml(path)
-            for key, described in (spaces or {}).get(name, {}).items():
-                lines.append(f"| {name} | {key} | {_tuned_value(best.get(key))} | {described} |")
+            for key, described in (spaces or {}).get(row, {}).items():
+                lines.append(f"| {row} | {key} | {_tuned_value(best.get(key))} | {described} |")
         lines.append("")
     if plots["modalities"] or plots["weights"]:
         lines += ["## Diagnostics", ""]

@@ -3,6 +3,10 @@
 import math
 import os
 
+import yaml
+
+from recbole_ckd.errors import saving
+
 
 def tuned_configs(sweeps_dir, dataset, models):
     """Best configurations (and their search spaces) that sweeps left in ``sweeps_dir``."""
@@ -41,6 +45,7 @@ def tune_study(dataset, entries, trials, output, config_files=None, cmd_args=(),
     from recbole_ckd.tune import finished_sweep, run_sweep
 
     tuned, spaces = {}, {}
+    os.makedirs(os.path.join(output, dataset, "sweeps"), exist_ok=True)
     for k, entry in enumerate(entries, start=1):
         folder = os.path.join(output, dataset, "sweeps", entry.label)
         row_args = list(cmd_args) + [f"--{key}={value}" for key, value in sorted(entry.overrides.items())]
@@ -50,6 +55,7 @@ def tune_study(dataset, entries, trials, output, config_files=None, cmd_args=(),
         with open(hyper_file, "w") as f:  # RecBole's syntax: a loguniform range is given by its exponents
             f.writelines(f"{key} {kind} " + (f"{math.log(low)!r},{math.log(high)!r}" if kind == "loguniform"
                                              else f"{low!r},{high!r}") + "\n" for key, kind, low, high in space)
+        _check_budget(folder, {"trials": trials, "search": search, "scheduler": scheduler})
         best = finished_sweep(entry.model, dataset, hyper_file, config_files, row_args, folder)
         print(f"[{k}/{len(entries)}] sweep of {entry.label}: "
               + (f"finished ({best})" if best else f"{trials} trial(s) ..."), flush=True)
@@ -60,3 +66,25 @@ def tune_study(dataset, entries, trials, output, config_files=None, cmd_args=(),
         tuned[entry.label] = best
         spaces[entry.label] = {key: describe_range(kind, low, high) for key, kind, low, high in space}
     return tuned, spaces
+
+
+def _check_budget(folder, budget):
+    """Record a row's sweep budget in its folder, or refuse another one: Ray resumes (or reuses) a sweep
+    with the budget it began with, which the page would then misstate."""
+    from recbole_ckd.errors import ConfigError
+    from recbole_ckd.settings_files import read_yaml
+
+    path = os.path.join(folder, "budget.yaml")
+    if os.path.isfile(path):
+        recorded = read_yaml(path)
+        if recorded != budget:
+            raise ConfigError(f"--tune_trials={budget['trials']} --search={budget['search']} --scheduler="
+                              f"{budget['scheduler']}: {folder} holds a sweep of another budget ({_budget_text(recorded)}); "
+                              "give that budget, or another --output, or delete the folder to tune again.")
+        return
+    with saving(path), open(path, "w") as f:
+        yaml.safe_dump(budget, f, sort_keys=False)
+
+
+def _budget_text(budget):
+    return ", ".join(f"{key} {value}" for key, value in budget.items()) if isinstance(budget, dict) else str(budget)
