@@ -168,3 +168,17 @@ def test_a_tuned_study_selects_before_any_test_then_reruns_from_its_cache(tiny_d
     assert run_recbole_ckd.main(argv) == page
     assert events == [] and len(epoch_log) == 0
     assert capsys.readouterr().out.count(": finished (") == 2
+
+
+@pytest.mark.parametrize("backbone", ["VBPR", "LATTICE", "DAMRS"])
+def test_both_ends_of_every_rows_space_are_accepted_by_its_config(tiny_dataset, backbone):
+    """A study never stops at row k because an end of its range is out of a key's bounds."""
+    from recbole_ckd.config import Config
+
+    for entry in lb.study_entries("balancing_mmpareto", [backbone]):
+        settings = {"data_path": str(tiny_dataset["root"]), **entry.overrides}
+        space = lb.tuning_space(entry, Config(entry.model, "tiny", None, settings))
+        assert space and space[0][0] == "learning_rate"
+        for key, _, low, high in space:
+            for value in (low, high):
+                Config(entry.model, "tiny", None, {**settings, key: value})  # raises a ConfigError if refused

@@ -41,23 +41,32 @@ def tune_study(dataset, entries, trials, output, config_files=None, cmd_args=(),
     only, in ``<output>/<dataset>/sweeps/<label>/``; a finished one is reused. Returns ``(tuned, spaces)``
     keyed by row label: the selected configuration files and ``{key: range}``."""
     from recbole_ckd.config import Config
+    from recbole_ckd.errors import ConfigError
     from recbole_ckd.leaderboard.studies import tuning_space
     from recbole_ckd.tune import finished_sweep, run_sweep
 
-    tuned, spaces = {}, {}
-    os.makedirs(os.path.join(output, dataset, "sweeps"), exist_ok=True)
-    for k, entry in enumerate(entries, start=1):
+    budget = {"trials": trials, "search": search, "scheduler": scheduler}
+    rows = []  # every row's folder, settings and space, checked before anything is written
+    for entry in entries:
         folder = os.path.join(output, dataset, "sweeps", entry.label)
         row_args = list(cmd_args) + [f"--{key}={value}" for key, value in sorted(entry.overrides.items())]
         space = tuning_space(entry, Config(entry.model, dataset, config_files, cmd_args=row_args))
+        fixed = sorted({key for key, *_ in space} & {arg[2:].split("=", 1)[0] for arg in cmd_args})
+        if fixed:  # the command line outranks the tuned values: the seeds would not run with them
+            raise ConfigError(f"--{fixed[0]}: a tuned study searches it (the row {entry.label}'s sweep); drop it "
+                              "from the command line, or leave out --tune_trials")
+        rows.append((entry, folder, row_args, space))
+    for _, folder, _, _ in rows:
         os.makedirs(folder, exist_ok=True)
+        _check_budget(folder, budget)
+    tuned, spaces = {}, {}
+    for k, (entry, folder, row_args, space) in enumerate(rows, start=1):
         hyper_file = os.path.join(folder, "space.test")
         with open(hyper_file, "w") as f:  # RecBole's syntax: a loguniform range is given by its exponents
             f.writelines(f"{key} {kind} " + (f"{math.log(low)!r},{math.log(high)!r}" if kind == "loguniform"
                                              else f"{low!r},{high!r}") + "\n" for key, kind, low, high in space)
-        _check_budget(folder, {"trials": trials, "search": search, "scheduler": scheduler})
         best = finished_sweep(entry.model, dataset, hyper_file, config_files, row_args, folder)
-        print(f"[{k}/{len(entries)}] sweep of {entry.label}: "
+        print(f"[{k}/{len(rows)}] sweep of {entry.label}: "
               + (f"finished ({best})" if best else f"{trials} trial(s) ..."), flush=True)
         if best is None:
             best = run_sweep(entry.model, dataset, hyper_file, config_files, row_args, num_samples=trials, search=search,
