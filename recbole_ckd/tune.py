@@ -316,7 +316,8 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
 
 def finished_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), output="sweeps"):
     """The best configuration file of this very sweep (same space, model, dataset and config) when
-    ``output`` holds it finished and signed, else None: a rerun then needs neither Ray nor training."""
+    ``output`` holds it finished, else None: a rerun then needs neither Ray nor training. A folder
+    holding another sweep is refused, as :func:`run_sweep` refuses it."""
     name = f"{model}-{dataset}"
     path, best = os.path.join(os.path.abspath(output), name), os.path.join(os.path.abspath(output), f"{name}-best.yaml")
     if not os.path.isfile(best):

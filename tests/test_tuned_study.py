@@ -56,8 +56,8 @@ def test_every_row_gets_its_own_sweep_with_the_same_budget(tiny_dataset, tmp_pat
     assert lr.kind == "loguniform" and [math.exp(v) for v in lr.values] == pytest.approx([1e-4, 1e-2])
     assert by_label["VBPR_MDrop"]["params"]["mdrop_prob"].values == (0.1, 0.9)
     assert list(tuned) == [e.label for e in entries] == list(spaces)
-    assert spaces["VBPR_OGMGE"] == {"learning_rate": "loguniform [0.0001, 0.01]", "reg_weight": "loguniform [1e-06, 0.1]",
-                                    "ogm_alpha": "loguniform [0.01, 1]"}
+    assert spaces["VBPR_OGMGE"] == {"learning_rate": "loguniform [0.0001, 0.01]",
+                                    "reg_weight": "loguniform [1e-06, 0.1]", "ogm_alpha": "loguniform [0.01, 1]"}
 
 
 def test_a_sweep_of_another_budget_is_refused(tiny_dataset, tmp_path, monkeypatch):
@@ -129,7 +129,8 @@ def test_a_tuned_study_selects_before_any_test_then_reruns_from_its_cache(tiny_d
 
     monkeypatch.setitem(lb.studies.STUDIES, "pair", (("{B}", "{B}", {}), ("{B}_MDrop", "{B}_MDrop", {})))
     events, real_sweep, real_run = [], tune.run_sweep, qs.run
-    monkeypatch.setattr(tune, "run_sweep", lambda model, *a, **k: events.append(("sweep", model)) or real_sweep(model, *a, **k))
+    monkeypatch.setattr(tune, "run_sweep",
+                        lambda model, *a, **k: events.append(("sweep", model)) or real_sweep(model, *a, **k))
     monkeypatch.setattr(qs, "run", lambda model, *a, **k: events.append(("run", model)) or real_run(model, *a, **k))
     out = tmp_path / "results"
     args = [f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}"]
@@ -145,7 +146,8 @@ def test_a_tuned_study_selects_before_any_test_then_reruns_from_its_cache(tiny_d
     assert "own sweep of 2 trial(s) (search: random, scheduler: none)" in text and "--tune_trials=2" in text
     config_dict = dict(Config("VBPR", "tiny", None, cmd_args=args).cmd_config_dict)
     ranges = {key: (low, high) for key, _, low, high in lb.SHARED_SPACE + lb.METHOD_SPACES["MDrop"]}
-    for label, keys in (("VBPR", ["learning_rate", "reg_weight"]), ("VBPR_MDrop", ["learning_rate", "reg_weight", "mdrop_prob"])):
+    for label, keys in (("VBPR", ["learning_rate", "reg_weight"]),
+                        ("VBPR_MDrop", ["learning_rate", "reg_weight", "mdrop_prob"])):
         folder = out / "tiny" / "sweeps" / label
         best = yaml.safe_load(open(folder / f"{label}-tiny-best.yaml"))
         trials = open(folder / f"{label}-tiny-trials.csv").read().strip().splitlines()
@@ -155,8 +157,9 @@ def test_a_tuned_study_selects_before_any_test_then_reruns_from_its_cache(tiny_d
             assert ranges[key][0] <= value <= ranges[key][1]
             assert f"| {label} | {key} | {value:.4g} | " in text, (label, key)
         # the seed ran with the selected values: its run key is the tuned plan's, not the default's
-        record = next(iter(lb.run_cells("tiny", [label], [1], str(out), config_dict=config_dict,
-                                         tuned={label: str(folder / f"{label}-tiny-best.yaml")}, log=lambda m: None)[label]))
+        tuned = {label: str(folder / f"{label}-tiny-best.yaml")}
+        record = lb.run_cells("tiny", [label], [1], str(out), config_dict=config_dict, tuned=tuned,
+                              log=lambda m: None)[label][0]
         default = lb.plan_cells("tiny", [label], [1], config_dict=config_dict)[0]
         assert lb.recorded_run_key(record) != default.key
     assert "| VBPR_MDrop | mdrop_prob | " in text and "| uniform [0.1, 0.9] |" in text

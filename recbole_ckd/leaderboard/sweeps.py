@@ -30,7 +30,7 @@ def tuned_file(tuned, label, model):
     return (tuned or {}).get(label) or (tuned or {}).get(model)
 
 
-def describe_range(kind, low, high):
+def _describe_range(kind, low, high):
     return f"{kind} [{low:g}, {high:g}]"
 
 
@@ -69,11 +69,12 @@ def tune_study(dataset, entries, trials, output, config_files=None, cmd_args=(),
         print(f"[{k}/{len(rows)}] sweep of {entry.label}: "
               + (f"finished ({best})" if best else f"{trials} trial(s) ..."), flush=True)
         if best is None:
-            best = run_sweep(entry.model, dataset, hyper_file, config_files, row_args, num_samples=trials, search=search,
-                             scheduler=scheduler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                             output=folder, ray_address=ray_address, verbose=0, evaluate_best=False)["best_config_file"]
+            best = run_sweep(entry.model, dataset, hyper_file, config_files, row_args, num_samples=trials,
+                             search=search, scheduler=scheduler, cpus_per_trial=cpus_per_trial,
+                             gpus_per_trial=gpus_per_trial, output=folder, ray_address=ray_address, verbose=0,
+                             evaluate_best=False)["best_config_file"]
         tuned[entry.label] = best
-        spaces[entry.label] = {key: describe_range(kind, low, high) for key, kind, low, high in space}
+        spaces[entry.label] = {key: _describe_range(kind, low, high) for key, kind, low, high in space}
     return tuned, spaces
 
 
@@ -88,8 +89,9 @@ def _check_budget(folder, budget):
         recorded = read_yaml(path)
         if recorded != budget:
             raise ConfigError(f"--tune_trials={budget['trials']} --search={budget['search']} --scheduler="
-                              f"{budget['scheduler']}: {folder} holds a sweep of another budget ({_budget_text(recorded)}); "
-                              "give that budget, or another --output, or delete the folder to tune again.")
+                              f"{budget['scheduler']}: {folder} holds a sweep of another budget "
+                              f"({_budget_text(recorded)}); give that budget, or another --output, or delete the "
+                              "folder to tune again.")
         return
     with saving(path), open(path, "w") as f:
         yaml.safe_dump(budget, f, sort_keys=False)
