@@ -46,6 +46,9 @@ def build_parser():
     board.add_argument("--study", help="'balancing': for each backbone in --models, the plain model, CKD, CKD's "
                        "ablations and the balancing baselines (modality dropout, OGM-GE); writes "
                        "results/<dataset>-balancing.md; 'balancing_mmpareto': the same and MMPareto")
+    board.add_argument("--tune_trials", type=int, help="with --study: tune every row first, each by its own sweep "
+                       "of this many trials (--search, --scheduler) over its learning rate, L2 weight and its "
+                       "method's knobs, selected on validation; its seeds then run with the selected values")
     data = parser.add_argument_group("data commands")
     data.add_argument("--download", metavar="NAME", help="fetch dataset NAME's archive, verify it, unpack it")
     data.add_argument("--url", help="archive URL (or local path) for --download; default: the dataset YAML's")
@@ -84,9 +87,10 @@ def download(args, overrides):
 
 # the commands each flag belongs to (None: a training run); given to another it would be ignored
 FLAG_COMMANDS = {
-    **dict.fromkeys(("--num_samples", "--search", "--scheduler"), ("--hyper",)),
+    "--num_samples": ("--hyper",),
+    **dict.fromkeys(("--search", "--scheduler"), ("--hyper", "--leaderboard")),
     **dict.fromkeys(("--cpus_per_trial", "--gpus_per_trial", "--ray_address"), ("--hyper", "--leaderboard")),
-    **dict.fromkeys(("--models", "--seeds", "--sweeps", "--study"), ("--leaderboard",)),
+    **dict.fromkeys(("--models", "--seeds", "--sweeps", "--study", "--tune_trials"), ("--leaderboard",)),
     **dict.fromkeys(("--url", "--sha256", "--force"), ("--download",)),
     "--output": ("--hyper", "--leaderboard"),
     "--model": (None, "--hyper"),
@@ -126,6 +130,23 @@ def check_resources(parser, args):
         if args.gpus_per_trial > torch.cuda.device_count():
             parser.error(f"--gpus_per_trial={args.gpus_per_trial:g}: this machine has {torch.cuda.device_count()} "
                          "GPU(s) that PyTorch can use; give fewer, or --ray_address of a cluster that has them")
+
+
+def check_tuning(parser, args, argv):
+    """A leaderboard tunes only a study, by trials of its own (not another sweep's); --search and
+    --scheduler are for its sweeps."""
+    if args.tune_trials is None:
+        for flag in ("--search", "--scheduler"):
+            if given(argv, flag):
+                parser.error(f"{flag} is for --hyper or --leaderboard --study --tune_trials=N; without --tune_trials "
+                             "it would be ignored")
+        return
+    if not args.study:
+        parser.error("--tune_trials needs --study (it tunes each row of a study), e.g. --study=balancing")
+    if args.tune_trials < 1:
+        parser.error(f"--tune_trials={args.tune_trials}: give at least 1 trial per row")
+    if args.sweeps:
+        parser.error("--tune_trials and --sweeps do not combine: a tuned study runs its own sweeps; give one of them")
 
 
 def check_output_folder(path):
@@ -201,11 +222,13 @@ def dispatch(argv):
                 study_entries(args.study, models)
         except ValueError as error:
             parser.error(str(error))
+        check_tuning(parser, args, argv)
         check_output_folder(args.output or "results")
         return run_leaderboard(args.dataset, models, seeds, args.output or "results",
                                split_config_files(args.config_files), rest, args.sweeps, args.study,
                                ray_address=args.ray_address, cpus_per_cell=args.cpus_per_trial,
-                               gpus_per_cell=args.gpus_per_trial)
+                               gpus_per_cell=args.gpus_per_trial, tune_trials=args.tune_trials,
+                               search=args.search, scheduler=args.scheduler)
     if not args.model or not args.dataset:
         parser.error("--model and --dataset are required to train (or use --download / --generate)")
     from recbole_ckd.registry import canonical_model_name

@@ -261,8 +261,10 @@ def _collect(results):
 
 def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_samples=4, search="random",
               scheduler="none", cpus_per_trial=1.0, gpus_per_trial=0.0, output="sweeps", ray_address=None,
-              max_epochs_asha=None, verbose=1):
-    """Run the sweep and return ``{"trials", "best", "best_config_file", "test_result"}``."""
+              max_epochs_asha=None, verbose=1, evaluate_best=True):
+    """Run the sweep and return ``{"trials", "best", "best_config_file", "test_result"}``; with
+    ``evaluate_best=False`` the selected configuration is not run on the test set (test_result None:
+    a tuned leaderboard's seeds evaluate it)."""
     from recbole_ckd.quick_start import run
     from recbole_ckd.reports import format_report
 
@@ -304,10 +306,27 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
     best_config_file = _write_outputs(output, name, trials, params, table, best,
                                       {"model": model, "dataset": dataset, **base_dict}, overrides["valid_metric"])
     print(f"best configuration (validation only): {best_config_file}", flush=True)
+    if not evaluate_best:
+        return {"trials": trials, "best": best, "best_config_file": best_config_file, "test_result": None}
     # the test set is used once, for the selected configuration (its trial's checkpoint resumes)
     test = run(model, dataset, config_files + [best_config_file], {"show_progress": False})
     print(format_report(test), flush=True)
     return {"trials": trials, "best": best, "best_config_file": best_config_file, "test_result": test}
+
+
+def finished_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), output="sweeps"):
+    """The best configuration file of this very sweep (same space, model, dataset and config) when
+    ``output`` holds it finished, else None: a rerun then needs neither Ray nor training. A folder
+    holding another sweep is refused, as :func:`run_sweep` refuses it."""
+    name = f"{model}-{dataset}"
+    path, best = os.path.join(os.path.abspath(output), name), os.path.join(os.path.abspath(output), f"{name}-best.yaml")
+    if not os.path.isfile(best):
+        return None
+    params = parse_hyper_file(hyper_file)
+    config_files = [os.path.abspath(f) for f in (config_files or [])]
+    overrides, _ = _trial_settings(model, dataset, params, hyper_file, config_files, cmd_args)
+    check_sweep_folder(path, sweep_digest(params, model, dataset, overrides))  # another sweep: refused
+    return best  # plain YAML: nothing of Ray's state is loaded
 
 
 def _trial_settings(model, dataset, params, hyper_file, config_files, cmd_args):

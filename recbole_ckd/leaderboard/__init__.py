@@ -11,8 +11,8 @@ values next to their ranges, and diagnostic plots.
 The modules: :mod:`~recbole_ckd.leaderboard.studies` (what runs), :mod:`~recbole_ckd.leaderboard.cells`
 (running and caching it), :mod:`~recbole_ckd.leaderboard.statistics`, :mod:`~recbole_ckd.leaderboard.tables`,
 :mod:`~recbole_ckd.leaderboard.plots` and :mod:`~recbole_ckd.leaderboard.page` (the page),
-:mod:`~recbole_ckd.leaderboard.sweeps` (tuned configurations) and :mod:`~recbole_ckd.leaderboard.command`
-(``--leaderboard``).
+:mod:`~recbole_ckd.leaderboard.sweeps` (tuned configurations, and a tuned study's sweeps) and
+:mod:`~recbole_ckd.leaderboard.command` (``--leaderboard``).
 """
 
 from recbole_ckd.leaderboard.cells import Cell, cells_at_once, plan_cells, recorded_run_key, run_cells, run_plan
@@ -20,8 +20,17 @@ from recbole_ckd.leaderboard.command import MAX_SEED_COUNT, parse_models, parse_
 from recbole_ckd.leaderboard.page import PROTOCOL_TEXT, STATISTICS_ORDER, write_page
 from recbole_ckd.leaderboard.plots import plot_modalities, plot_study_modalities, plot_weights, study_modes
 from recbole_ckd.leaderboard.statistics import mean_std, paired_t_test, relative_improvement
-from recbole_ckd.leaderboard.studies import BALANCING_STUDY, STUDIES, Entry, as_entry, study_entries
-from recbole_ckd.leaderboard.sweeps import tuned_configs
+from recbole_ckd.leaderboard.studies import (
+    BALANCING_STUDY,
+    METHOD_SPACES,
+    SHARED_SPACE,
+    STUDIES,
+    Entry,
+    as_entry,
+    study_entries,
+    tuning_space,
+)
+from recbole_ckd.leaderboard.sweeps import tune_study, tuned_configs
 from recbole_ckd.leaderboard.tables import (
     MMREC_REFERENCE,
     TABLE_METRICS,
@@ -32,9 +41,10 @@ from recbole_ckd.leaderboard.tables import (
 )
 
 __all__ = [
-    "BALANCING_STUDY", "Cell", "Entry", "MAX_SEED_COUNT", "MMREC_REFERENCE", "PROTOCOL_TEXT", "STATISTICS_ORDER",
-    "STUDIES", "TABLE_METRICS", "as_entry", "cells_at_once", "comparison_table", "mean_std", "method_table",
-    "paired_t_test", "parse_models", "parse_seeds", "plan_cells", "plot_modalities", "plot_study_modalities",
-    "plot_weights", "recorded_run_key", "relative_improvement", "run_cells", "run_leaderboard", "run_plan",
-    "study_entries", "study_modes", "summarize", "tuned_configs", "variant_comparisons", "write_page",
+    "BALANCING_STUDY", "Cell", "Entry", "MAX_SEED_COUNT", "METHOD_SPACES", "MMREC_REFERENCE", "PROTOCOL_TEXT",
+    "SHARED_SPACE", "STATISTICS_ORDER", "STUDIES", "TABLE_METRICS", "as_entry", "cells_at_once", "comparison_table",
+    "mean_std", "method_table", "paired_t_test", "parse_models", "parse_seeds", "plan_cells", "plot_modalities",
+    "plot_study_modalities", "plot_weights", "recorded_run_key", "relative_improvement", "run_cells", "run_leaderboard",
+    "run_plan", "study_entries", "study_modes", "summarize", "tune_study", "tuned_configs", "tuning_space",
+    "variant_comparisons", "write_page",
 ]

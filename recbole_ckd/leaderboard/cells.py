@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from recbole_ckd.errors import Interrupted, saving
 from recbole_ckd.leaderboard.studies import as_entry
+from recbole_ckd.leaderboard.sweeps import tuned_file
 from recbole_ckd.leaderboard.tables import TABLE_METRICS
 from recbole_ckd.run_keys import RUN_KEY_LENGTH
 
@@ -52,9 +53,10 @@ def plan_cells(dataset, models, seeds, config_files=None, config_dict=None, tune
 
     plan = []
     for entry in map(as_entry, models):
-        # a model's tuned configuration serves every entry of that model (CKD's ablations too)
-        tuned_file = [tuned[entry.model]] if tuned and entry.model in tuned else []
-        files = tuple(os.path.abspath(f) for f in list(config_files or []) + tuned_file)
+        # a row's own tuned configuration (a tuned study's), else its model's, which then serves every
+        # entry of that model (CKD's ablations too)
+        row_tuned = tuned_file(tuned, entry.label, entry.model)
+        files = tuple(os.path.abspath(f) for f in list(config_files or []) + ([row_tuned] if row_tuned else []))
         for seed in seeds:
             settings = {**(config_dict or {}), **entry.overrides, "seed": seed, "show_progress": False}
             config = Config(entry.model, dataset, list(files) or None, settings)

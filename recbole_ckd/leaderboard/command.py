@@ -3,23 +3,32 @@
 from recbole_ckd.leaderboard.cells import run_cells
 from recbole_ckd.leaderboard.page import write_page
 from recbole_ckd.leaderboard.studies import as_entry, study_entries
-from recbole_ckd.leaderboard.sweeps import tuned_configs
+from recbole_ckd.leaderboard.sweeps import tune_study, tuned_configs
 
 
 def run_leaderboard(dataset, models, seeds, output="results", config_files=None, cmd_args=(), sweeps_dir=None,
-                    study=None, ray_address=None, cpus_per_cell=None, gpus_per_cell=None):
+                    study=None, ray_address=None, cpus_per_cell=None, gpus_per_cell=None, tune_trials=None,
+                    search="random", scheduler="none"):
     """Run (or reuse) every cell and write the page; returns the page path. With ``study``,
-    ``models`` are backbones and every entry of the study runs for each (:func:`study_entries`)."""
+    ``models`` are backbones and every entry of the study runs for each (:func:`study_entries`); with
+    ``tune_trials`` too, each entry first gets its own sweep of that many trials (:func:`tune_study`)
+    and its seeds run with the setting selected on validation."""
     from recbole_ckd.config import Config
 
     entries = study_entries(study, models) if study else [as_entry(m) for m in models]
     config_dict = {}
     if cmd_args:
         config_dict = dict(Config(entries[0].model, dataset, config_files, cmd_args=cmd_args).cmd_config_dict)
-    tuned, spaces = tuned_configs(sweeps_dir, dataset, sorted({e.model for e in entries})) if sweeps_dir else ({}, {})
+    tuned, spaces, budget = {}, {}, None
+    if tune_trials:
+        tuned, spaces = tune_study(dataset, entries, tune_trials, output, config_files, cmd_args, search, scheduler,
+                                   1.0 if cpus_per_cell is None else cpus_per_cell, gpus_per_cell or 0.0, ray_address)
+        budget = {"trials": tune_trials, "search": search, "scheduler": scheduler}
+    elif sweeps_dir:
+        tuned, spaces = tuned_configs(sweeps_dir, dataset, sorted({e.model for e in entries}))
     cells = run_cells(dataset, entries, seeds, output, config_files, config_dict, tuned, ray_address=ray_address,
                       cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell)
-    page = write_page(dataset, cells, output, config_files, config_dict, tuned, spaces, study)
+    page = write_page(dataset, cells, output, config_files, config_dict, tuned, spaces, study, budget)
     print(f"leaderboard: {page}")
     return page
 

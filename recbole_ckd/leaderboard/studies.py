@@ -37,6 +37,30 @@ BALANCING_MMPARETO_STUDY = BALANCING_STUDY + (("{B}_MMPareto", "{B}_MMPareto", {
 
 STUDIES = {"balancing": BALANCING_STUDY, "balancing_mmpareto": BALANCING_MMPARETO_STUDY}
 
+# A tuned study (--tune_trials=N): each row's own sweep searches the shared keys and its method's
+# keys, as (key, distribution, low, high); loguniform draws log-uniformly from [low, high]. The L2
+# weight is reg_weight, searched for the backbones that have one (DAMRS has none).
+SHARED_SPACE = (
+    ("learning_rate", "loguniform", 1e-4, 1e-2),
+    ("reg_weight", "loguniform", 1e-6, 1e-1),
+)
+METHOD_SPACES = {  # by the model's suffix (the plain backbone has none); MMPareto has no knob of its own
+    "CKD": (
+        ("kd_weight", "loguniform", 1e-3, 1.0),
+        ("kd_temperature", "loguniform", 0.05, 2.0),
+        ("gd_weight", "loguniform", 1e-2, 10.0),  # its default, 5.0, inside the range
+    ),
+    "MDrop": (("mdrop_prob", "uniform", 0.1, 0.9),),
+    "OGMGE": (("ogm_alpha", "loguniform", 0.01, 1.0),),
+    "MMPareto": (),
+}
+
+
+def tuning_space(entry, config):
+    """The space of ``entry``'s sweep: the shared keys its resolved ``config`` has, and its method's."""
+    method = entry.model.rsplit("_", 1)[1] if "_" in entry.model else None
+    return tuple(p for p in SHARED_SPACE if p[0] in config) + METHOD_SPACES.get(method, ())
+
 
 def study_entries(study, backbones):
     """Every entry of ``study`` for each backbone, backbone by backbone, but the variants a backbone

@@ -1,0 +1,187 @@
+"""A tuned study (--study --tune_trials=N): every row tuned by its own sweep of the same budget,
+selected on validation only, then its seeds run with the selected values."""
+
+import math
+import os
+
+import pytest
+import yaml
+from conftest import fast_args, fast_config
+
+import recbole_ckd.leaderboard as lb
+
+
+def fake_sweeps(monkeypatch):
+    """run_sweep recorded, each sweep 'selecting' the low end of every range of its space."""
+    import recbole_ckd.tune as tune
+
+    calls = []
+
+    def run_sweep(model, dataset, hyper_file, config_files, cmd_args, output, **budget):
+        params = tune.parse_hyper_file(hyper_file)
+        calls.append({"model": model, "args": list(cmd_args), "output": output, "params": params, **budget})
+        chosen = {}
+        for name, p in params.items():
+            chosen[name] = math.exp(p.values[0]) if p.kind == "loguniform" else p.values[0]
+        best = os.path.join(output, f"{model}-{dataset}-best.yaml")
+        with open(best, "w") as f:
+            yaml.safe_dump(chosen, f)
+        return {"best_config_file": best}
+
+    monkeypatch.setattr(tune, "run_sweep", run_sweep)
+    monkeypatch.setattr(tune, "finished_sweep", lambda *a, **k: None)
+    return calls
+
+
+def test_every_row_gets_its_own_sweep_with_the_same_budget(tiny_dataset, tmp_path, monkeypatch):
+    calls = fake_sweeps(monkeypatch)
+    entries = lb.study_entries("balancing_mmpareto", ["VBPR"])
+    args = [f"--data_path={tiny_dataset['root']}"]
+    tuned, spaces = lb.tune_study("tiny", entries, 3, str(tmp_path / "out"), cmd_args=args, search="random",
+                                  scheduler="asha")
+    assert [c["model"] for c in calls] == [e.model for e in entries]
+    assert {c["num_samples"] for c in calls} == {3} and {c["search"] for c in calls} == {"random"}
+    assert {c["scheduler"] for c in calls} == {"asha"} and all(c["evaluate_best"] is False for c in calls)
+    # one folder per row, the row's own settings in its sweep
+    assert [c["output"] for c in calls] == [str(tmp_path / "out" / "tiny" / "sweeps" / e.label) for e in entries]
+    by_label = {e.label: c for e, c in zip(entries, calls)}
+    assert by_label["VBPR_CKD-no_generic"]["args"] == args + ["--ckd_generic=False"]
+    shared = ["learning_rate", "reg_weight"]
+    expected = {"VBPR": shared, "VBPR_MDrop": shared + ["mdrop_prob"], "VBPR_OGMGE": shared + ["ogm_alpha"],
+                "VBPR_MMPareto": shared}
+    for e in entries:
+        names = list(by_label[e.label]["params"])
+        assert names == expected.get(e.label, shared + ["kd_weight", "kd_temperature", "gd_weight"]), e.label
+    lr = by_label["VBPR"]["params"]["learning_rate"]
+    assert lr.kind == "loguniform" and [math.exp(v) for v in lr.values] == pytest.approx([1e-4, 1e-2])
+    assert by_label["VBPR_MDrop"]["params"]["mdrop_prob"].values == (0.1, 0.9)
+    assert list(tuned) == [e.label for e in entries] == list(spaces)
+    assert spaces["VBPR_OGMGE"] == {"learning_rate": "loguniform [0.0001, 0.01]",
+                                    "reg_weight": "loguniform [1e-06, 0.1]", "ogm_alpha": "loguniform [0.01, 1]"}
+
+
+def test_a_sweep_of_another_budget_is_refused(tiny_dataset, tmp_path, monkeypatch):
+    """Ray resumes or reuses a row's sweep with the budget it began with; another one is refused, before any sweep."""
+    from recbole_ckd.errors import ConfigError
+
+    calls = fake_sweeps(monkeypatch)
+    entries = [e for e in lb.study_entries("balancing", ["VBPR"]) if e.label in ("VBPR", "VBPR_MDrop")]
+    args = [f"--data_path={tiny_dataset['root']}"]
+    lb.tune_study("tiny", entries, 2, str(tmp_path / "out"), cmd_args=args)
+    with pytest.raises(ConfigError, match=r"--tune_trials=3 --search=random --scheduler=none: .*VBPR holds a sweep of "
+                                          r"another budget \(trials 2, search random, scheduler none\)"):
+        lb.tune_study("tiny", entries, 3, str(tmp_path / "out"), cmd_args=args)
+    assert len(calls) == 2
+
+
+def test_a_backbone_without_an_l2_key_searches_only_what_it_has(tiny_dataset, tmp_path, monkeypatch):
+    calls = fake_sweeps(monkeypatch)
+    entries = [e for e in lb.study_entries("balancing", ["DAMRS"]) if e.label in ("DAMRS", "DAMRS_MDrop")]
+    lb.tune_study("tiny", entries, 2, str(tmp_path / "out"), cmd_args=[f"--data_path={tiny_dataset['root']}"])
+    assert [list(c["params"]) for c in calls] == [["learning_rate"], ["learning_rate", "mdrop_prob"]]
+
+
+def test_a_trial_never_evaluates_the_test_set(tiny_dataset, tmp_path, monkeypatch):
+    """A sweep trial (what runs in each Ray worker) trains and validates; evaluating the test split raises."""
+    import ray
+    from recbole.trainer import Trainer
+
+    import recbole_ckd.quick_start as qs
+    from recbole_ckd import compat
+    from recbole_ckd.tune import trial
+
+    real_prepare, test_splits = qs.prepare, []
+
+    def prepare(*args, **kwargs):
+        config, (train, valid, test), trainer = real_prepare(*args, **kwargs)
+        test_splits.append(test)
+        return config, (train, valid, test), trainer
+
+    real_evaluate, evaluated = Trainer.evaluate, []
+
+    def evaluate(trainer, eval_data, *args, **kwargs):
+        if any(eval_data is t for t in test_splits):
+            raise AssertionError("a trial evaluated the test set")
+        evaluated.append(eval_data)
+        return real_evaluate(trainer, eval_data, *args, **kwargs)
+
+    monkeypatch.setattr(qs, "prepare", prepare)
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    reports = []
+    monkeypatch.setattr(compat, "ray_tune_api", lambda: compat.TuneAPI(reports.append, None, None))
+    base = {"model": "VBPR_MDrop", "dataset": "tiny", "config_files": None, "bigger": True,
+            "config_dict": fast_config(tiny_dataset["root"], tmp_path / "saved", epochs=2)}
+    trial({"learning_rate": 0.005, "mdrop_prob": 0.3}, base)
+    assert len(test_splits) == 1 and len(evaluated) == 2  # one validation per epoch, never the test split
+    assert [r["epoch"] for r in reports] == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_tuned_study_selects_before_any_test_then_reruns_from_its_cache(tiny_dataset, tmp_path, monkeypatch, capsys,
+                                                                         epoch_log):
+    import ray.tune
+
+    import recbole_ckd.quick_start as qs
+    import recbole_ckd.tune as tune
+    import run_recbole_ckd
+    from recbole_ckd.config import Config
+
+    monkeypatch.setitem(lb.studies.STUDIES, "pair", (("{B}", "{B}", {}), ("{B}_MDrop", "{B}_MDrop", {})))
+    events, real_sweep, real_run = [], tune.run_sweep, qs.run
+    monkeypatch.setattr(tune, "run_sweep",
+                        lambda model, *a, **k: events.append(("sweep", model)) or real_sweep(model, *a, **k))
+    monkeypatch.setattr(qs, "run", lambda model, *a, **k: events.append(("run", model)) or real_run(model, *a, **k))
+    out = tmp_path / "results"
+    args = [f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}"]
+    args += fast_args(args)
+    argv = ["--leaderboard", "--study=pair", "--dataset=tiny", "--models=VBPR", "--seeds=1,", "--tune_trials=2",
+            f"--output={out}", *args]
+    page = run_recbole_ckd.main(argv)
+    assert page == str(out / "tiny-pair.md")
+    # both sweeps ended (and selected) before any run in this process: the test split is read only by the seeds
+    assert events == [("sweep", "VBPR"), ("sweep", "VBPR_MDrop"), ("run", "VBPR"), ("run", "VBPR_MDrop")]
+    assert len(epoch_log) == 2  # the seeds' runs; the trials trained in Ray's workers
+    text = open(page).read()
+    assert "own sweep of 2 trial(s) (search: random, scheduler: none)" in text and "--tune_trials=2" in text
+    config_dict = dict(Config("VBPR", "tiny", None, cmd_args=args).cmd_config_dict)
+    ranges = {key: (low, high) for key, _, low, high in lb.SHARED_SPACE + lb.METHOD_SPACES["MDrop"]}
+    for label, keys in (("VBPR", ["learning_rate", "reg_weight"]),
+                        ("VBPR_MDrop", ["learning_rate", "reg_weight", "mdrop_prob"])):
+        folder = out / "tiny" / "sweeps" / label
+        best = yaml.safe_load(open(folder / f"{label}-tiny-best.yaml"))
+        trials = open(folder / f"{label}-tiny-trials.csv").read().strip().splitlines()
+        assert len(trials) == 3 and all(",done," in t for t in trials[1:])  # header and 2 trials
+        for key in keys:
+            value = best[key]
+            assert ranges[key][0] <= value <= ranges[key][1]
+            assert f"| {label} | {key} | {value:.4g} | " in text, (label, key)
+        # the seed ran with the selected values: its run key is the tuned plan's, not the default's
+        tuned = {label: str(folder / f"{label}-tiny-best.yaml")}
+        record = lb.run_cells("tiny", [label], [1], str(out), config_dict=config_dict, tuned=tuned,
+                              log=lambda m: None)[label][0]
+        default = lb.plan_cells("tiny", [label], [1], config_dict=config_dict)[0]
+        assert lb.recorded_run_key(record) != default.key
+    assert "| VBPR_MDrop | mdrop_prob | " in text and "| uniform [0.1, 0.9] |" in text
+    assert "| VBPR | learning_rate | " in text and "| loguniform [0.0001, 0.01] |" in text
+    # the same command again: every sweep finished, every cell cached, nothing trained and Ray not started
+    events.clear(), epoch_log.clear()
+    monkeypatch.setattr(ray.tune.Tuner, "fit", lambda tuner: pytest.fail("a sweep ran again"))
+    capsys.readouterr()
+    assert run_recbole_ckd.main(argv) == page
+    assert events == [] and len(epoch_log) == 0
+    assert capsys.readouterr().out.count(": finished (") == 2
+
+
+@pytest.mark.parametrize("backbone", ["VBPR", "LATTICE", "DAMRS"])
+def test_both_ends_of_every_rows_space_are_accepted_by_its_config(tiny_dataset, backbone):
+    """A study never stops at row k because an end of its range is out of a key's bounds."""
+    from recbole_ckd.config import Config
+
+    for entry in lb.study_entries("balancing_mmpareto", [backbone]):
+        settings = {"data_path": str(tiny_dataset["root"]), **entry.overrides}
+        space = lb.tuning_space(entry, Config(entry.model, "tiny", None, settings))
+        assert space and space[0][0] == "learning_rate"
+        for key, _, low, high in space:
+            for value in (low, high):
+                Config(entry.model, "tiny", None, {**settings, key: value})  # raises a ConfigError if refused
