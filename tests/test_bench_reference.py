@@ -19,13 +19,13 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import bench_reference  # noqa: E402
 
-# the names MMRec's code is imported by (src/ on the path, the checkout as working directory)
+# the names MMRec's code is imported by (src/ on the path and the working directory)
 FAKE_MMREC = {
     "src/utils/configurator.py": '''
         import os
         class Config(dict):
             def __init__(self, model, dataset, config_dict):
-                assert os.path.isdir("src"), "MMRec runs from its checkout"
+                assert os.path.isdir("configs"), "MMRec runs from its src/ folder"
                 super().__init__(config_dict, model=model, dataset=dataset, device="cpu", train_batch_size=64,
                                  eval_batch_size=64, hyper_parameters=["seed", "reg_weight", "n_layers"],
                                  seed=[999], reg_weight=[0.5, 1e-05], n_layers=[3, 4])
