@@ -18,11 +18,12 @@ is the median of ``--repeats`` epochs (``--evals`` full evaluations) after one w
   ``src/`` is imported by the worker: its ``Config``, ``RecDataset``, ``TrainDataLoader``
   (its own negative sampling), model and ``Trainer``; an epoch is
   ``model.pre_epoch_processing()`` and ``Trainer._train_epoch``, as in its ``fit``. The data
-  are the same files (MMRec's format); every hyper-parameter MMRec grid-searches is set to
-  this project's default where MMRec's grid has it (``REFERENCE_NAMES`` maps the names that
-  differ), else to the grid's first value, and the JSON records what was used. Its LATTICE, MGCN
-  and GRCN call ``.cuda()`` and its BM3 and FREEDOM ``dok_matrix._update`` (gone in scipy 1.13):
-  on a CPU machine, with this project's packages, run a copy with those lines changed;
+  are the same files (MMRec's format; for its DualGNN and DRAGON also ``user_graph_dict.npy``,
+  written from the training split); every hyper-parameter MMRec grid-searches is set to
+  this project's value where this project has it (``REFERENCE_NAMES`` maps the names that
+  differ), else to the grid's first value, and the JSON records what was used. On a CPU
+  machine, with this project's packages, run a copy with the lines of ``MMREC_CPU_EDITS``
+  changed (its ``.cuda()`` calls, ``dok_matrix._update``, ``np.float``, torch_scatter, ...);
 - ``ckd_reference`` (``--ckd_reference=PATH``): the CKD authors' code
   (github.com/CRIPAC-DIG/Balanced-Multimodal-Rec), VBPR with CKD only: ``codes/train_kd.py``
   run for ``repeats + 1`` epochs with its own defaults and no validation, its per-epoch times
@@ -37,6 +38,19 @@ is the median of ``--repeats`` epochs (``--evals`` full evaluations) after one w
   writes those data for ``--shape`` and prints the two teacher commands. On a CPU machine run a copy with
   its ``.cuda()`` and ``torch.cuda.set_device`` calls changed; its ``utility/batch_test.py``
   (``data_generator``, ``test_torch``, as in LATTICE's code) must be present.
+
+``--accuracy`` trains instead, to convergence under MMRec's protocol
+(``properties/protocol/mmrec.yaml``: full ranking, training items masked, early stopping on
+validation Recall@20), ``--seeds`` runs of ours per backbone (``recbole_ckd.quick_start.run``)
+and ``--mmrec_seeds`` of MMRec's (its own ``Trainer.fit``), and writes their test Recall@20 and
+NDCG@20 at the best validation epoch, epochs trained and median seconds per epoch, with the gap
+in units of our seed standard deviation, to ``results/mmrec-parity.md`` and ``.json``:
+
+    python benchmarks/bench_reference.py --accuracy --shape devset --scale 0.3 --mmrec ~/src/MMRec
+
+Each run is one process, cached as a JSON file under ``<data_root>/parity-cells/<dataset>/``
+(delete it to run again); an interrupted run of ours resumes from its last checkpoint, and the
+same command completes what is missing.
 
 None of the references' code is in this repository. Without ``--mmrec`` / ``--ckd_reference``
 their columns are absent ("not measured"): no number is ever filled in for them. Results
@@ -482,9 +496,14 @@ ACCURACY_METRICS = {"recall@20": "Recall@20", "ndcg@20": "NDCG@20"}
 PARITY_SIGMAS = 2.0  # a gap within this many of our seed standard deviations counts as parity
 # why a backbone's numbers may differ from MMRec's (see each backbone's class docstring); shown on the page
 PARITY_NOTES = {
-    "VBPR": "follows the CKD authors' VBPR, not MMRec's: MMRec's concatenates the two features into one projection "
-            "and scores with a single item embedding; ours keeps one projected embedding per modality.",
-    "MMGCN": "follows the CKD authors' MMGCN, not MMRec's (its layer count here is ours, 3; MMRec's is 2).",
+    "VBPR": "Ours follows the CKD authors' VBPR, not MMRec's: ours has one user preference and one projection per "
+            "modality (representations 64 + 64 + 64), MMRec's projects the concatenated text and image features "
+            "with a single layer (representations 64 + 64) and re-initialises every weight Xavier-normal.",
+    "MMGCN": "Ours follows the CKD authors' MMGCN, not MMRec's: ours adds a node's neighbourhood and own signal, "
+             "projects every modality to 64-d, propagates over the graph with self loops and trains the user "
+             "preferences; MMRec's concatenates the two signals, projects only the image features (to 256-d) and "
+             "keeps the raw text features, has no self loops and never trains its user preferences. Both run "
+             "three layers.",
 }
 # the lines a copy of MMRec (at e775373) needs to run on a CPU with today's packages, in words
 MMREC_CPU_EDITS = [
@@ -658,6 +677,16 @@ def parity(ours, reference):
     return gap, abs(gap) <= PARITY_SIGMAS
 
 
+def parity_verdict(runs):
+    """"yes" when both metrics are within ``PARITY_SIGMAS``, "no" when one is not, None without a verdict."""
+    ours = [r for r in runs.get("ours", []) if "error" not in r]
+    mmrec = [r for r in runs.get("mmrec", []) if "error" not in r]
+    within = [parity([r["test"][m] for r in ours], [r["test"][m] for r in mmrec])[1] for m in ACCURACY_METRICS]
+    if None in within:
+        return None
+    return "yes" if all(within) else "no"
+
+
 def accuracy_table(backbone, runs):
     """The markdown table of one backbone: per metric ours' mean ± std over seeds, MMRec's value(s),
     the gap in units of our std and the verdict; then epochs trained and median seconds per epoch."""
@@ -678,8 +707,9 @@ def accuracy_table(backbone, runs):
         mean, std = mean_std(mine)
         gap, within = parity(mine, theirs)
         cell = "-" if mean is None else f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}"
+        verdict = "-" if within is None else "yes" if within else "no"
         lines.append(f"| test {label} | {cell} | {reference(', '.join(f'{v:.4f}' for v in theirs))} | "
-                     f"{'-' if gap is None else f'{gap:+.2f}'} | {'-' if within is None else 'yes' if within else 'no'} |")
+                     f"{'-' if gap is None else f'{gap:+.2f}'} | {verdict} |")
     lines.append(f"| epochs trained | {', '.join(str(r['epochs']) for r in ours)} | "
                  f"{reference(', '.join(str(r['epochs']) for r in mmrec))} | | |")
     mine = [r["s_per_epoch"] for r in ours if r.get("s_per_epoch") is not None]
@@ -700,21 +730,30 @@ def not_in_this_project(mmrec):
     return [name for name in names if name not in MODELS]
 
 
+def trained_with(record, kind):
+    """The commits of the code ``kind``'s runs were trained with (cached runs keep theirs)."""
+    commits = sorted({r["code"] for runs in record["results"].values() for r in runs.get(kind, []) if "code" in r})
+    return ", ".join(commits) or "-"
+
+
 def write_parity_page(record, base):
     """``base``.json and ``base``.md: the setting and one table per backbone (:func:`accuracy_table`)."""
     with open(base + ".json", "w") as f:
         json.dump(record, f, indent=1)
     shape = record["shape"]
     lines = ["# Accuracy parity with MMRec", "",
-             f"Generated data `{record['dataset']}` (benchmarks/bench_ckd.py's generator, data seed {record['data_seed']}): "
+             f"Generated data `{record['dataset']}` (benchmarks/bench_ckd.py's generator, data seed "
+             f"{record['data_seed']}): "
              f"{shape['n_users']:,} users, {shape['n_items']:,} items, {shape['n_interactions']:,} interactions, "
              + ", ".join(f"{dim}-d {name}" for name, dim, _ in shape["modalities"].values())
              + "; split by its `x_label` column (MMRec's format), the same files for both implementations.", "",
              f"command: `{record['command']}`", "",
              f"machine: {record['machine']['cpu_count']} CPUs ({record['machine']['processor']}), "
-             f"{record['machine']['platform']}, torch {record['machine']['torch']}, device {record['machine']['device']}, "
+             f"{record['machine']['platform']}, torch {record['machine']['torch']}, "
+             f"device {record['machine']['device']}, "
              "one thread per run (the machine shared with other work); "
-             f"ours: {record['ours']}; MMRec: {record['mmrec'] or 'not given'}", "",
+             f"the code the runs were trained with, ours: {trained_with(record, 'ours')}; "
+             f"MMRec: {trained_with(record, 'mmrec')}", "",
              "Both under MMRec's protocol (properties/protocol/mmrec.yaml): full ranking with the training items "
              "masked, Adam with learning rate 0.001, batches of 2,048, early stopping on validation Recall@20 "
              "(20 validations without a gain), the test metrics taken at the best validation epoch"
@@ -725,8 +764,9 @@ def write_parity_page(record, base):
              "first value; listed under each table). The gap is MMRec's mean minus ours in units of our seed standard "
              f"deviation; within {PARITY_SIGMAS:g} std counts as parity. s/epoch is the median training time of one "
              "epoch (its pre-epoch step included, evaluation excluded)."]
-    if record["mmrec"] and record["mmrec"].endswith("+dirty"):
-        lines += ["", "Edits to MMRec needed to run it on a CPU with today's packages (scipy 1.17, torch 2.13):", ""]
+    if "+dirty" in trained_with(record, "mmrec"):
+        lines += ["", "Edits to MMRec needed to run it on a CPU with today's packages (numpy >= 1.24, scipy >= 1.13, "
+                  "torch 2; no torchvision, lmdb or torch_scatter):", ""]
         lines += [f"- {edit}" for edit in MMREC_CPU_EDITS]
     for backbone in record["models"]:
         lines += ["", f"## {backbone}", ""]
@@ -740,6 +780,14 @@ def write_parity_page(record, base):
             lines += ["", "MMRec's grid point: " + ", ".join(f"`{k}` = {v}" for k, v in used.items())]
         if backbone in PARITY_NOTES:
             lines += ["", PARITY_NOTES[backbone]]
+    verdicts = {backbone: parity_verdict(runs) for backbone, runs in record["results"].items()}
+    lines += ["", "## Summary", ""]
+    for verdict, text in (("yes", f"within {PARITY_SIGMAS:g} std on both metrics"),
+                          ("no", f"outside {PARITY_SIGMAS:g} std on at least one metric"),
+                          (None, "no verdict (MMRec not measured, or fewer than two seeds of ours)")):
+        names = [backbone for backbone, v in verdicts.items() if v == verdict]
+        if names:
+            lines.append(f"- {text}: {', '.join(names)}")
     lines += ["", "## Not compared", "",
               "- EgoGCN (this project) is not in MMRec."]
     if record.get("not_in_this_project"):

@@ -271,11 +271,15 @@ def test_the_page_says_which_backbones_did_not_finish(tmp_path):
               "ours": "abc", "mmrec": "def+dirty", "seeds": [1, 2], "mmrec_seeds": [1], "max_epochs": None,
               "models": ["VBPR", "BM3"], "not_in_this_project": ["LightGCN"],
               "results": {"VBPR": measured_runs([(0.1, 0.05), (0.2, 0.06)], mmrec=[(0.3, 0.07)])}}
+    record["results"]["VBPR"]["mmrec"][0]["code"] = "e775373+dirty"  # a cached run keeps its code's commit
     lines = bench_reference.write_parity_page(record, str(tmp_path / "mmrec-parity"))
+    assert any(line.endswith("ours: -; MMRec: e775373+dirty") for line in lines)
     bm3 = lines.index("## BM3")
     assert lines[bm3 + 2] == "not measured (run did not finish)"
     assert "- MMRec's LightGCN: not in this project yet." in lines and "- EgoGCN (this project) is not in MMRec." in lines
     assert any(line.startswith("Edits to MMRec needed") for line in lines)  # its checkout had local changes
+    assert "- outside 2 std on at least one metric: VBPR" in lines  # recall (0.3 - 0.15) / 0.0707 = +2.12 std
+
     assert json.loads((tmp_path / "mmrec-parity.json").read_text())["results"]["VBPR"]["mmrec"][0]["epochs"] == 60
 
 
