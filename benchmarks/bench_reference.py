@@ -72,7 +72,8 @@ from datetime import datetime, timezone
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BACKBONES = "VBPR,MMGCN,GRCN,LATTICE,BM3,FREEDOM,MGCN,EgoGCN"
-MMREC_MODELS = {"VBPR", "MMGCN", "GRCN", "LATTICE", "BM3", "FREEDOM", "MGCN", "DualGNN", "DRAGON"}  # not EgoGCN
+MMREC_MODELS = {"VBPR", "MMGCN", "GRCN", "LATTICE", "BM3", "FREEDOM", "MGCN", "DualGNN", "DRAGON", "LGMRec",
+                "ItemKNNCBF", "PGL", "MMGCF", "SMORE", "SLMRec", "MVGAE", "DAMRS"}  # not EgoGCN
 USER_GRAPH_MODELS = {"DualGNN", "DRAGON"}  # MMRec's read the user-user graph from a file of the dataset
 # this project's name of a hyper-parameter MMRec names otherwise, per backbone
 REFERENCE_NAMES = {"FREEDOM": {"reg_weight": "mm_bpr_weight"}, "MGCN": {"cl_loss": "cl_weight"}}
@@ -490,7 +491,8 @@ def write_results(record, base):
 
 
 # ----------------------------------------------------------------------------- accuracy (--accuracy)
-ACCURACY_BACKBONES = "VBPR,MMGCN,GRCN,LATTICE,BM3,FREEDOM,MGCN,DualGNN,DRAGON"
+ACCURACY_BACKBONES = ("VBPR,MMGCN,GRCN,LATTICE,BM3,FREEDOM,MGCN,DualGNN,DRAGON,LGMRec,ItemKNNCBF,PGL,MMGCF,SMORE,"
+                      "SLMRec,MVGAE,DAMRS")
 MMREC_PROTOCOL = os.path.join(ROOT, "properties", "protocol", "mmrec.yaml")
 ACCURACY_METRICS = {"recall@20": "Recall@20", "ndcg@20": "NDCG@20"}
 PARITY_SIGMAS = 2.0  # a gap within this many of our seed standard deviations counts as parity
@@ -519,8 +521,13 @@ MMREC_CPU_EDITS = [
     "src/models/dualgnn.py and src/models/dragon.py: the initial `result_embed` is a plain tensor rather than an "
     "`nn.Parameter`, as it is on a GPU (there `.to(device)` returns a plain tensor): the forward pass assigns a tensor "
     "to it, which newer torch refuses for a registered parameter",
-    "src/models/bm3.py, src/models/freedom.py and src/common/encoders.py: the adjacency `dok_matrix` is filled "
-    "through its internal dictionary (`_dict.update`), as its private `_update` method is gone from scipy 1.13",
+    "src/models/bm3.py, freedom.py, lgmrec.py, pgl.py, damrs.py and src/common/encoders.py: the adjacency "
+    "`dok_matrix` is filled through its internal dictionary (`_dict.update`), as its private `_update` method is "
+    "gone from scipy 1.13",
+    "src/models/smore.py (the image and text graphs) and src/models/damrs.py (three index tensors): moved to the "
+    "model's device instead of with `.cuda()`",
+    "src/models/slmrec.py: its unused torch_scatter import is removed; src/models/pgl.py: the sparsesvd import moves "
+    "into the function that uses it (the SVD-based global mode, not the local mode run here)",
 ]
 
 
@@ -618,7 +625,8 @@ def fit_cell(kind, code, backbone, dataset, seed, path, args, ours_settings="{}"
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0 or not os.path.isfile(path):
         lines = (done.stderr or done.stdout).strip().splitlines() or [f"exit {done.returncode}"]
-        return {"error": lines[-1][:300]}
+        error = lines[-1].replace(os.path.abspath(args.data_root), "<data_root>").replace(code, "<code>")
+        return {"error": error[:300]}
     with open(path) as f:
         return json.load(f)
 
