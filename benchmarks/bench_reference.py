@@ -646,12 +646,13 @@ def fit_and_save(args):
 
 def accuracy_runs(backbone, dataset, args, log=print):
     """``{"ours": [records], "mmrec": [records]}`` of one backbone: ``--seeds`` of ours and
-    ``--mmrec_seeds`` of MMRec's (seeds ``--seed``, ``--seed`` + 1, ...), each cached as
+    ``--mmrec_seeds`` of MMRec's (:func:`seed_counts`; seeds ``--seed``, ``--seed`` + 1, ...), each cached as
     ``<cells>/<implementation>-<backbone>-seed<seed>.json``: a cached run is not trained again."""
     cells = os.path.join(args.data_root, "parity-cells", dataset)
     plan = [("ours", ROOT, args.seeds)]
     if args.mmrec and backbone in MMREC_MODELS:
-        plan.append(("mmrec", os.path.abspath(args.mmrec), args.mmrec_seeds))
+        default, counts = args.mmrec_seeds
+        plan.append(("mmrec", os.path.abspath(args.mmrec), counts.get(backbone, default)))
     runs = {}
     for kind, code, n in plan:
         settings = our_settings(backbone, dataset, args) if kind == "mmrec" else "{}"
@@ -667,6 +668,25 @@ def accuracy_runs(backbone, dataset, args, log=print):
                 log(f"{backbone:<8} {kind:<6} seed {seed}: {record.get('error') or record['test']}")
             runs.setdefault(kind, []).append(record)
     return runs
+
+
+def seed_counts(text):
+    """``--mmrec_seeds``: ``"N"`` or ``"N,Backbone=M,..."`` as ``(N, {backbone: M})``."""
+    default, *overrides = text.split(",")
+    try:
+        return int(default), {name: int(n) for name, n in (item.split("=") for item in overrides)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a count, then Backbone=count pairs, e.g. 1,BM3=3") from None
+
+
+def describe_seeds(counts, first):
+    """The MMRec seeds of ``counts`` (:func:`seed_counts`) in words."""
+    default, overrides = counts
+    words = [", ".join(map(str, range(first, first + default)))]
+    for n in sorted(set(overrides.values())):
+        names = ", ".join(name for name, count in overrides.items() if count == n)
+        words.append(f"{', '.join(map(str, range(first, first + n)))} for {names}")
+    return "; ".join(words)
 
 
 def mean_std(values):
@@ -774,8 +794,8 @@ def write_parity_page(record, base):
              "(20 validations without a gain), the test metrics taken at the best validation epoch"
              + (f", at most {record['max_epochs']} epochs" if record["max_epochs"] else "") + ". "
              f"Ours: seeds {', '.join(map(str, record['seeds']))} through `recbole_ckd.quick_start.run`; MMRec: seeds "
-             f"{', '.join(map(str, record['mmrec_seeds']))} with its own `Trainer.fit` on one point of its "
-             "hyper-parameter grid (this project's value where this project has the hyper-parameter, else the grid's "
+             f"{describe_seeds(record['mmrec_seeds'], record['seeds'][0])} with its own `Trainer.fit` on one point "
+             "of its hyper-parameter grid (this project's value where this project has the hyper-parameter, else the grid's "
              "first value; listed under each table). The gap is MMRec's mean minus ours in units of our seed standard "
              f"deviation; within {PARITY_SIGMAS:g} std counts as parity. s/epoch is the median training time of one "
              "epoch (its pre-epoch step included, evaluation excluded)."]
@@ -818,7 +838,7 @@ def accuracy(args, dataset, shape, machine):
     record = {"benchmark": "mmrec-parity", "command": portable_command(args.argv), "dataset": dataset,
               "shape": shape, "data_seed": args.seed, "machine": machine, "ours": checkout_commit(ROOT),
               "mmrec": checkout_commit(args.mmrec), "seeds": list(range(args.seed, args.seed + args.seeds)),
-              "mmrec_seeds": list(range(args.seed, args.seed + args.mmrec_seeds)) if args.mmrec else [],
+              "mmrec_seeds": args.mmrec_seeds if args.mmrec else (0, {}),
               "max_epochs": args.max_epochs, "models": args.models.split(","), "results": {},
               "not_in_this_project": not_in_this_project(args.mmrec) if args.mmrec else []}
     os.makedirs(args.output, exist_ok=True)
@@ -842,7 +862,8 @@ def main(argv=None):
                         "test Recall@20 and NDCG@20 of ours over --seeds and of MMRec over --mmrec_seeds, "
                         "written to <output>/mmrec-parity.md and .json (default output: results/)")
     parser.add_argument("--seeds", type=int, default=3, help="--accuracy: runs of ours per backbone (default 3)")
-    parser.add_argument("--mmrec_seeds", type=int, default=1, help="--accuracy: runs of MMRec per backbone (default 1)")
+    parser.add_argument("--mmrec_seeds", type=seed_counts, default="1", help="--accuracy: runs of MMRec per "
+                        "backbone (default 1), e.g. 1,BM3=3,GRCN=3: 1 each, 3 for BM3 and GRCN")
     parser.add_argument("--max_epochs", type=int, help="--accuracy: an upper bound on epochs (default: each "
                         "implementation's own, 1,000)")
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per implementation after one warm-up")

@@ -3,6 +3,7 @@ known seconds; and end to end on a tiny shape, this checkout against itself as t
 stand-ins for an MMRec checkout and for the CKD authors' code that implement only the interface
 the benchmark calls (no wall time is asserted)."""
 
+import argparse
 import json
 import os
 import sys
@@ -270,7 +271,7 @@ def test_without_mmrec_runs_the_reference_is_not_measured_never_a_number():
 def test_the_page_says_which_backbones_did_not_finish(tmp_path):
     record = {"dataset": "devset-x0.3-s2024", "shape": bench_reference_shape(), "data_seed": 2024, "command": "c",
               "machine": {"cpu_count": 2, "processor": "x86_64", "platform": "Linux", "torch": "2", "device": "cpu"},
-              "ours": "abc", "mmrec": "def+dirty", "seeds": [1, 2], "mmrec_seeds": [1], "max_epochs": None,
+              "ours": "abc", "mmrec": "def+dirty", "seeds": [1, 2], "mmrec_seeds": (1, {"VBPR": 2}), "max_epochs": None,
               "models": ["VBPR", "BM3"], "not_in_this_project": ["LightGCN"],
               "results": {"VBPR": measured_runs([(0.1, 0.05), (0.2, 0.06)], mmrec=[(0.3, 0.07)])}}
     record["results"]["VBPR"]["mmrec"][0]["code"] = "e775373+dirty"  # a cached run keeps its code's commit
@@ -303,7 +304,8 @@ def test_each_run_is_cached_per_seed_and_a_rerun_trains_nothing(tmp_path, monkey
 
     monkeypatch.setattr(bench_reference, "fit_cell", stand_in)
     monkeypatch.setattr(bench_reference, "our_settings", lambda *args: "{}")
-    args = types.SimpleNamespace(data_root=str(tmp_path), seeds=2, mmrec_seeds=1, mmrec=str(tmp_path / "m"), seed=5)
+    args = types.SimpleNamespace(data_root=str(tmp_path), seeds=2, mmrec_seeds=(1, {"BM3": 3}), mmrec=str(tmp_path / "m"),
+                                 seed=5)
     first = bench_reference.accuracy_runs("GRCN", "tiny", args, log=lambda message: None)
     assert trained == [("ours", "GRCN", 5), ("ours", "GRCN", 6), ("mmrec", "GRCN", 5)]
     again = bench_reference.accuracy_runs("GRCN", "tiny", args, log=lambda message: None)
@@ -311,8 +313,14 @@ def test_each_run_is_cached_per_seed_and_a_rerun_trains_nothing(tmp_path, monkey
     args.seeds = 3  # one more seed of ours: only that one trains
     bench_reference.accuracy_runs("GRCN", "tiny", args, log=lambda message: None)
     assert trained[3:] == [("ours", "GRCN", 7)]
-    assert sorted(os.listdir(tmp_path / "parity-cells" / "tiny")) == [
-        "mmrec-GRCN-seed5.json", "ours-GRCN-seed5.json", "ours-GRCN-seed6.json", "ours-GRCN-seed7.json"]
+    bench_reference.accuracy_runs("BM3", "tiny", args, log=lambda message: None)  # --mmrec_seeds 1,BM3=3
+    assert [(kind, seed) for kind, backbone, seed in trained if backbone == "BM3"] == [
+        ("ours", 5), ("ours", 6), ("ours", 7), ("mmrec", 5), ("mmrec", 6), ("mmrec", 7)]
+    assert len(os.listdir(tmp_path / "parity-cells" / "tiny")) == 10
+    assert bench_reference.seed_counts("1,BM3=3,GRCN=3") == (1, {"BM3": 3, "GRCN": 3})
+    assert bench_reference.describe_seeds((1, {"BM3": 3, "GRCN": 3}), 2024) == "2024; 2024, 2025, 2026 for BM3, GRCN"
+    with pytest.raises(argparse.ArgumentTypeError, match="BM3=3"):
+        bench_reference.seed_counts("1,BM3")
 
 
 def test_the_user_graph_for_mmrec_is_the_training_split_s_co_interactions(tmp_path):
