@@ -265,7 +265,8 @@ def test_without_mmrec_runs_the_reference_is_not_measured_never_a_number():
     assert bench_reference.parity([0.1156, 0.1156], [0.1156]) == (0.0, True)
     assert bench_reference.parity([0.1156, 0.1156], [0.1157]) == (None, False)
     failed = {**measured_runs([(0.1, 0.05), (0.2, 0.06)]), "mmrec": [{"error": "KeyError: 'x'"}]}
-    assert "| failed: KeyError: 'x' | - | - |" in bench_reference.accuracy_table("VBPR", failed)[2]
+    table = bench_reference.accuracy_table("VBPR", failed)
+    assert "| failed: KeyError: 'x' | - | - |" in table[2] and "| failed | - | - |" in table[3]
 
 
 def test_the_page_says_which_backbones_did_not_finish(tmp_path):
@@ -319,6 +320,7 @@ def test_each_run_is_cached_per_seed_and_a_rerun_trains_nothing(tmp_path, monkey
     assert len(os.listdir(tmp_path / "parity-cells" / "tiny")) == 10
     assert bench_reference.seed_counts("1,BM3=3,GRCN=3") == (1, {"BM3": 3, "GRCN": 3})
     assert bench_reference.describe_seeds((1, {"BM3": 3, "GRCN": 3}), 2024) == "2024; 2024, 2025, 2026 for BM3, GRCN"
+    assert bench_reference.describe_seeds((1, {"MVGAE": 0}), 2024) == "2024; none for MVGAE"
     with pytest.raises(argparse.ArgumentTypeError, match="BM3=3"):
         bench_reference.seed_counts("1,BM3")
 
