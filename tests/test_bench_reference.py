@@ -3,6 +3,7 @@ known seconds; and end to end on a tiny shape, this checkout against itself as t
 stand-ins for an MMRec checkout and for the CKD authors' code that implement only the interface
 the benchmark calls (no wall time is asserted)."""
 
+import argparse
 import json
 import os
 import sys
@@ -19,13 +20,13 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import bench_reference  # noqa: E402
 
-# the names MMRec's code is imported by (src/ on the path, the checkout as working directory)
+# the names MMRec's code is imported by (src/ on the path and the working directory)
 FAKE_MMREC = {
     "src/utils/configurator.py": '''
         import os
         class Config(dict):
             def __init__(self, model, dataset, config_dict):
-                assert os.path.isdir("src"), "MMRec runs from its checkout"
+                assert os.path.basename(os.getcwd()) == "src", "MMRec runs from its src/ folder"
                 super().__init__(config_dict, model=model, dataset=dataset, device="cpu", train_batch_size=64,
                                  eval_batch_size=64, hyper_parameters=["seed", "reg_weight", "n_layers"],
                                  seed=[999], reg_weight=[0.5, 1e-05], n_layers=[3, 4])
@@ -66,11 +67,16 @@ FAKE_MMREC = {
                 pass
         class Trainer:
             def __init__(self, config, model, mg):
-                pass
+                self.model, self.epochs = model, config["epochs"] or 1000
             def _train_epoch(self, train, epoch):
                 pass
             def evaluate(self, valid):
                 pass
+            def fit(self, train, valid_data, test_data, saved, verbose):  # stops early after 3 epochs (or fewer)
+                for epoch in range(min(3, self.epochs)):
+                    self.model.pre_epoch_processing()
+                    self._train_epoch(train, epoch)
+                return 0.5, {"recall@20": 0.5}, {"recall@20": 0.25, "ndcg@20": 0.125, "map@20": 0.1}
         def get_model(name):
             return Model
         def get_trainer():
@@ -221,3 +227,129 @@ def test_the_table_divides_the_medians_it_shows():
                     "reference eval s |")
     assert plain == "| VBPR | plain | 2.000 | 4.000 | 0.50 | 8.000 (MMRec) | 0.25 | 1.00 | 1.00 | 0.500 | 1.000 |"
     assert student == "| VBPR | student | 3.000 | failed | - | 1.500 (CKD authors) | 2.00 | 1.50 | - | - | - |"
+
+
+# ----------------------------------------------------------------------------- accuracy (--accuracy)
+def measured_runs(ours, mmrec=None):
+    """Records of ``ours`` and ``mmrec`` runs given as ``(recall, ndcg)`` pairs (None: MMRec not run)."""
+    def record(recall, ndcg, epochs, seconds):
+        return {"test": {"recall@20": recall, "ndcg@20": ndcg}, "epochs": epochs, "s_per_epoch": seconds}
+
+    runs = {"ours": [record(r, n, 40 + k, 0.1 * (k + 1)) for k, (r, n) in enumerate(ours)]}
+    if mmrec is not None:
+        runs["mmrec"] = [record(r, n, 60, 0.5) for r, n in mmrec]
+    return runs
+
+
+def test_the_parity_table_gives_the_gap_in_units_of_our_seed_std():
+    # ours: recall 0.10 / 0.12 / 0.14 (mean 0.12, sample std 0.02), ndcg 0.05 / 0.06 / 0.07 (0.06, 0.01)
+    runs = measured_runs([(0.10, 0.05), (0.12, 0.06), (0.14, 0.07)], mmrec=[(0.17, 0.07)])
+    head, _, recall, ndcg, epochs, seconds = bench_reference.accuracy_table("LATTICE", runs)
+    assert head == "| LATTICE | ours (3 seeds) | MMRec (1 seed) | gap (our std) | within 2 std |"
+    assert recall == "| test Recall@20 | 0.1200 ± 0.0200 | 0.1700 | +2.50 | no |"  # (0.17 - 0.12) / 0.02
+    assert ndcg == "| test NDCG@20 | 0.0600 ± 0.0100 | 0.0700 | +1.00 | yes |"
+    assert epochs == "| epochs trained | 40, 41, 42 | 60 | | |"
+    assert seconds == "| median s/epoch | 0.200 | 0.500 | | |"
+    gap, within = bench_reference.parity([0.10, 0.12, 0.14], [0.08])
+    assert gap == pytest.approx(-2.0) and within  # exactly 2 std below: still parity
+
+
+def test_without_mmrec_runs_the_reference_is_not_measured_never_a_number():
+    runs = measured_runs([(0.10, 0.05), (0.12, 0.06)])
+    _, _, recall, _, epochs, seconds = bench_reference.accuracy_table("EgoGCN", runs)
+    assert recall == "| test Recall@20 | 0.1100 ± 0.0141 | not measured | - | - |"
+    assert epochs.endswith("| not measured | | |") and seconds.endswith("| not measured | | |")
+    # one seed of ours has no spread: no gap and no verdict
+    assert bench_reference.parity([0.1], [0.2]) == (None, None)
+    # a deterministic model (ItemKNNCBF): no spread, so parity means the same value to 4 decimals
+    assert bench_reference.parity([0.1156, 0.1156], [0.1156]) == (0.0, True)
+    assert bench_reference.parity([0.1156, 0.1156], [0.1157]) == (None, False)
+    failed = {**measured_runs([(0.1, 0.05), (0.2, 0.06)]), "mmrec": [{"error": "KeyError: 'x'"}]}
+    table = bench_reference.accuracy_table("VBPR", failed)
+    assert "| failed: KeyError: 'x' | - | - |" in table[2] and "| failed | - | - |" in table[3]
+
+
+def test_the_page_says_which_backbones_did_not_finish(tmp_path):
+    record = {"dataset": "devset-x0.3-s2024", "shape": bench_reference_shape(), "data_seed": 2024, "command": "c",
+              "machine": {"cpu_count": 2, "processor": "x86_64", "platform": "Linux", "torch": "2", "device": "cpu"},
+              "ours": "abc", "mmrec": "def+dirty", "seeds": [1, 2], "mmrec_seeds": (1, {"VBPR": 2}), "max_epochs": None,
+              "models": ["VBPR", "BM3"], "not_in_this_project": ["LightGCN"],
+              "results": {"VBPR": measured_runs([(0.1, 0.05), (0.2, 0.06)], mmrec=[(0.3, 0.07)])}}
+    record["results"]["VBPR"]["mmrec"][0]["code"] = "e775373+dirty"  # a cached run keeps its code's commit
+    lines = bench_reference.write_parity_page(record, str(tmp_path / "mmrec-parity"))
+    assert any(line.endswith("ours: -; MMRec: e775373+dirty") for line in lines)
+    bm3 = lines.index("## BM3")
+    assert lines[bm3 + 2] == "not measured (run did not finish)"
+    assert "- MMRec's LightGCN: not in this project yet." in lines and "- EgoGCN (this project) is not in MMRec." in lines
+    assert any(line.startswith("Edits to MMRec needed") for line in lines)  # its checkout had local changes
+    assert "- outside 2 std on at least one metric: VBPR" in lines  # recall (0.3 - 0.15) / 0.0707 = +2.12 std
+
+    assert json.loads((tmp_path / "mmrec-parity.json").read_text())["results"]["VBPR"]["mmrec"][0]["epochs"] == 60
+
+
+def bench_reference_shape():
+    return {"n_users": 900, "n_items": 360, "n_interactions": 9014,
+            "modalities": {"v": ("image_feat.npy", 512, 0.3), "t": ("text_feat.npy", 384, 0.8)}}
+
+
+def test_each_run_is_cached_per_seed_and_a_rerun_trains_nothing(tmp_path, monkeypatch):
+    trained = []
+
+    def stand_in(kind, code, backbone, dataset, seed, path, args, ours_settings="{}"):
+        trained.append((kind, backbone, seed))
+        record = {"test": {"recall@20": 0.1 * seed, "ndcg@20": 0.0}, "epochs": 1, "s_per_epoch": 0.1}
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(record, f)
+        return record
+
+    monkeypatch.setattr(bench_reference, "fit_cell", stand_in)
+    monkeypatch.setattr(bench_reference, "our_settings", lambda *args: "{}")
+    args = types.SimpleNamespace(data_root=str(tmp_path), seeds=2, mmrec_seeds=(1, {"BM3": 3}), mmrec=str(tmp_path / "m"),
+                                 seed=5)
+    first = bench_reference.accuracy_runs("GRCN", "tiny", args, log=lambda message: None)
+    assert trained == [("ours", "GRCN", 5), ("ours", "GRCN", 6), ("mmrec", "GRCN", 5)]
+    again = bench_reference.accuracy_runs("GRCN", "tiny", args, log=lambda message: None)
+    assert again == first and len(trained) == 3  # every run came from its cell
+    args.seeds = 3  # one more seed of ours: only that one trains
+    bench_reference.accuracy_runs("GRCN", "tiny", args, log=lambda message: None)
+    assert trained[3:] == [("ours", "GRCN", 7)]
+    bench_reference.accuracy_runs("BM3", "tiny", args, log=lambda message: None)  # --mmrec_seeds 1,BM3=3
+    assert [(kind, seed) for kind, backbone, seed in trained if backbone == "BM3"] == [
+        ("ours", 5), ("ours", 6), ("ours", 7), ("mmrec", 5), ("mmrec", 6), ("mmrec", 7)]
+    assert len(os.listdir(tmp_path / "parity-cells" / "tiny")) == 10
+    assert bench_reference.seed_counts("1,BM3=3,GRCN=3") == (1, {"BM3": 3, "GRCN": 3})
+    assert bench_reference.describe_seeds((1, {"BM3": 3, "GRCN": 3}), 2024) == "2024; 2024, 2025, 2026 for BM3, GRCN"
+    assert bench_reference.describe_seeds((1, {"MVGAE": 0}), 2024) == "2024; none for MVGAE"
+    with pytest.raises(argparse.ArgumentTypeError, match="BM3=3"):
+        bench_reference.seed_counts("1,BM3")
+
+
+def test_the_user_graph_for_mmrec_is_the_training_split_s_co_interactions(tmp_path):
+    # training rows: user 0 has items 0, 1, 2; user 1 has 0, 1; user 2 has 2; user 3 has 4 (its 3 is a test row)
+    rows = [(0, 0, 1.0, 1, 0), (0, 1, 1.0, 2, 0), (0, 2, 1.0, 3, 0), (1, 0, 1.0, 4, 0), (1, 1, 1.0, 5, 0),
+            (2, 2, 1.0, 6, 0), (3, 4, 1.0, 7, 0), (3, 3, 1.0, 8, 2), (2, 3, 1.0, 9, 0)]
+    path, _, _ = write_tiny_mmrec(str(tmp_path), rows=rows, n_items=5)
+    graph = np.load(bench_reference.write_user_graph_dict(path), allow_pickle=True).item()
+    assert graph == {0: [[1, 2], [2.0, 1.0]], 1: [[0], [2.0]], 2: [[0], [1.0]], 3: [[], []]}
+
+
+@pytest.mark.slow
+def test_accuracy_end_to_end_with_a_stand_in_mmrec(tmp_path, monkeypatch):
+    mmrec = write_tree(tmp_path / "MMRec", {**FAKE_MMREC, "src/configs/model/VBPR.yaml": "", "src/configs/model/BPR.yaml": ""})
+    argv = ["--accuracy", "--shape", "devset", "--scale", "0.02", "--models", "VBPR", "--seeds", "1",
+            "--max_epochs", "2", "--mmrec", mmrec, "--data_root", str(tmp_path / "data"), "--output", str(tmp_path / "out")]
+    record = bench_reference.main(argv)
+    (ours,), (theirs,) = record["results"]["VBPR"]["ours"], record["results"]["VBPR"]["mmrec"]
+    assert ours["epochs"] == 2 and len(ours["seconds"]) == 2 and set(ours["test"]) == {"recall@20", "ndcg@20"}
+    assert theirs["test"] == {"recall@20": 0.25, "ndcg@20": 0.125} and theirs["epochs"] == 2  # its fit, capped
+    assert theirs["settings"] == {"seed": 2024, "reg_weight": 1e-05, "n_layers": 3}
+    assert record["not_in_this_project"] == ["BPR"]
+    page = (tmp_path / "out" / "mmrec-parity.md").read_text()
+    assert "| test Recall@20 | " in page and "| 0.2500 |" in page and str(tmp_path) not in page
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached run was trained again")
+
+    monkeypatch.setattr(bench_reference, "fit_cell", no_training)
+    assert bench_reference.main(argv)["results"] == record["results"]
