@@ -72,7 +72,6 @@ from datetime import datetime, timezone
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-BACKBONES = "VBPR,MMGCN,GRCN,LATTICE,BM3,FREEDOM,MGCN,EgoGCN"
 MMREC_MODELS = {"VBPR", "MMGCN", "GRCN", "LATTICE", "BM3", "FREEDOM", "MGCN", "DualGNN", "DRAGON", "LGMRec",
                 "ItemKNNCBF", "PGL", "MMGCF", "SMORE", "SLMRec", "MVGAE", "DAMRS"}  # not EgoGCN
 USER_GRAPH_MODELS = {"DualGNN", "DRAGON"}  # MMRec's read the user-user graph from a file of the dataset
@@ -492,8 +491,6 @@ def write_results(record, base):
 
 
 # ----------------------------------------------------------------------------- accuracy (--accuracy)
-ACCURACY_BACKBONES = ("VBPR,MMGCN,GRCN,LATTICE,BM3,FREEDOM,MGCN,DualGNN,DRAGON,LGMRec,ItemKNNCBF,PGL,MMGCF,SMORE,"
-                      "SLMRec,MVGAE,DAMRS")
 MMREC_PROTOCOL = os.path.join(ROOT, "properties", "protocol", "mmrec.yaml")
 ACCURACY_METRICS = {"recall@20": "Recall@20", "ndcg@20": "NDCG@20"}
 PARITY_SIGMAS = 2.0  # a gap within this many of our seed standard deviations counts as parity
@@ -870,13 +867,22 @@ def accuracy(args, dataset, shape, machine):
     return record
 
 
+def default_backbones(accuracy):
+    """The registry's backbones that train (with ``accuracy``: those MMRec also has), in its order."""
+    sys.path.insert(0, ROOT)
+    from recbole_ckd.model import BACKBONES
+
+    trained = [cls.__name__ for cls in BACKBONES if cls.trains or accuracy]
+    return ",".join(name for name in trained if not accuracy or name in MMREC_MODELS)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="devset", help="a bench_ckd.py shape (default devset: 3,000 users, "
                         "1,200 items, 30,047 interactions, 512-d and 384-d features)")
     parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--models", help=f"comma-separated backbones (default {BACKBONES}; with --accuracy "
-                        f"{ACCURACY_BACKBONES})")
+    parser.add_argument("--models", help="comma-separated backbones (default: every backbone of the registry that "
+                        "trains; with --accuracy, every one MMRec also has)")
     parser.add_argument("--accuracy", action="store_true", help="train to convergence instead of timing epochs: "
                         "test Recall@20 and NDCG@20 of ours over --seeds and of MMRec over --mmrec_seeds, "
                         "written to <output>/mmrec-parity.md and .json (default output: results/)")
@@ -913,7 +919,7 @@ def main(argv=None):
     if args.fit:
         return fit_and_save(args)
     args.argv = argv if argv is not None else sys.argv[1:]
-    args.models = args.models or (ACCURACY_BACKBONES if args.accuracy else BACKBONES)
+    args.models = args.models or default_backbones(args.accuracy)
     args.output = args.output or (os.path.join(ROOT, "results") if args.accuracy else os.path.join(HERE, "results"))
 
     sys.path.insert(0, HERE)
