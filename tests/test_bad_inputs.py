@@ -342,6 +342,18 @@ CASES = [
 ]
 
 
+def assert_one_error_line(argv, capsys, names):
+    """The command exits with status 2 and one ``error:`` line naming every text of ``names``, no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_recbole_ckd.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert "error:" in last and "Traceback" not in err, err
+    for text in names:
+        assert text in last, (text, last)
+
+
 def snapshot(folder):
     return {os.path.join(root, f): os.path.getsize(os.path.join(root, f))
             for root, _, files in os.walk(folder) for f in files}
@@ -363,14 +375,7 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, monkeypatch, c
         argv += fast_args(args)
     if "--leaderboard" in args:
         argv.append(f"--output={results}")
-    with pytest.raises(SystemExit) as exit_info:
-        run_recbole_ckd.main(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
-    last = err.strip().splitlines()[-1]
-    assert "error:" in last and "Traceback" not in err, err
-    for text in names:
-        assert text in last, (text, last)
+    assert_one_error_line(argv, capsys, names)
     assert not os.path.exists(os.path.join(work, MARKER)), "code from the config ran"
     assert not saved.exists() and not results.exists() and not (tmp_path / "gen").exists()
     assert (snapshot(str(tmp_path / "data")), snapshot(work)) == before
@@ -425,14 +430,7 @@ def test_a_failing_machine_is_one_error_line(tmp_path, monkeypatch, capsys, name
     saved = tmp_path / "saved"
     argv = args + breaks(tmp_path, monkeypatch) + [f"--data_path={tmp_path / 'data'}", f"--checkpoint_dir={saved}"]
     argv += fast_args()
-    with pytest.raises(SystemExit) as exit_info:
-        run_recbole_ckd.main(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
-    last = err.strip().splitlines()[-1]
-    assert "error:" in last and "Traceback" not in err, err
-    for text in names:
-        assert text in last, (text, last)
+    assert_one_error_line(argv, capsys, names)
     left = [f for f in snapshot(str(tmp_path)) if f.endswith((".pth", ".json", ".md", ".csv", ".yaml")) or "/.tmp" in f]
     assert not [f for f in left if not f.startswith(str(tmp_path / "data"))], left
 

@@ -98,8 +98,9 @@ def test_mgcn_graph_cache_is_reused(tiny_dataset, tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- the students keep every term
-def test_mgcn_student_loss_has_mgcn_contrastive_term(tiny_dataset, tmp_path):
-    student, train = build("MGCN_CKD", tiny_dataset["root"], str(tmp_path / "saved"), kd_weight=0.5, cl_weight=0.3)
+@pytest.mark.parametrize("model", ["MGCN_CKD", "SMORE_CKD"])  # SMORE keeps MGCN's objective
+def test_student_loss_has_mgcn_contrastive_term(tiny_dataset, tmp_path, model):
+    student, train = build(model, tiny_dataset["root"], str(tmp_path / "saved"), kd_weight=0.5, cl_weight=0.3)
     student = attach_random_teachers(student.train())
     batch = next(iter(train))
     student.calculate_loss(batch)

@@ -130,23 +130,6 @@ def test_max_pool_keeps_each_edges_largest_value():
     torch.testing.assert_close(max_pool_graphs([a.coalesce(), b.coalesce()], 3).to_dense(), expected)
 
 
-def test_smore_student_keeps_the_contrastive_term(tiny_dataset, tmp_path):
-    from conftest import attach_random_teachers
-
-    from recbole_ckd.model.backbones.mgcn import info_nce
-
-    student, train = build_eval_model("SMORE_CKD", tiny_dataset["root"], str(tmp_path / "saved"), kd_weight=0.5,
-                                      cl_weight=0.3)
-    student = attach_random_teachers(student.train())
-    batch = next(iter(train))
-    student.calculate_loss(batch)
-    with torch.no_grad():
-        _, side, content = student.propagate()
-    users, pos = batch["userID"], batch["itemID"] + student.n_users
-    expected = 0.3 * (info_nce(side[pos], content[pos], 0.2) + info_nce(side[users], content[users], 0.2))
-    torch.testing.assert_close(student.last_loss_terms["contrastive"], expected)
-
-
 def test_smore_rejects_a_bad_knn_k(tiny_dataset, tmp_path):
     with pytest.raises(ValueError, match="text_knn_k"):
         build_eval_model("SMORE", tiny_dataset["root"], str(tmp_path / "saved"), text_knn_k=0)
