@@ -15,6 +15,7 @@ no-op. The one switch that is not about RecBole, the Ray Tune API of the install
 | pandas >= 2.2, torch >= 2.4 | every run prints FutureWarnings from RecBole's own code (chained ``fillna(inplace=True)``, ``torch.cuda.amp.GradScaler``) that its users cannot act on | those FutureWarnings, raised in RecBole's modules only, are not shown |
 | pandas >= 3 | every run prints ``Pandas4Warning`` (RecBole's ``reset_index(inplace=True)``) and torch's "NumPy array is not writable" ``UserWarning`` (RecBole turns each read-only column into a tensor, then drops the DataFrame) | those two, raised in RecBole's modules only, are not shown |
 | numpy >= 2 | ``Interaction.sort`` sorts a tensor with ``np.argsort``: a ``__array_wrap__`` ``DeprecationWarning`` per sort | :func:`_interaction_sort`: the same stable sort with ``torch.argsort`` |
+| ``ensure_dir`` (any version) | it checks, then creates: two runs that start together in a fresh folder (parallel leaderboard cells, sweep trials) race, and one dies with ``FileExistsError`` | :func:`_ensure_dir`: ``os.makedirs(..., exist_ok=True)`` in every RecBole module that imported it |
 | Ray with ``ray.tune.RunConfig`` (the newest, 2.60; not RecBole's doing) | ``ray.air.session.report`` and ``ray.air.RunConfig`` are deprecated ("will be an error"); ``ray.tune`` has ``report``, ``RunConfig`` and ``FailureConfig`` | :func:`ray_tune_api`: ``ray.tune``'s where it has ``RunConfig``, ``ray.air``'s on the pinned 2.6.3 |
 """
 
@@ -123,6 +124,27 @@ def _patch_interaction_sort():
         Interaction.sort = _interaction_sort
 
 
+def _ensure_dir(dir_path):
+    """RecBole's ``ensure_dir`` without the race between its check and its ``makedirs``."""
+    os.makedirs(dir_path, exist_ok=True)
+
+
+def _patch_ensure_dir():
+    import recbole.data.dataset.dataset
+    import recbole.data.utils
+    import recbole.trainer.trainer
+    import recbole.utils
+    import recbole.utils.logger
+    import recbole.utils.utils
+
+    if "exists" not in recbole.utils.utils.ensure_dir.__code__.co_names:
+        return  # a RecBole whose ensure_dir does not check first
+    for module in (recbole.utils, recbole.utils.utils, recbole.utils.logger, recbole.data.utils,
+                   recbole.data.dataset.dataset, recbole.trainer.trainer):
+        if getattr(module, "ensure_dir", None) is not None:
+            module.ensure_dir = _ensure_dir
+
+
 def _quiet_recbole_future_warnings():
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
 
@@ -133,6 +155,7 @@ def apply():
     _patch_scipy()
     _patch_pandas()
     _patch_interaction_sort()
+    _patch_ensure_dir()
     _quiet_recbole_future_warnings()
 
 

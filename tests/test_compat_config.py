@@ -89,6 +89,19 @@ def test_dok_update_shim_builds_the_same_matrix():
     assert hasattr(sp.dok_matrix, "_update")  # RecBole's LightGCN calls it
 
 
+def test_a_folder_made_by_another_run_between_check_and_create_is_no_error(tmp_path, monkeypatch):
+    """Two runs started together in a fresh folder: both see it missing, one creates it first."""
+    import recbole.trainer.trainer
+
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    monkeypatch.setattr(os.path, "exists", lambda path: False)
+    recbole.trainer.trainer.ensure_dir(str(folder))
+    recbole.trainer.trainer.ensure_dir(str(tmp_path / "new" / "deeper"))
+    monkeypatch.undo()
+    assert (tmp_path / "new" / "deeper").is_dir()
+
+
 def test_checkpoint_round_trip_and_atomic_write(tmp_path):
     path = tmp_path / "sub" / "c.pth"
     compat.save_checkpoint({"epoch": 3, "w": torch.arange(4.0), "meta": {"a": [1, "x"]}}, path)
