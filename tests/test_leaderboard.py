@@ -52,20 +52,50 @@ def test_summary_and_variant_comparison():
     (row, *_) = [r for r in lb.variant_comparisons(summary, cells) if r["metric"] == "recall@20"]
     assert row["improvement"] == pytest.approx((0.4 / 3 - 0.12) / 0.12)
     assert row["t"] == pytest.approx(4.0) and row["p"] == pytest.approx(1 - 4 / math.sqrt(18))
-    table = lb.method_table(summary, lb.MMREC_REFERENCE["baby"])
+    table = lb.method_table(summary, lb.PUBLISHED["baby"])
     assert "| VBPR | 0.1200 ± 0.0200 |" in table and "recall@20 (ref.)" in table and "0.0663" in table
 
 
 def test_reference_rows_from_other_code_say_so():
-    """MMRec's numbers beside a backbone that follows other code: the page names that code."""
+    """A published number beside a backbone that follows other code than the source ran: the page names that code."""
     from recbole_ckd.leaderboard.page import _other_code
 
     summary = {name: {} for name in ("BPR", "VBPR", "FREEDOM", "MMGCN", "LGMRec")}
-    note = _other_code(summary, lb.MMREC_REFERENCE["baby"])
+    note = _other_code(summary, lb.PUBLISHED["baby"])
     assert "VBPR follows the CKD authors' code, MMGCN follows the CKD authors' code" in note
     for other in ("FREEDOM", "BPR", "LGMRec"):  # MMRec's own code, or no reference row
         assert not re.search(rf"\b{other}\b", note), other
-    assert _other_code({"FREEDOM": {}}, lb.MMREC_REFERENCE["baby"]) == ""
+    assert _other_code({"FREEDOM": {}}, lb.PUBLISHED["baby"]) == ""
+
+
+def results_row(page_text, label):
+    """``{column: cell}`` of one row of the page's results table."""
+    lines = page_text.split("## Results (test)")[1].strip().splitlines()
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    (row,) = [line for line in lines if line.startswith(f"| {label} |")]
+    return dict(zip(head, (c.strip() for c in row.strip("|").split("|"))))
+
+
+@pytest.mark.parametrize("masking", ["train", "train_valid"])
+def test_published_reference_columns_name_each_rows_source(tmp_path, masking):
+    """Clothing: VBPR's numbers from SMORE's table, LATTICE's from MENTOR's (@20 only), none for DRAGON;
+    a page under RecBole's masking shows none, another protocol than theirs."""
+    cells = {model: [{**fake_record(model, 1, 0.1), "test_masking": masking}]
+             for model in ("VBPR", "LATTICE", "DRAGON")}
+    text = open(lb.write_page("clothing", cells, str(tmp_path))).read()
+    if masking == "train_valid":
+        assert "(ref.)" not in text and "Reference columns" not in text
+        return
+    vbpr, lattice, dragon = (results_row(text, label) for label in ("VBPR", "LATTICE", "DRAGON"))
+    assert vbpr["recall@10 (ref.)"] == "0.0281" and vbpr["ndcg@20 (ref.)"] == "0.0190"
+    assert lattice["recall@20 (ref.)"] == "0.0733" and lattice["ndcg@20 (ref.)"] == "0.0330"
+    assert lattice["recall@10 (ref.)"] == lattice["ndcg@10 (ref.)"] == "-"  # MENTOR's table reports @20 only
+    assert {dragon[f"{m} (ref.)"] for m in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")} == {"-"}
+    assert "precision@10 (ref.)" not in vbpr  # no source reports precision
+    (paragraph,) = [line for line in text.splitlines() if line.startswith("Reference columns")]
+    assert f"VBPR: {lb.SOURCES['smore']}" in paragraph and f"LATTICE: {lb.SOURCES['mentor']}" in paragraph
+    assert "DRAGON" not in paragraph and lb.SOURCES["mmrec"] not in paragraph
+    assert "VBPR follows the CKD authors' code" in paragraph
 
 
 def png_size(path):
@@ -87,7 +117,7 @@ def test_page_and_plots_render(tmp_path):
     text = open(page).read()
     for part in ("Code: not recorded by cells older than that record (2 cells)",
                  "## Experimental setting", "## Dataset statistics", "## Properties used", "## Results (test)",
-                 "## Each variant against its backbone", "MMRec public leaderboard", "![modalities](baby-modalities.png)",
+                 "## Each variant against its backbone", "MMRec's public leaderboard", "![modalities](baby-modalities.png)",
                  "![weights](baby-weights.png)", "train 7, valid 1, test 1", "kd_weight"):
         assert part in text, part
     for name in ("baby-modalities.png", "baby-weights.png"):

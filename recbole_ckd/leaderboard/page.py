@@ -7,14 +7,9 @@ import yaml
 
 from recbole_ckd.errors import saving
 from recbole_ckd.leaderboard.plots import plot_modalities, plot_study_modalities, plot_weights
+from recbole_ckd.leaderboard.published import PUBLISHED, SOURCES
 from recbole_ckd.leaderboard.sweeps import tuned_file
-from recbole_ckd.leaderboard.tables import (
-    MMREC_REFERENCE,
-    comparison_table,
-    method_table,
-    summarize,
-    variant_comparisons,
-)
+from recbole_ckd.leaderboard.tables import comparison_table, method_table, summarize, variant_comparisons
 
 
 def write_page(dataset, cells, output, config_files=None, config_dict=None, tuned=None, spaces=None, study=None,
@@ -30,7 +25,9 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
     name = f"{dataset}-{study}" if study else dataset
     first = next(iter(cells.values()))[0]
     protocol = first["test_masking"]
-    reference = MMREC_REFERENCE.get(dataset) if protocol == "train" else None
+    # published numbers share MMRec's protocol, so only a page under it shows them, for its rows that have one
+    published = PUBLISHED.get(dataset, {}) if protocol == "train" else {}
+    reference = {label: published[label] for label in summary if label in published}
     seeds = sorted({r["seed"] for records in cells.values() for r in records})
     os.makedirs(output, exist_ok=True)
 
@@ -79,8 +76,7 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
                   for label, r in variants.items()]
         lines.append("")
     if reference:
-        lines += [f"Reference columns: {MMREC_REFERENCE['source']}; same protocol, real Amazon features."
-                  + _other_code(summary, reference), ""]
+        lines += [_reference_text(summary, reference), ""]
     if comparisons:
         lines += ["## Each variant against its backbone", "", comparison_table(comparisons, len(seeds)), ""]
     if tuned:
@@ -198,6 +194,18 @@ def _properties_text(props, dataset, cells, config_files, config_dict):
     return "\n\n".join(parts)
 
 
+def _reference_text(summary, reference):
+    """The paragraph under the results naming the source of each row's reference numbers."""
+    rows = {}
+    for label, (source, _) in reference.items():
+        rows.setdefault(source, []).append(label)
+    sources = "; ".join(f"{', '.join(labels)}: {SOURCES[source]}" for source, labels in rows.items())
+    return (f"Reference columns, published numbers: {sources}. All share MMRec's split (random per-user 8:1:1), "
+            "full ranking and training-only masking, on the real Amazon image and text features. \"-\": no "
+            "published number for that row, or its source does not report that metric."
+            + _other_code(summary, reference))
+
+
 def _other_code(summary, reference):
     """The sentence naming the rows whose reference numbers come from other code than ours follows."""
     from recbole_ckd.model import MODELS
@@ -206,5 +214,5 @@ def _other_code(summary, reference):
               if model in reference and getattr(MODELS.get(model), "reference_code", "MMRec") != "MMRec"]
     if not others:
         return ""
-    return (" The reference numbers are MMRec's implementations; here " + ", ".join(others)
+    return (" Every source ran MMRec's implementation of the baselines; here " + ", ".join(others)
             + " (its model zoo page lists every difference), so those rows compare different code.")

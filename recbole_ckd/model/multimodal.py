@@ -87,7 +87,7 @@ class MultimodalRecommender(GeneralRecommender):
 
     input_type = InputType.PAIRWISE
     uses_modalities = True
-    # whose code the backbone reproduces by default; result pages say so beside MMRec's numbers
+    # whose code the backbone reproduces by default; result pages say so beside published numbers
     reference_code = "MMRec"
     # False for a backbone whose ranking ignores its modalities (BM3): no CKD variant, no
     # per-modality report
