@@ -117,8 +117,8 @@ def test_page_and_plots_render(tmp_path):
     text = open(page).read()
     for part in ("Code: not recorded by cells older than that record (2 cells)",
                  "## Experimental setting", "## Dataset statistics", "## Properties used", "## Results (test)",
-                 "## Each variant against its backbone", "MMRec's public leaderboard", "![modalities](baby-modalities.png)",
-                 "![weights](baby-weights.png)", "train 7, valid 1, test 1", "kd_weight"):
+                 "## Each variant against its backbone", "MMRec's public leaderboard",
+                 "![modalities](baby-modalities.png)", "![weights](baby-weights.png)", "train 7, valid 1, test 1", "kd_weight"):
         assert part in text, part
     for name in ("baby-modalities.png", "baby-weights.png"):
         width, height = png_size(tmp_path / name)
