@@ -518,7 +518,10 @@ PARITY_NOTES = {
              "arise with these settings and data.",
     "MVGAE": "MMRec's MVGAE had not reached its early stop after 9 minutes on this machine and was stopped (0 seeds "
              "in the command): not measured. Ours' seeds 2025 and 2026 rank below a random order on these data "
-             "(a random ranking's Recall@20 is about 20 / 350 = 0.057 here).",
+             "(a random ranking's Recall@20 is about 20 / 350 = 0.057 here). The cause is the loss both codes "
+             "share: its reconstruction scores are sigmoids of dot products of sigmoids, 1 to float32 precision, "
+             "so its gradient is about a thousandth of the KL terms' and training is driven by the KL terms "
+             "alone (the MVGAE class docstring).",
     "DAMRS": "MMRec's DA-MRS reads an item-item graph file (`item_graph_dict_2.npy`) that none of MMRec's "
              "preprocessing scripts writes, so its run fails on these data: only ours is measured.",
 }

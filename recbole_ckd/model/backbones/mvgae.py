@@ -108,10 +108,10 @@ class MVGAE(MultimodalRecommender):
     of sigmoids: at ``embedding_size: 64`` a dot product is near 16.6, where the sigmoid is 1 to
     float32 precision (about a third of the scores are exactly 1.0 at initialisation on
     synth-x01), so the reconstruction's gradient is about a thousandth of the KL terms' there
-    and shrinks as the KL terms pull every mean towards 0. In effect both this model and the
-    reference train their KL terms only and rank with what the graph propagation of the fixed
-    random inputs leaves, which on generated data can rank no better than a random order. This
-    is the reference's loss, kept as it is.
+    and shrinks as the KL terms pull every mean towards 0. In effect the model trains its KL
+    terms only and ranks with what the graph propagation of the fixed random inputs leaves,
+    which on generated data can rank no better than a random order. The reference computes the
+    same loss; it is kept as it is.
 
     The reference is MMRec's MVGAE, which this reproduces in its default settings (one layer,
     ``embedding_size: 64``, a hidden size of 128, no concatenation, the sigmoid of its
