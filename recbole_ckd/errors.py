@@ -26,17 +26,25 @@ def saving(path):
     try:
         yield
     except (OSError, RuntimeError) as err:
-        if not _disk_full(err):
+        if _in_chain(err, lambda e: isinstance(e, KeyboardInterrupt)):
+            # a Ctrl-C inside torch.save surfaces as the error of the writer it interrupted
+            raise KeyboardInterrupt from None
+        if not _in_chain(err, _disk_full):
             raise
         raise UserError(f"{path}: no space left on device; free some space and run the same command again to "
                         "resume.") from None
 
 
-def _disk_full(err):
-    # torch.save given a path wraps the failed write in a RuntimeError of its own; given a file, as the
-    # plugin's saves do, it lets the file's OSError through
+def _in_chain(err, test):
+    """Whether ``err`` or an exception it was raised from or during passes ``test``."""
     while err is not None:
-        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err):
+        if test(err):
             return True
         err = err.__cause__ or err.__context__
     return False
+
+
+def _disk_full(err):
+    # torch.save given a path wraps the failed write in a RuntimeError of its own; given a file, as the
+    # plugin's saves do, it lets the file's OSError through
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err)
