@@ -110,6 +110,23 @@ def test_checkpoint_round_trip_and_atomic_write(tmp_path):
     assert os.listdir(path.parent) == ["c.pth"]  # no temporary file left
 
 
+def test_ctrl_c_while_a_checkpoint_is_written_is_an_interruption_and_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "c.pth"
+    compat.save_checkpoint({"epoch": 1}, path)
+
+    def interrupted_save(obj, f):  # what torch's zip writer does when Ctrl-C lands inside it
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        compat.save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert compat.load_checkpoint(path)["epoch"] == 1 and os.listdir(tmp_path) == ["c.pth"]
+
+
 def test_truncated_checkpoint_is_reported(tmp_path):
     path = tmp_path / "c.pth"
     compat.save_checkpoint({"w": torch.zeros(1000)}, path)
