@@ -111,19 +111,22 @@ class MMGCF(PrunedUserItemGraph, MultimodalRecommender):
         modal = self._fuse(features, getattr(self, "mm_concat", None)) if len(features) > 1 else features[0]
         return self._fuse([item_reps, modal], getattr(self, "id_mm_concat", None))
 
-    def projected_features(self, masked, items=None, distinct=None):
+    def projected_features(self, masked, items=None, distinct=None, cache=None):
         """``[g^m]`` for every modality, of all items or of the rows ``items``; a masked
-        modality's is its mean features' projection for every row."""
+        modality's is its mean features' projection for every row. ``cache`` (a dict) shares each
+        modality's projection between the modes of a step."""
         rows = self.n_items if items is None else len(items)
-        result = []
+        cache = {} if cache is None else cache
         for m in self.modalities:
+            if (m, m in masked) in cache:
+                continue
             if m in masked:
-                result.append(self.projection[m](self.feature_mean(m)).expand(rows, -1))
+                cache[m, True] = self.projection[m](self.feature_mean(m)).expand(rows, -1)
             elif items is None:
-                result.append(self.projection[m](self.feature(m)))
+                cache[m, False] = self.projection[m](self.feature(m))
             else:
-                result.append(self.project_rows(self.projection[m], self.feature(m), items, distinct))
-        return result
+                cache[m, False] = self.project_rows(self.projection[m], self.feature(m), items, distinct)
+        return [cache[m, m in masked] for m in self.modalities]
 
     def _collaborative(self):
         """``(x_U, x_I)``: LightGCN over the pruned graph in training, the full graph otherwise."""
@@ -138,9 +141,9 @@ class MMGCF(PrunedUserItemGraph, MultimodalRecommender):
         """The LightGCN tables once for all modes; each mode fuses only the batch's item rows."""
         user_all, item_all = self._collaborative()
         user_reps, item_reps = user_all[users], item_all[items]
-        distinct = self.distinct_items(items)
+        distinct, projected = self.distinct_items(items), {}
         return {
-            name: (user_reps, self.fuse_items(item_reps, self.projected_features(masked, items, distinct)))
+            name: (user_reps, self.fuse_items(item_reps, self.projected_features(masked, items, distinct, projected)))
             for name, masked in modes.items()
         }
 
