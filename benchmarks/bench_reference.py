@@ -273,7 +273,8 @@ def serve(args):
         if evaluation is not None:
             evaluation()
     except Exception as error:  # reported as this implementation's failure, the others go on
-        answer(error=f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}")
+        message = str(error).splitlines()[0] if str(error) else ""
+        answer(error=f"{type(error).__name__}: {without_local_paths(message, args)[:200]}")
         return
     answer(ready=True, **info)
     for line in sys.stdin:
@@ -630,6 +631,12 @@ def fit_mmrec(args):
 FITS = {"ours": fit_ours, "mmrec": fit_mmrec}
 
 
+def without_local_paths(text, args, code=None):
+    """``text`` with this machine's data folder and checked-out code named by placeholders."""
+    text, code = text.replace(os.path.abspath(args.data_root), "<data_root>"), code or args.code
+    return text.replace(code, "<code>") if code else text
+
+
 def fit_cell(kind, code, backbone, dataset, seed, path, args, ours_settings="{}"):
     """One training (``kind`` ours or mmrec) in its own process, its record written to ``path``;
     returns the record, or ``{"error": ...}`` (not cached: the next run tries again)."""
@@ -643,8 +650,7 @@ def fit_cell(kind, code, backbone, dataset, seed, path, args, ours_settings="{}"
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0 or not os.path.isfile(path):
         lines = (done.stderr or done.stdout).strip().splitlines() or [f"exit {done.returncode}"]
-        error = lines[-1].replace(os.path.abspath(args.data_root), "<data_root>").replace(code, "<code>")
-        return {"error": error[:300]}
+        return {"error": without_local_paths(lines[-1], args, code)[:300]}
     with open(path) as f:
         return json.load(f)
 
