@@ -56,9 +56,20 @@ class ItemKNNCBF(MultimodalRecommender):
                                                (self.n_users, self.n_items)).coalesce()
         self.register_buffer("_interactions", interactions, persistent=False)
         self.placeholder = nn.Parameter(torch.zeros(1))  # the trainer's optimizer needs a parameter
+        # the fixed features make every S constant: each masking's neighbours are found once, at its
+        # first use (MMRec too computes its S once, when the model is built)
+        self._neighbours = {}
 
     def similarity(self, masked=frozenset()):
         """``S`` ``[n_items, n_items]``: each item's ``knn_k`` nearest items by shrunk cosine."""
+        key = (frozenset(masked), self.placeholder.device)  # the model may have moved since
+        if key not in self._neighbours:
+            self._neighbours[key] = self.nearest(masked)
+        values, neighbours = self._neighbours[key]
+        return torch.zeros(self.n_items, self.n_items, device=values.device).scatter_(1, neighbours, values)
+
+    def nearest(self, masked):
+        """``(similarities, items)`` ``[n_items, knn_k]``: each item's ``knn_k`` nearest items."""
         features = torch.cat([
             self.feature_mean(m).expand_as(self.feature(m)) if m in masked else self.feature(m)
             for m in self.modalities
@@ -66,8 +77,7 @@ class ItemKNNCBF(MultimodalRecommender):
         norms = features.norm(dim=1, keepdim=True)
         sim = (features @ features.T) / (norms * norms.T + self.shrink)
         sim[:, 0] = float("-inf")  # the padding item
-        values, neighbours = sim.topk(self.knn_k, dim=1)
-        return torch.zeros_like(sim).scatter_(1, neighbours, values)
+        return sim.topk(self.knn_k, dim=1)
 
     def forward(self, masked=frozenset()):
         scores = torch.sparse.mm(self._interactions, self.similarity(masked))
