@@ -214,5 +214,5 @@ def _other_code(summary, reference):
               if model in reference and getattr(MODELS.get(model), "reference_code", "MMRec") != "MMRec"]
     if not others:
         return ""
-    return (" Here " + ", ".join(others) + ", not the implementation behind its published number (its model zoo "
-            "page lists every difference), so those rows compare different code.")
+    return (" Here " + ", ".join(others) + ": not the code behind the published numbers (each model zoo page lists "
+            "every difference), so those rows compare different code.")
