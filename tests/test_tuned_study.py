@@ -48,7 +48,7 @@ def test_every_row_gets_its_own_sweep_with_the_same_budget(tiny_dataset, tmp_pat
     assert by_label["VBPR_CKD-no_generic"]["args"] == args + ["--ckd_generic=False"]
     shared = ["learning_rate", "reg_weight"]
     expected = {"VBPR": shared, "VBPR_MDrop": shared + ["mdrop_prob"], "VBPR_OGMGE": shared + ["ogm_alpha"],
-                "VBPR_MMPareto": shared}
+                "VBPR_MMPareto": shared, "VBPR_CKD-no_generic": shared + ["kd_weight"]}
     for e in entries:
         names = list(by_label[e.label]["params"])
         assert names == expected.get(e.label, shared + ["kd_weight", "kd_temperature", "gd_weight"]), e.label
@@ -171,6 +171,19 @@ def test_a_tuned_study_selects_before_any_test_then_reruns_from_its_cache(tiny_d
     assert run_recbole_ckd.main(argv) == page
     assert events == [] and len(epoch_log) == 0
     assert capsys.readouterr().out.count(": finished (") == 2
+
+
+def test_an_ablation_searches_no_key_of_the_term_it_removes(tiny_dataset):
+    from recbole_ckd.config import Config
+
+    def searched(label):
+        (entry,) = [e for e in lb.study_entries("balancing", ["VBPR"]) if e.label == label]
+        config = Config(entry.model, "tiny", None, {"data_path": str(tiny_dataset["root"]), **entry.overrides})
+        return [key for key, *_ in lb.tuning_space(entry, config)]
+
+    assert searched("VBPR_CKD") == ["learning_rate", "reg_weight", "kd_weight", "kd_temperature", "gd_weight"]
+    assert searched("VBPR_CKD-no_generic") == ["learning_rate", "reg_weight", "kd_weight"]
+    assert searched("VBPR_CKD-no_specific") == searched("VBPR_CKD")  # kd_weight still weighs the generic term
 
 
 @pytest.mark.parametrize("backbone", ["VBPR", "LATTICE", "DAMRS"])

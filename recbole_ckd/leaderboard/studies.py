@@ -54,12 +54,16 @@ METHOD_SPACES = {  # by the model's suffix (the plain backbone has none); MMPare
     "OGMGE": (("ogm_alpha", "loguniform", 0.01, 1.0),),
     "MMPareto": (),
 }
+GENERIC_TERM_KEYS = {"kd_temperature", "gd_weight"}  # they shape CKD's generic term only
 
 
 def tuning_space(entry, config):
-    """The space of ``entry``'s sweep: the shared keys its resolved ``config`` has, and its method's."""
+    """The space of ``entry``'s sweep: the shared keys its resolved ``config`` has, and its method's
+    but those of a term the entry's ablation removes (a search over them would spend its trials on noise)."""
     method = entry.model.rsplit("_", 1)[1] if "_" in entry.model else None
-    return tuple(p for p in SHARED_SPACE if p[0] in config) + METHOD_SPACES.get(method, ())
+    unused = GENERIC_TERM_KEYS if entry.overrides.get("ckd_generic") is False else set()
+    return tuple(p for p in SHARED_SPACE if p[0] in config) + tuple(
+        p for p in METHOD_SPACES.get(method, ()) if p[0] not in unused)
 
 
 def study_entries(study, backbones):
