@@ -342,6 +342,7 @@ NO_PICKLES = "recbole-ckd never writes or loads pickles of data"
 CONFIG_RULES = {
     "learning_rate": _number(0, low_open=True),
     "teacher_learning_rate": _number(0, low_open=True, optional=True),
+    "teacher_reg_weight": _number(0, optional=True),
     "weight_decay": _number(0),
     "epochs": _number(1, integer=True),
     "train_batch_size": _number(1, integer=True),

@@ -32,6 +32,8 @@ LATER_KEYS = {
        {"mdrop_prob": 0.5, "mdrop_unit": "triple", "mdrop_rule": "one_of"}.items()},
     **{key: LaterKey(legacy, "OGMGE") for key, legacy in
        {"ogm_alpha": 0.1, "ogm_noise": True, "ogm_epochs": [0, 50], "ogm_scope": "all"}.items()},
+    # a CKD model's teachers at their own L2 weight
+    "teacher_reg_weight": LaterKey(None, "CKD"),
     # Mirror Gradient: every model's trainer reads it
     **{key: LaterKey(legacy, None) for key, legacy in {"mg": False, "alpha1": 1.0, "alpha2": 0.1, "beta": 3}.items()},
 }

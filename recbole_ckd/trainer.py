@@ -291,6 +291,8 @@ class CKDTrainer(ResumableTrainer):
         config["active_modalities"] = [modality]
         config["resume"] = True  # the cache is shared: only retrain_teachers rebuilds a teacher
         config["learning_rate"] = self.config["teacher_learning_rate"] or self.config["learning_rate"]
+        if self.config["teacher_reg_weight"] is not None and "reg_weight" in config:
+            config["reg_weight"] = self.config["teacher_reg_weight"]
         return config
 
     def _train_teacher(self, modality, train_data, valid_data, verbose, show_progress):

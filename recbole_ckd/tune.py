@@ -32,6 +32,9 @@ from recbole_ckd.sweep_signing import (
 
 HYPER_TYPES = ("choice", "uniform", "loguniform", "quniform")
 SEARCH_ALGORITHMS = ("random", "grid", "optuna", "hyperopt")
+# Keys a sweep of a CKD model searches for the student only: the teachers keep the configured value,
+# through their own key, and so are trained once for every trial.
+TEACHER_KEYS = {"learning_rate": "teacher_learning_rate", "reg_weight": "teacher_reg_weight"}
 SHIPPED_HYPER_FILE = Path(__file__).resolve().parent / "hyper.test"  # the top-level hyper.test, in a wheel too
 
 
@@ -341,10 +344,11 @@ def _trial_settings(model, dataset, params, hyper_file, config_files, cmd_args):
     # trials must never delete the shared teachers, whether a config file or the command line asks
     base_dict["retrain_teachers"] = False
     check_space(params, hyper_file, lambda values: Config(model, dataset, config_files or None, {**base_dict, **values}))
-    is_ckd = ckd_backbone_name(model) is not None
-    if is_ckd and "learning_rate" in params and not overrides["teacher_learning_rate"]:
-        # the swept learning rate is the student's: keep the teachers at the configured one
-        base_dict["teacher_learning_rate"] = overrides["learning_rate"]
+    if ckd_backbone_name(model) is not None:
+        for key, own_key in TEACHER_KEYS.items():
+            if key in params and overrides[own_key] is None:
+                # the swept value is the student's: keep the teachers at the configured one
+                base_dict[own_key] = overrides[key]
     return overrides, base_dict
 
 
@@ -353,7 +357,7 @@ def _train_teachers_once(model, dataset, params, config_files, overrides, base_d
     from recbole_ckd.model import ckd_backbone_name
     from recbole_ckd.quick_start import train_teachers
 
-    if ckd_backbone_name(model) is not None and set(params) <= (CKD_KEYS - {"teacher_learning_rate"}) | {"learning_rate"}:
+    if ckd_backbone_name(model) is not None and set(params) <= (CKD_KEYS - set(TEACHER_KEYS.values())) | set(TEACHER_KEYS):
         print("Training (or loading) the teachers once, before the trials ...", flush=True)
         teacher_dict = {**base_dict, "retrain_teachers": overrides["retrain_teachers"]}
         for label, folder in train_teachers(model, dataset, config_files or None, teacher_dict).items():

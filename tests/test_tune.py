@@ -501,3 +501,30 @@ def test_a_folder_holding_another_sweep_is_refused_and_the_same_sweep_resumes(ti
         assert code == 2 and line == f"error: a different sweep is in this folder ({folder}); use another --output or delete it"
         assert trained == [] and len(fits) == 1 and restored == []
     assert sweep(space)[0] == 130 and restored == [str(folder)]  # the same sweep resumes
+
+
+def test_a_sweep_of_the_students_l2_weight_keeps_the_teachers_at_the_configured_one(tiny_dataset, tmp_path,
+                                                                                    monkeypatch):
+    import recbole_ckd.quick_start as qs
+    from recbole_ckd.run_keys import teacher_run_dir
+    from recbole_ckd.tune import _train_teachers_once, _trial_settings
+
+    trained = []
+    monkeypatch.setattr(qs, "train_teachers", lambda model, dataset, files, settings: trained.append(settings) or {})
+    cmd_args = [f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}", "--state=WARNING",
+                "--reg_weight=0.003"]
+    hyper = write(tmp_path, "learning_rate loguniform -9,-5\nreg_weight loguniform -12,-3\nkd_weight choice [0.01,0.1]\n")
+    params = parse_hyper_file(hyper)
+    overrides, base = _trial_settings("VBPR_CKD", "tiny", params, hyper, None, cmd_args)
+    assert base["teacher_reg_weight"] == 0.003 and base["teacher_learning_rate"] == 0.001
+    _train_teachers_once("VBPR_CKD", "tiny", params, None, overrides, base)
+    assert len(trained) == 1  # before the trials, as for a sweep of CKD keys only
+
+    def teacher(**trial):  # where a trial finds its teacher of v, and that teacher's L2 weight
+        _, _, trainer = qs.prepare("VBPR_CKD", "tiny", None, {**base, **trial})
+        config = trainer.teacher_config("v")
+        return teacher_run_dir(config, "v"), config["reg_weight"], config["learning_rate"]
+
+    assert teacher(learning_rate=1e-4, reg_weight=1e-5) == teacher(learning_rate=5e-3, reg_weight=0.04)
+    assert teacher(reg_weight=0.04)[1:] == (0.003, 0.001)
+    assert teacher(teacher_reg_weight=0.01)[0] != teacher()[0]  # another teacher setting: other teachers

@@ -37,7 +37,7 @@ def test_every_row_gets_its_own_sweep_with_the_same_budget(tiny_dataset, tmp_pat
     calls = fake_sweeps(monkeypatch)
     entries = lb.study_entries("balancing_mmpareto", ["VBPR"])
     args = [f"--data_path={tiny_dataset['root']}"]
-    tuned, spaces = lb.tune_study("tiny", entries, 3, str(tmp_path / "out"), cmd_args=args, search="random",
+    tuned, spaces = lb.tune_study("tiny", entries, 3, [1], str(tmp_path / "out"), cmd_args=args, search="random",
                                   scheduler="asha")
     assert [c["model"] for c in calls] == [e.model for e in entries]
     assert {c["num_samples"] for c in calls} == {3} and {c["search"] for c in calls} == {"random"}
@@ -45,7 +45,12 @@ def test_every_row_gets_its_own_sweep_with_the_same_budget(tiny_dataset, tmp_pat
     # one folder per row, the row's own settings in its sweep
     assert [c["output"] for c in calls] == [str(tmp_path / "out" / "tiny" / "sweeps" / e.label) for e in entries]
     by_label = {e.label: c for e, c in zip(entries, calls)}
-    assert by_label["VBPR_CKD-no_generic"]["args"] == args + ["--ckd_generic=False"]
+    # every CKD row's teachers train with the plain row's selected values: one set of teachers for them all
+    plain = yaml.safe_load(open(tuned["VBPR"]))
+    teachers = [f"--teacher_learning_rate={plain['learning_rate']!r}", f"--teacher_reg_weight={plain['reg_weight']!r}"]
+    assert by_label["VBPR_CKD-no_generic"]["args"] == args + ["--ckd_generic=False"] + teachers
+    assert by_label["VBPR_CKD"]["args"] == args + teachers
+    assert by_label["VBPR"]["args"] == by_label["VBPR_MDrop"]["args"] == by_label["VBPR_OGMGE"]["args"] == args
     shared = ["learning_rate", "reg_weight"]
     expected = {"VBPR": shared, "VBPR_MDrop": shared + ["mdrop_prob"], "VBPR_OGMGE": shared + ["ogm_alpha"],
                 "VBPR_MMPareto": shared, "VBPR_CKD-no_generic": shared + ["kd_weight"]}
@@ -67,17 +72,17 @@ def test_a_sweep_of_another_budget_is_refused(tiny_dataset, tmp_path, monkeypatc
     calls = fake_sweeps(monkeypatch)
     entries = [e for e in lb.study_entries("balancing", ["VBPR"]) if e.label in ("VBPR", "VBPR_MDrop")]
     args = [f"--data_path={tiny_dataset['root']}"]
-    lb.tune_study("tiny", entries, 2, str(tmp_path / "out"), cmd_args=args)
+    lb.tune_study("tiny", entries, 2, [1], str(tmp_path / "out"), cmd_args=args)
     with pytest.raises(ConfigError, match=r"--tune_trials=3 --search=random --scheduler=none: .*VBPR holds a sweep of "
                                           r"another budget \(trials 2, search random, scheduler none\)"):
-        lb.tune_study("tiny", entries, 3, str(tmp_path / "out"), cmd_args=args)
+        lb.tune_study("tiny", entries, 3, [1], str(tmp_path / "out"), cmd_args=args)
     assert len(calls) == 2
 
 
 def test_a_backbone_without_an_l2_key_searches_only_what_it_has(tiny_dataset, tmp_path, monkeypatch):
     calls = fake_sweeps(monkeypatch)
     entries = [e for e in lb.study_entries("balancing", ["DAMRS"]) if e.label in ("DAMRS", "DAMRS_MDrop")]
-    lb.tune_study("tiny", entries, 2, str(tmp_path / "out"), cmd_args=[f"--data_path={tiny_dataset['root']}"])
+    lb.tune_study("tiny", entries, 2, [1], str(tmp_path / "out"), cmd_args=[f"--data_path={tiny_dataset['root']}"])
     assert [list(c["params"]) for c in calls] == [["learning_rate"], ["learning_rate", "mdrop_prob"]]
 
 
@@ -131,7 +136,9 @@ def test_a_tuned_study_selects_before_any_test_then_reruns_from_its_cache(tiny_d
     events, real_sweep, real_run = [], tune.run_sweep, qs.run
     monkeypatch.setattr(tune, "run_sweep",
                         lambda model, *a, **k: events.append(("sweep", model)) or real_sweep(model, *a, **k))
-    monkeypatch.setattr(qs, "run", lambda model, *a, **k: events.append(("run", model)) or real_run(model, *a, **k))
+    monkeypatch.setattr(qs, "run", lambda model, *a, **k: events.append(
+        ("run", model, k.get("evaluate_test", True), len(epoch_log))) or real_run(model, *a, **k))
+    monkeypatch.setattr(lb.cells, "cells_at_once", lambda *a: 1)  # the seeds' runs in this process, where they are seen
     out = tmp_path / "results"
     args = [f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}"]
     args += fast_args(args)
@@ -139,9 +146,13 @@ def test_a_tuned_study_selects_before_any_test_then_reruns_from_its_cache(tiny_d
             f"--output={out}", *args]
     page = run_recbole_ckd.main(argv)
     assert page == str(out / "tiny-pair.md")
-    # both sweeps ended (and selected) before any run in this process: the test split is read only by the seeds
-    assert events == [("sweep", "VBPR"), ("sweep", "VBPR_MDrop"), ("run", "VBPR"), ("run", "VBPR_MDrop")]
-    assert len(epoch_log) == 2  # the seeds' runs; the trials trained in Ray's workers
+    # each row's sweep, then its 2 candidates (both trials) at the seed, validation only; the test split is
+    # evaluated only once every row is selected, by the selected candidates' runs, which train nothing more
+    assert [e[:3] for e in events] == [
+        ("sweep", "VBPR"), ("run", "VBPR", False), ("run", "VBPR", False),
+        ("sweep", "VBPR_MDrop"), ("run", "VBPR_MDrop", False), ("run", "VBPR_MDrop", False),
+        ("run", "VBPR", True), ("run", "VBPR_MDrop", True)]
+    assert events[-2][3] == events[-1][3] == len(epoch_log) == 4  # 4 selection runs of 1 epoch; the trials ran in Ray
     text = open(page).read()
     assert "own sweep of 2 trial(s) (search: random, scheduler: none)" in text and "--tune_trials=2" in text
     config_dict = dict(Config("VBPR", "tiny", None, cmd_args=args).cmd_config_dict)
@@ -149,15 +160,18 @@ def test_a_tuned_study_selects_before_any_test_then_reruns_from_its_cache(tiny_d
     for label, keys in (("VBPR", ["learning_rate", "reg_weight"]),
                         ("VBPR_MDrop", ["learning_rate", "reg_weight", "mdrop_prob"])):
         folder = out / "tiny" / "sweeps" / label
-        best = yaml.safe_load(open(folder / f"{label}-tiny-best.yaml"))
         trials = open(folder / f"{label}-tiny-trials.csv").read().strip().splitlines()
         assert len(trials) == 3 and all(",done," in t for t in trials[1:])  # header and 2 trials
+        selection = open(folder / "selection.md").read()
+        assert selection.count("| yes |") == 1 and "| seed 1 | mean | selected |" in selection
+        rank = next(line for line in selection.splitlines() if line.endswith("| yes |"))[2]
+        tuned = {label: str(folder / (f"{label}-tiny-best.yaml" if rank == "1" else f"candidate-{rank}.yaml"))}
+        best = yaml.safe_load(open(tuned[label]))
         for key in keys:
             value = best[key]
             assert ranges[key][0] <= value <= ranges[key][1]
             assert f"| {label} | {key} | {value:.4g} | " in text, (label, key)
         # the seed ran with the selected values: its run key is the tuned plan's, not the default's
-        tuned = {label: str(folder / f"{label}-tiny-best.yaml")}
         record = lb.run_cells("tiny", [label], [1], str(out), config_dict=config_dict, tuned=tuned,
                               log=lambda m: None)[label][0]
         default = lb.plan_cells("tiny", [label], [1], config_dict=config_dict)[0]
@@ -198,3 +212,52 @@ def test_both_ends_of_every_rows_space_are_accepted_by_its_config(tiny_dataset, 
         for key, _, low, high in space:
             for value in (low, high):
                 Config(entry.model, "tiny", None, {**settings, key: value})  # raises a ConfigError if refused
+
+
+def test_a_rows_setting_is_the_best_mean_validation_of_its_best_trials_at_every_seed(tiny_dataset, tmp_path,
+                                                                                    monkeypatch):
+    """The sweep's best trial can win at its one seed and stall at another (early stopping in a plateau):
+    the row takes the candidate with the best mean validation score over the study's seeds."""
+    from recbole_ckd.leaderboard.sweeps import _candidate_files, _select
+
+    folder = tmp_path / "VBPR"
+    folder.mkdir()
+    best = folder / "VBPR-tiny-best.yaml"
+    best.write_text("# best of the sweep\nmodel: VBPR\nlearning_rate: 0.001\nreg_weight: 0.05\n")
+    (folder / "VBPR-tiny-trials.csv").write_text(
+        "trial,learning_rate,reg_weight,best_valid_score,best_epoch,status,error\n"
+        "t0,0.003,0.001,0.25,9,done,\n"
+        "t1,0.001,0.05,0.3,40,done,\n"
+        "t2,0.009,0.002,0.5,3,error,diverged\n"
+        "t3,0.002,0.0001,0.28,20,done,\n"
+        "t4,0.005,0.0002,nan,1,done,\n"
+        "t5,0.0001,0.00001,0.1,90,done,\n")
+    keys = ["learning_rate", "reg_weight"]
+    candidates = _candidate_files(str(best), keys)
+    assert candidates == [str(best), str(folder / "candidate-2.yaml"), str(folder / "candidate-3.yaml")]
+    assert yaml.safe_load(open(candidates[1])) == {"model": "VBPR", "learning_rate": 0.002, "reg_weight": 0.0001}
+    assert yaml.safe_load(open(candidates[2]))["learning_rate"] == 0.003
+
+    valid = {(0.001, 1): 0.30, (0.001, 2): 0.05, (0.002, 1): 0.28, (0.002, 2): 0.27, (0.003, 1): 0.29,
+             (0.003, 2): 0.20}
+    runs = []
+
+    def run_missing(dataset, missing, finished, log, *resources, evaluate_test=True):
+        runs.append((len(missing), evaluate_test))
+        for cell in missing:
+            lr = yaml.safe_load(open(cell.files[-1]))["learning_rate"]
+            finished(cell, {"best_valid_score": valid[lr, cell.seed], "valid_metric": "recall@20"})
+
+    monkeypatch.setattr(lb.cells, "run_missing", run_missing)
+    (entry,) = [e for e in lb.study_entries("balancing", ["VBPR"]) if e.label == "VBPR"]
+    config_dict = {"data_path": str(tiny_dataset["root"]), "checkpoint_dir": str(tmp_path / "saved")}
+
+    def select():
+        return _select("tiny", entry, candidates, keys, [1, 2], str(folder), None, config_dict, None, 1, 0)
+
+    assert select() == candidates[1]  # means .175, .275, .245: not the sweep's best
+    assert runs == [(6, False)]  # 3 candidates x 2 seeds, validation only
+    table = (folder / "selection.md").read_text()
+    assert "| 2: learning_rate 0.002, reg_weight 0.0001 | 0.2800 | 0.2700 | 0.2750 | yes |" in table
+    assert "| 1: learning_rate 0.001, reg_weight 0.05 | 0.3000 | 0.0500 | 0.1750 |  |" in table
+    assert select() == candidates[1] and runs[-1] == (0, False)  # again: every score from its record

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from recbole_ckd.errors import Interrupted, saving
 from recbole_ckd.leaderboard.studies import as_entry
-from recbole_ckd.leaderboard.sweeps import tuned_file
 from recbole_ckd.leaderboard.tables import TABLE_METRICS
 from recbole_ckd.run_keys import RUN_KEY_LENGTH
 
@@ -42,6 +41,11 @@ class Cell:
 
     def name(self):
         return f"{self.label} seed {self.seed}"
+
+
+def tuned_file(tuned, label, model):
+    """The tuned configuration of a row: its own (a tuned study's), else its model's (``--sweeps``)."""
+    return (tuned or {}).get(label) or (tuned or {}).get(model)
 
 
 def plan_cells(dataset, models, seeds, config_files=None, config_dict=None, tuned=None):
@@ -104,20 +108,8 @@ def run_plan(dataset, plan, output, log=None, ray_address=None, cpus_per_cell=No
         _write_json(record, os.path.join(cell_dir, f"{cell.label}-seed{cell.seed}-{recorded_run_key(record)}.json"))
         records[cell] = record
 
-    parallel = ray_address is not None or cells_at_once(cpus_per_cell, gpus_per_cell) > 1
     try:
-        if missing and parallel:
-            _run_on_ray(dataset, missing, finished, log, ray_address, 1.0 if cpus_per_cell is None else cpus_per_cell,
-                        gpus_per_cell or 0.0)
-        else:
-            from recbole_ckd.quick_start import run
-
-            if missing and (cpus_per_cell or gpus_per_cell):
-                log(f"one cell at a time, in this process: this machine has room for fewer than two cells of "
-                    f"{cpus_per_cell or 1:g} CPU(s) and {gpus_per_cell or 0:g} GPU(s) ({os.cpu_count()} CPUs)")
-            for k, cell in enumerate(missing, start=1):
-                log(f"[{k}/{len(missing)} to run] {cell.name()}: running ...")
-                finished(cell, run(cell.model, dataset, list(cell.files) or None, cell.settings))
+        run_missing(dataset, missing, finished, log, ray_address, cpus_per_cell, gpus_per_cell)
     except KeyboardInterrupt:
         left = len(plan) - len(records)
         raise Interrupted(f"the leaderboard stopped with {left} of {len(plan)} cells unfinished; the finished ones are "
@@ -127,6 +119,27 @@ def run_plan(dataset, plan, output, log=None, ray_address=None, cpus_per_cell=No
     for cell in plan:
         cells.setdefault(cell.label, []).append(records[cell])
     return cells
+
+
+def run_missing(dataset, missing, finished, log, ray_address=None, cpus_per_cell=None, gpus_per_cell=None,
+                evaluate_test=True):
+    """Run the ``missing`` cells, one after another in this process or as Ray tasks (:func:`_run_on_ray`) when
+    ``ray_address`` is given or this machine holds more than one cell at once; ``finished(cell, record)`` as
+    each ends. ``evaluate_test=False``: train and validate only (the test split is not evaluated)."""
+    if not missing:
+        return
+    if ray_address is not None or cells_at_once(cpus_per_cell, gpus_per_cell) > 1:
+        _run_on_ray(dataset, missing, finished, log, ray_address, 1.0 if cpus_per_cell is None else cpus_per_cell,
+                    gpus_per_cell or 0.0, evaluate_test)
+        return
+    from recbole_ckd.quick_start import run
+
+    if cpus_per_cell or gpus_per_cell:
+        log(f"one cell at a time, in this process: this machine has room for fewer than two cells of "
+            f"{cpus_per_cell or 1:g} CPU(s) and {gpus_per_cell or 0:g} GPU(s) ({os.cpu_count()} CPUs)")
+    for k, cell in enumerate(missing, start=1):
+        log(f"[{k}/{len(missing)} to run] {cell.name()}: running ...")
+        finished(cell, run(cell.model, dataset, list(cell.files) or None, cell.settings, evaluate_test=evaluate_test))
 
 
 def cells_at_once(cpus_per_cell, gpus_per_cell):
@@ -142,7 +155,7 @@ def cells_at_once(cpus_per_cell, gpus_per_cell):
     return int(min(fits))
 
 
-def _run_on_ray(dataset, cells, finished, log, ray_address, cpus, gpus):
+def _run_on_ray(dataset, cells, finished, log, ray_address, cpus, gpus, evaluate_test=True):
     """The cells as Ray tasks of ``cpus`` CPUs and ``gpus`` GPUs each, at once as far as the cluster
     holds them; ``finished(cell, record)`` as each ends. A failed cell is reported and the others
     go on; its error is raised once they have ended."""
@@ -150,7 +163,8 @@ def _run_on_ray(dataset, cells, finished, log, ray_address, cpus, gpus):
 
     with ray_session(ray_address, "--leaderboard", gpus) as ray, sigterm_as_sigint():
         task = ray.remote(_cell_task).options(num_cpus=cpus, num_gpus=gpus)
-        pending = {task.remote(dataset, cell.model, list(cell.files) or None, cell.settings): cell for cell in cells}
+        pending = {task.remote(dataset, cell.model, list(cell.files) or None, cell.settings, evaluate_test): cell
+                   for cell in cells}
         resources = ray.cluster_resources()
         log(f"running {len(cells)} cell(s) as Ray tasks of {cpus:g} CPU(s) and {gpus:g} GPU(s) each, on "
             f"{resources.get('CPU', 0):g} CPU(s) and {resources.get('GPU', 0):g} GPU(s) in all")
@@ -172,12 +186,12 @@ def _run_on_ray(dataset, cells, finished, log, ray_address, cpus, gpus):
         raise error
 
 
-def _cell_task(dataset, model, files, settings):
+def _cell_task(dataset, model, files, settings, evaluate_test=True):
     """A cell inside a Ray task: an ordinary run on the devices Ray gave the task."""
     from recbole_ckd.cluster import assigned_devices
     from recbole_ckd.quick_start import run
 
-    return run(model, dataset, files, {**settings, **assigned_devices()})
+    return run(model, dataset, files, {**settings, **assigned_devices()}, evaluate_test=evaluate_test)
 
 
 def _find_cell(cell_dir, label, seed, key, log):

@@ -21,8 +21,9 @@ def run_leaderboard(dataset, models, seeds, output="results", config_files=None,
         config_dict = dict(Config(entries[0].model, dataset, config_files, cmd_args=cmd_args).cmd_config_dict)
     tuned, spaces, budget = {}, {}, None
     if tune_trials:
-        tuned, spaces = tune_study(dataset, entries, tune_trials, output, config_files, cmd_args, search, scheduler,
-                                   1.0 if cpus_per_cell is None else cpus_per_cell, gpus_per_cell or 0.0, ray_address)
+        tuned, spaces = tune_study(dataset, entries, tune_trials, seeds, output, config_files, cmd_args, config_dict,
+                                   search, scheduler, 1.0 if cpus_per_cell is None else cpus_per_cell,
+                                   gpus_per_cell or 0.0, ray_address)
         budget = {"trials": tune_trials, "search": search, "scheduler": scheduler}
     elif sweeps_dir:
         tuned, spaces = tuned_configs(sweeps_dir, dataset, sorted({e.model for e in entries}))

@@ -1,5 +1,7 @@
 """Tuned configurations: those a leaderboard takes from the sweeps' folder, and a tuned study's own sweeps."""
 
+import csv
+import json
 import math
 import os
 
@@ -25,20 +27,24 @@ def tuned_configs(sweeps_dir, dataset, models):
     return tuned, spaces
 
 
-def tuned_file(tuned, label, model):
-    """The tuned configuration of a row: its own (a tuned study's), else its model's (``--sweeps``)."""
-    return (tuned or {}).get(label) or (tuned or {}).get(model)
-
-
 def _describe_range(kind, low, high):
     return f"{kind} [{low:g}, {high:g}]"
 
 
-def tune_study(dataset, entries, trials, output, config_files=None, cmd_args=(), search="random", scheduler="none",
-               cpus_per_trial=1.0, gpus_per_trial=0.0, ray_address=None):
+# A tuned study's rows choose among this many of their sweep's best trials: each runs at every seed
+# (validation only), and the best mean validation score wins. One seed's validation can favour a
+# setting that another seed's early stopping ends in a plateau.
+CANDIDATES = 3
+
+
+def tune_study(dataset, entries, trials, seeds, output, config_files=None, cmd_args=(), config_dict=None,
+               search="random", scheduler="none", cpus_per_trial=1.0, gpus_per_trial=0.0, ray_address=None):
     """Each row's own sweep (:func:`recbole_ckd.tune.run_sweep`) over its space
-    (:func:`~recbole_ckd.leaderboard.studies.tuning_space`), ``trials`` trials each, selected on validation
-    only, in ``<output>/<dataset>/sweeps/<label>/``; a finished one is reused. Returns ``(tuned, spaces)``
+    (:func:`~recbole_ckd.leaderboard.studies.tuning_space`), ``trials`` trials each, in
+    ``<output>/<dataset>/sweeps/<label>/``; a finished one is reused. The row's :data:`CANDIDATES` best trials
+    then run at every seed, validation only, and the best mean validation score selects the row's setting
+    (:func:`_select`). A CKD row's teachers train with the plain backbone's selected learning rate and L2
+    weight, so every CKD row of a backbone, its trials and its seeds share them. Returns ``(tuned, spaces)``
     keyed by row label: the selected configuration files and ``{key: range}``."""
     from recbole_ckd.config import Config
     from recbole_ckd.errors import ConfigError
@@ -51,7 +57,7 @@ def tune_study(dataset, entries, trials, output, config_files=None, cmd_args=(),
         folder = os.path.join(output, dataset, "sweeps", entry.label)
         row_args = list(cmd_args) + [f"--{key}={value}" for key, value in sorted(entry.overrides.items())]
         space = tuning_space(entry, Config(entry.model, dataset, config_files, cmd_args=row_args))
-        fixed = sorted({key for key, *_ in space} & {arg[2:].split("=", 1)[0] for arg in cmd_args})
+        fixed = sorted({key for key, *_ in space} & _given_keys(cmd_args))
         if fixed:  # the command line outranks the tuned values: the seeds would not run with them
             raise ConfigError(f"--{fixed[0]}: a tuned study searches it (the row {entry.label}'s sweep); drop it "
                               "from the command line, or leave out --tune_trials")
@@ -61,6 +67,7 @@ def tune_study(dataset, entries, trials, output, config_files=None, cmd_args=(),
         _check_budget(folder, budget)
     tuned, spaces = {}, {}
     for k, (entry, folder, row_args, space) in enumerate(rows, start=1):
+        row_args = row_args + _teacher_args(entry, tuned, cmd_args)
         hyper_file = os.path.join(folder, "space.test")
         with open(hyper_file, "w") as f:  # RecBole's syntax: a loguniform range is given by its exponents
             f.writelines(f"{key} {kind} " + (f"{math.log(low)!r},{math.log(high)!r}" if kind == "loguniform"
@@ -73,9 +80,116 @@ def tune_study(dataset, entries, trials, output, config_files=None, cmd_args=(),
                              search=search, scheduler=scheduler, cpus_per_trial=cpus_per_trial,
                              gpus_per_trial=gpus_per_trial, output=folder, ray_address=ray_address, verbose=0,
                              evaluate_best=False)["best_config_file"]
-        tuned[entry.label] = best
+        keys = [key for key, *_ in space]
+        tuned[entry.label] = _select(dataset, entry, _candidate_files(best, keys), keys, seeds, folder, config_files,
+                                     config_dict, ray_address, cpus_per_trial, gpus_per_trial)
         spaces[entry.label] = {key: _describe_range(kind, low, high) for key, kind, low, high in space}
     return tuned, spaces
+
+
+def _given_keys(cmd_args):
+    return {arg[2:].split("=", 1)[0] for arg in cmd_args}
+
+
+def _teacher_args(entry, tuned, cmd_args):
+    """A CKD row's teachers: the learning rate and L2 weight selected for its plain backbone's row (when the
+    study tuned that row and the command line does not set them)."""
+    from recbole_ckd.model import ckd_backbone_name
+    from recbole_ckd.settings_files import read_yaml
+    from recbole_ckd.tune import TEACHER_KEYS
+
+    backbone = ckd_backbone_name(entry.model)
+    if backbone not in tuned:
+        return []
+    selected = read_yaml(tuned[backbone])
+    return [f"--{own}={selected[key]!r}" for key, own in TEACHER_KEYS.items()
+            if key in selected and own not in _given_keys(cmd_args)]
+
+
+def _candidate_files(best, keys, count=CANDIDATES):
+    """A row's ``count`` best finished trials on validation as configuration files, best first: the sweep's
+    ``best`` file, then ``candidate-<k>.yaml`` beside it, each ``best`` with that trial's values of ``keys``."""
+    from recbole_ckd.settings_files import read_yaml
+
+    table = best.replace("-best.yaml", "-trials.csv")
+    if count < 2 or not os.path.isfile(table):
+        return [best]
+    chosen = read_yaml(best)
+    with open(table, newline="", encoding="utf-8") as f:
+        done = [row for row in csv.DictReader(f) if row["status"] == "done" and _finite(row["best_valid_score"])]
+    done.sort(key=lambda row: -float(row["best_valid_score"]))  # stable: a tie keeps the trials' order
+    others = [row for row in done if any(float(row[key]) != chosen[key] for key in keys)]
+    files = [best]
+    for rank, row in enumerate(others[:count - 1], start=2):
+        path = os.path.join(os.path.dirname(best), f"candidate-{rank}.yaml")
+        with saving(path), open(path, "w") as f:
+            f.write(f"# candidate {rank} of the sweep: trial {row['trial']}, validation {row['best_valid_score']}\n")
+            yaml.safe_dump({**chosen, **{key: float(row[key]) for key in keys}}, f, sort_keys=False)
+        files.append(path)
+    return files
+
+
+def _finite(text):
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _select(dataset, entry, candidates, keys, seeds, folder, config_files, config_dict, ray_address, cpus, gpus):
+    """The candidate file whose runs at every seed have the best mean validation score (the first on a tie).
+    The runs train and validate only; their scores are kept in ``<folder>/selection/``, their checkpoints
+    serve the selected candidate's cells (which then only evaluate), and ``selection.md`` shows every score."""
+    from recbole_ckd.errors import Interrupted
+    from recbole_ckd.leaderboard.cells import plan_cells, run_missing
+    from recbole_ckd.settings_files import read_yaml
+
+    if len(candidates) == 1:
+        return candidates[0]
+    plans = [plan_cells(dataset, [entry], seeds, config_files, config_dict, {entry.label: path})
+             for path in candidates]
+    record_dir = os.path.join(folder, "selection")
+
+    def record_path(cell):
+        return os.path.join(record_dir, f"seed{cell.seed}-{cell.key}.json")
+
+    scores = {}
+    for cell in (cell for plan in plans for cell in plan):
+        if os.path.isfile(record_path(cell)):
+            with open(record_path(cell), encoding="utf-8") as f:
+                scores[cell] = json.load(f)["best_valid_score"]
+
+    def finished(cell, record):
+        scores[cell] = record["best_valid_score"]
+        os.makedirs(record_dir, exist_ok=True)
+        with saving(record_path(cell)), open(record_path(cell), "w") as f:
+            json.dump({"seed": cell.seed, "run_key": cell.key, "valid_metric": record["valid_metric"],
+                       "best_valid_score": scores[cell]}, f)
+
+    missing = [cell for plan in plans for cell in plan if cell not in scores]
+    if missing:
+        print(f"  selecting among the {len(candidates)} best trials of {entry.label}: {len(missing)} run(s) at the "
+              "study's seeds, validation only ...", flush=True)
+    try:
+        run_missing(dataset, missing, finished, lambda message: print("  " + message, flush=True), ray_address,
+                    cpus, gpus, evaluate_test=False)
+    except KeyboardInterrupt:
+        raise Interrupted(f"the selection of {entry.label}'s setting stopped; its finished runs are kept in "
+                          f"{record_dir}. Run the same command again to go on.") from None
+    means = [sum(scores[cell] for cell in plan) / len(plan) for plan in plans]
+    chosen = means.index(max(means))
+    lines = [f"Best validation score of {entry.label}'s {len(candidates)} best trials at every seed; the best mean "
+             "selects the row's setting.", "",
+             "| candidate | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | selected |",
+             "| --- |" + " --- |" * (len(seeds) + 2)]
+    for rank, (path, plan, mean) in enumerate(zip(candidates, plans, means), start=1):
+        values = read_yaml(path)
+        lines.append(f"| {rank}: " + ", ".join(f"{key} {values[key]:.4g}" for key in keys) + " | "
+                     + " | ".join(f"{scores[cell]:.4f}" for cell in plan)
+                     + f" | {mean:.4f} | {'yes' if rank == chosen + 1 else ''} |")
+    with saving(os.path.join(folder, "selection.md")), open(os.path.join(folder, "selection.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return candidates[chosen]
 
 
 def _check_budget(folder, budget):
