@@ -1,6 +1,7 @@
 """Tuned configurations: those a leaderboard takes from the sweeps' folder, and a tuned study's own sweeps."""
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -146,8 +147,9 @@ def _select(dataset, entry, candidates, keys, seeds, folder, config_files, confi
 
     if len(candidates) == 1:
         return candidates[0]
-    plans = [plan_cells(dataset, [entry], seeds, config_files, config_dict, {entry.label: path})
-             for path in candidates]
+    plans = [[dataclasses.replace(cell, label=f"{entry.label} candidate {rank}")  # the name in the log only
+              for cell in plan_cells(dataset, [entry], seeds, config_files, config_dict, {entry.label: path})]
+             for rank, path in enumerate(candidates, start=1)]
     record_dir = os.path.join(folder, "selection")
 
     def record_path(cell):
