@@ -155,6 +155,7 @@ def test_a_tuned_study_selects_before_any_test_then_reruns_from_its_cache(tiny_d
     assert events[-2][3] == events[-1][3] == len(epoch_log) == 4  # 4 selection runs of 1 epoch; the trials ran in Ray
     text = open(page).read()
     assert "own sweep of 2 trial(s) (search: random, scheduler: none)" in text and "--tune_trials=2" in text
+    assert "Adam lr tuned per row (Tuned values)" in text and "Adam lr 0.0" not in text
     config_dict = dict(Config("VBPR", "tiny", None, cmd_args=args).cmd_config_dict)
     ranges = {key: (low, high) for key, _, low, high in lb.SHARED_SPACE + lb.METHOD_SPACES["MDrop"]}
     for label, keys in (("VBPR", ["learning_rate", "reg_weight"]),

@@ -44,7 +44,8 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
              "weights": plot_weights(cells, os.path.join(output, f"{name}-weights.png"))}
     stats = _dataset_statistics(first, dataset)
     props = properties_dir()
-    protocols = {describe_protocol(_training_protocol(r, dataset, config_files, config_dict))
+    tuned_rate = {"learning_rate": "tuned per row (Tuned values)"} if budget else {}
+    protocols = {describe_protocol({**_training_protocol(r, dataset, config_files, config_dict), **tuned_rate})
                  for records in cells.values() for r in records}
     tuning = [f"--tune_trials={budget['trials']}", f"--search={budget['search']}",
               f"--scheduler={budget['scheduler']}"] if budget else []

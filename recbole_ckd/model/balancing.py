@@ -112,7 +112,7 @@ class ModalityDropoutMixin(BalancingMixin):
     def describe(cls, config):
         rule = {"independent": "ModDrop's rule, each modality dropped independently (one kept when all are drawn)",
                 "one_of": "one-of rule, one random modality dropped"}[config["mdrop_rule"]]
-        return (f"modality dropout (ModDrop, Neverova et al., TPAMI 2016), {rule}, p = {config['mdrop_prob']} per "
+        return (f"modality dropout (ModDrop, Neverova et al., TPAMI 2016), {rule}, p = {config['mdrop_prob']:.4g} per "
                 f"{config['mdrop_unit']}")
 
     def dropped_modalities(self, n_triples):
@@ -189,7 +189,7 @@ class GradientModulationMixin(BalancingMixin):
                  "all": "on every parameter of a modality, ID and feature tables included"}[config["ogm_scope"]]
         first, last = config["ogm_epochs"]
         name = "OGM-GE" if config["ogm_noise"] else "OGM without GE"
-        return (f"on-the-fly gradient modulation ({name}, Peng et al., CVPR 2022) {scope}, alpha {config['ogm_alpha']}, "
+        return (f"on-the-fly gradient modulation ({name}, Peng et al., CVPR 2022) {scope}, alpha {config['ogm_alpha']:.4g}, "
                 f"epochs {first}-{last}")
 
     def modulated_parameters(self, scope):
