@@ -160,19 +160,22 @@ def check_space(params, hyper_file, make_config):
                 raise HyperFileError(f"{hyper_file}, line {p.line}: {p.name} = {value!r} is refused: {err}") from None
 
 
-def make_searcher(algorithm, metric, mode):
-    """None for random and grid (Ray's variant generator); a Bayesian searcher if installed."""
+def make_searcher(algorithm, metric, mode, seed):
+    """Ray's variant generator for random and grid, or a Bayesian searcher if installed; each draws from
+    ``seed`` (the config's), so the same sweep tries the same settings on every run."""
     if algorithm in ("random", "grid"):
-        return None
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=seed)
     try:
         if algorithm == "optuna":
             from ray.tune.search.optuna import OptunaSearch
 
-            return OptunaSearch(metric=metric, mode=mode)
+            return OptunaSearch(metric=metric, mode=mode, seed=seed)
         if algorithm == "hyperopt":
             from ray.tune.search.hyperopt import HyperOptSearch
 
-            return HyperOptSearch(metric=metric, mode=mode)
+            return HyperOptSearch(metric=metric, mode=mode, random_state_seed=seed)
     except (ImportError, AssertionError) as err:
         raise HyperFileError(f"--search={algorithm} needs the package: pip install {algorithm} ({err})") from None
     raise HyperFileError(f"Unknown search algorithm {algorithm!r}; use one of {', '.join(SEARCH_ALGORITHMS)}")
@@ -292,8 +295,8 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
     base = {"model": model, "dataset": dataset, "config_files": config_files or None, "config_dict": base_dict,
             "bigger": overrides["valid_metric_bigger"]}
     record_sweep(path, digest)
-    results = _fit(base, params, search, num_samples, early_stopping, cpus_per_trial, gpus_per_trial,
-                   output, name, resume, ray_address, verbose)
+    results = _fit(base, params, search, overrides["seed"], num_samples, early_stopping, cpus_per_trial,
+                   gpus_per_trial, output, name, resume, ray_address, verbose)
 
     trials = _collect(results)
     table = trial_table(trials, list(params), overrides["valid_metric"])
@@ -378,7 +381,7 @@ def _early_stopping(scheduler, overrides, max_epochs_asha):
                                          grace_period=min(max_t, max(1, overrides["stopping_step"] // 2)))
 
 
-def _fit(base, params, search, num_samples, early_stopping, cpus_per_trial, gpus_per_trial, output, name, resume,
+def _fit(base, params, search, seed, num_samples, early_stopping, cpus_per_trial, gpus_per_trial, output, name, resume,
          ray_address, verbose):
     """Ray Tune's results of the trials (a new sweep, or the saved one resumed); the folder is signed
     once Ray has stopped writing it."""
@@ -405,7 +408,8 @@ def _fit(base, params, search, num_samples, early_stopping, cpus_per_trial, gpus
                     trainable,
                     param_space=search_space(params, search),
                     tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=num_samples,
-                                                search_alg=make_searcher(search, metric, mode), scheduler=early_stopping),
+                                                search_alg=make_searcher(search, metric, mode, seed),
+                                                scheduler=early_stopping),
                     run_config=api.RunConfig(name=name, storage_path=output, verbose=verbose,
                                              failure_config=api.FailureConfig(max_failures=0, fail_fast=False)),
                 )

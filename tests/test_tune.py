@@ -528,3 +528,26 @@ def test_a_sweep_of_the_students_l2_weight_keeps_the_teachers_at_the_configured_
     assert teacher(learning_rate=1e-4, reg_weight=1e-5) == teacher(learning_rate=5e-3, reg_weight=0.04)
     assert teacher(reg_weight=0.04)[1:] == (0.003, 0.001)
     assert teacher(teacher_reg_weight=0.01)[0] != teacher()[0]  # another teacher setting: other teachers
+
+
+@pytest.mark.parametrize("search", ["random", "grid"])
+def test_a_sweep_draws_its_trials_from_the_configs_seed(search):
+    """The same sweep tries the same settings on every run, whatever else drew from numpy before it."""
+    import numpy as np
+    from ray.tune.experiment import Experiment
+
+    from recbole_ckd.tune import Param, make_searcher, search_space
+
+    params = {p.name: p for p in (Param("learning_rate", "loguniform", (-9.0, -5.0), 1),
+                                  Param("kd_weight", "choice", (0.01, 0.1), 2))}
+
+    def drawn(seed, numpy_seed):
+        np.random.seed(numpy_seed)
+        searcher = make_searcher(search, "recall@20", "max", seed)
+        searcher.add_configurations([Experiment("sweep", lambda config: None, config=search_space(params, search),
+                                                num_samples=3)])
+        trials = iter(searcher.next_trial, None)
+        return [(t.config["learning_rate"], t.config["kd_weight"]) for t in trials]
+
+    assert drawn(2020, 0) == drawn(2020, 1) and len(drawn(2020, 0)) == (3 if search == "random" else 6)
+    assert drawn(2021, 0) != drawn(2020, 0)
