@@ -56,6 +56,25 @@ def test_summary_and_variant_comparison():
     assert "| VBPR | 0.1200 ± 0.0200 |" in table and "recall@20 (ref.)" in table and "0.0663" in table
 
 
+def test_each_ablation_is_compared_with_the_full_method():
+    cells = {label: [{**fake_record(model, s, v), "overrides": overrides} for s, v in zip((1, 2, 3), values)]
+             for label, model, overrides, values in (
+                 ("VBPR", "VBPR", {}, (0.09, 0.10, 0.11)),
+                 ("VBPR_CKD", "VBPR_CKD", {}, (0.11, 0.14, 0.15)),
+                 ("VBPR_CKD-uniform_weights", "VBPR_CKD", {"ckd_weighting": "uniform"}, (0.10, 0.12, 0.14)),
+                 ("VBPR_MDrop", "VBPR_MDrop", {}, (0.10, 0.10, 0.10)))}
+    summary = lb.summarize(cells)
+    rows = lb.ablation_comparisons(summary, cells)
+    assert {(r["model"], r["backbone"]) for r in rows} == {("VBPR_CKD-uniform_weights", "VBPR_CKD")}
+    (row,) = [r for r in rows if r["metric"] == "recall@20"]
+    assert row["improvement"] == pytest.approx((0.12 - 0.4 / 3) / (0.4 / 3))
+    assert row["t"] == pytest.approx(-4.0) and row["p"] == pytest.approx(1 - 4 / math.sqrt(18))
+    table = lb.comparison_table(rows, 3, "CKD", "ablation")
+    assert table.startswith("| ablation | metric | CKD | ablation | improvement | paired t | p |")
+    assert "| VBPR_CKD-uniform_weights | recall@20 | 0.1333 | 0.1200 | -10.00% | -4.00 | 0.0572 |" in table
+    assert "(same seed, same data, CKD vs its ablation)" in table
+
+
 def test_reference_rows_from_other_code_say_so():
     """A published number beside a backbone that follows other code than the source ran: the page names that code."""
     from recbole_ckd.leaderboard.page import _other_code

@@ -33,12 +33,19 @@ from recbole_ckd.leaderboard.studies import (
     tuning_space,
 )
 from recbole_ckd.leaderboard.sweeps import tune_study, tuned_configs
-from recbole_ckd.leaderboard.tables import TABLE_METRICS, comparison_table, method_table, summarize, variant_comparisons
+from recbole_ckd.leaderboard.tables import (
+    TABLE_METRICS,
+    ablation_comparisons,
+    comparison_table,
+    method_table,
+    summarize,
+    variant_comparisons,
+)
 
 __all__ = [
     "BALANCING_STUDY", "Cell", "Entry", "MAX_SEED_COUNT", "METHOD_SPACES", "PROTOCOL_TEXT", "PUBLISHED",
-    "SHARED_SPACE", "SOURCES", "STATISTICS_ORDER", "STUDIES", "TABLE_METRICS", "as_entry", "cells_at_once",
-    "comparison_table", "mean_std", "method_table", "paired_t_test", "parse_models", "parse_seeds", "plan_cells",
+    "SHARED_SPACE", "SOURCES", "STATISTICS_ORDER", "STUDIES", "TABLE_METRICS", "ablation_comparisons", "as_entry",
+    "cells_at_once", "comparison_table", "mean_std", "method_table", "paired_t_test", "parse_models", "parse_seeds", "plan_cells",
     "plot_modalities", "plot_study_modalities", "plot_weights", "recorded_run_key", "relative_improvement",
     "run_cells", "run_leaderboard", "run_plan", "study_entries", "study_modes", "summarize", "tune_study",
     "tuned_configs", "tuning_space", "variant_comparisons", "write_page",

@@ -10,7 +10,13 @@ from recbole_ckd.leaderboard.cells import tuned_file
 from recbole_ckd.leaderboard.plots import plot_modalities, plot_study_modalities, plot_weights
 from recbole_ckd.leaderboard.published import PUBLISHED, SOURCES
 from recbole_ckd.leaderboard.sweeps import CANDIDATES
-from recbole_ckd.leaderboard.tables import comparison_table, method_table, summarize, variant_comparisons
+from recbole_ckd.leaderboard.tables import (
+    ablation_comparisons,
+    comparison_table,
+    method_table,
+    summarize,
+    variant_comparisons,
+)
 
 
 def write_page(dataset, cells, output, config_files=None, config_dict=None, tuned=None, spaces=None, study=None,
@@ -81,6 +87,10 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
         lines += [_reference_text(summary, reference), ""]
     if comparisons:
         lines += ["## Each variant against its backbone", "", comparison_table(comparisons, len(seeds)), ""]
+    ablations = ablation_comparisons(summary, cells)
+    if ablations:
+        lines += ["## Each ablation against CKD", "", "Does CKD need each of its parts (a negative improvement: "
+                  "the ablation is worse)?", "", comparison_table(ablations, len(seeds), "CKD", "ablation"), ""]
     if tuned:
         lines += ["## Tuned values", ""]
         if budget:

@@ -19,15 +19,26 @@ def variant_comparisons(summary, cells, metrics=TABLE_METRICS):
     relative improvement of the means and the paired test across seeds."""
     from recbole_ckd.model import variant_backbone_name
 
+    return _comparisons(summary, [(label, variant_backbone_name(cells[label][0]["model"])) for label in summary],
+                        metrics)
+
+
+def ablation_comparisons(summary, cells, metrics=TABLE_METRICS):
+    """Each ablation of a study (a row that is its model with other settings, ``X_CKD-uniform_weights``)
+    against the row of its model as published (``X_CKD``)."""
+    return _comparisons(summary, [(label, cells[label][0]["model"]) for label in summary
+                                  if cells[label][0].get("overrides")], metrics)
+
+
+def _comparisons(summary, pairs, metrics):
     rows = []
-    for label in summary:
-        backbone = variant_backbone_name(cells[label][0]["model"])
-        if backbone not in summary:
+    for label, base in pairs:
+        if base not in summary or base == label:
             continue
         for m in metrics:
-            new, old = summary[label][m], summary[backbone][m]
+            new, old = summary[label][m], summary[base][m]
             test = paired_t_test(new[2], old[2]) if len(new[2]) == len(old[2]) else None
-            rows.append({"model": label, "backbone": backbone, "metric": m, "variant": new[0], "base": old[0],
+            rows.append({"model": label, "backbone": base, "metric": m, "variant": new[0], "base": old[0],
                          "improvement": relative_improvement(new[0], old[0]),
                          "t": None if test is None else test[0], "p": None if test is None else test[1]})
     return rows
@@ -54,13 +65,15 @@ def method_table(summary, reference=None, metrics=TABLE_METRICS):
     return "\n".join(lines)
 
 
-def comparison_table(rows, n_seeds):
-    lines = ["| variant | metric | backbone | variant | improvement | paired t | p |", "|" + " --- |" * 7]
+def comparison_table(rows, n_seeds, base="backbone", new="variant"):
+    """The rows of :func:`variant_comparisons` (or :func:`ablation_comparisons`: ``base`` "CKD", ``new``
+    "ablation") as a table and a note on the test."""
+    lines = [f"| {new} | metric | {base} | {new} | improvement | paired t | p |", "|" + " --- |" * 7]
     for r in rows:
         improvement = "-" if r["improvement"] is None else f"{100 * r['improvement']:+.2f}%"
         t = "-" if r["t"] is None else f"{r['t']:.2f}"
         p = "-" if r["p"] is None else f"{r['p']:.3g}"
         lines.append(f"| {r['model']} | {r['metric']} | {r['base']:.4f} | {r['variant']:.4f} | {improvement} | {t} | {p} |")
-    note = (f"Paired two-sided t-test across the {n_seeds} seeds (same seed, same data, backbone vs its "
-            "variant); with few seeds it has little power, read p together with the spread.")
+    note = (f"Paired two-sided t-test across the {n_seeds} seeds (same seed, same data, {base} vs its "
+            f"{new}); with few seeds it has little power, read p together with the spread.")
     return "\n".join(lines) + "\n\n" + note
