@@ -97,10 +97,10 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
             lines += [f"Every row was tuned by its own sweep of {budget['trials']} trial(s) (search: {budget['search']}, "
                       f"scheduler: {budget['scheduler']}) and selected on validation {first['valid_metric']} only: "
                       f"its {min(CANDIDATES, budget['trials'])} best trials ran at every seed, and the best mean "
-                      "validation score chose the row's setting (`selection.md` in the row's sweep folder). The test results above are that "
-                      "setting's. The CKD rows' teachers trained with the plain backbone's selected learning rate "
-                      "and L2 weight, the same teachers for every CKD row of a backbone. Each variant is compared "
-                      "with the tuned backbone.", ""]
+                      "validation score chose the row's setting (`selection.md` in the row's sweep folder). The "
+                      "test results above are that setting's. The CKD rows' teachers trained with the plain "
+                      "backbone's selected learning rate and L2 weight, the same teachers for every CKD row of a "
+                      "backbone. Each variant is compared with the tuned backbone.", ""]
         lines += [f"| {'row' if budget else 'model'} | key | tuned | range |", "| --- | --- | --- | --- |"]
         for row, path in tuned.items():
             best = read_yaml(path)
