@@ -280,5 +280,5 @@ def test_a_full_disk_while_writing_a_cell_is_one_error_line(tmp_path, monkeypatc
     monkeypatch.setattr(json, "dump", dump)
     path = tmp_path / "cells" / "BPR-seed1-abc.json"
     with pytest.raises(UserError, match=f"^{path}: no space left on device; free some space"):
-        cells._write_json({"seed": 1}, str(path))
+        cells.write_json({"seed": 1}, str(path))
     assert os.listdir(tmp_path / "cells") == []  # no half file, under any name

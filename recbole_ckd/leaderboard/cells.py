@@ -13,7 +13,7 @@ from recbole_ckd.leaderboard.tables import TABLE_METRICS
 from recbole_ckd.run_keys import RUN_KEY_LENGTH
 
 
-def _write_json(record, path):
+def write_json(record, path):
     """Atomic: a cell file is either complete or absent."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
@@ -105,7 +105,7 @@ def run_plan(dataset, plan, output, log=None, ray_address=None, cpus_per_cell=No
 
     def finished(cell, record):
         record = {**record, "variant": cell.label, "overrides": cell.overrides}
-        _write_json(record, os.path.join(cell_dir, f"{cell.label}-seed{cell.seed}-{recorded_run_key(record)}.json"))
+        write_json(record, os.path.join(cell_dir, f"{cell.label}-seed{cell.seed}-{recorded_run_key(record)}.json"))
         records[cell] = record
 
     try:

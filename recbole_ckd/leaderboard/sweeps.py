@@ -142,7 +142,8 @@ def _select(dataset, entry, candidates, keys, seeds, folder, config_files, confi
     The runs train and validate only; their scores are kept in ``<folder>/selection/``, their checkpoints
     serve the selected candidate's cells (which then only evaluate), and ``selection.md`` shows every score."""
     from recbole_ckd.errors import Interrupted
-    from recbole_ckd.leaderboard.cells import plan_cells, run_missing
+    from recbole_ckd.leaderboard.cells import plan_cells, run_missing, write_json
+    from recbole_ckd.leaderboard.statistics import mean_std
     from recbole_ckd.settings_files import read_yaml
 
     if len(candidates) == 1:
@@ -163,10 +164,8 @@ def _select(dataset, entry, candidates, keys, seeds, folder, config_files, confi
 
     def finished(cell, record):
         scores[cell] = record["best_valid_score"]
-        os.makedirs(record_dir, exist_ok=True)
-        with saving(record_path(cell)), open(record_path(cell), "w") as f:
-            json.dump({"seed": cell.seed, "run_key": cell.key, "valid_metric": record["valid_metric"],
-                       "best_valid_score": scores[cell]}, f)
+        write_json({"seed": cell.seed, "run_key": cell.key, "valid_metric": record["valid_metric"],
+                    "best_valid_score": scores[cell]}, record_path(cell))
 
     missing = [cell for plan in plans for cell in plan if cell not in scores]
     if missing:
@@ -178,7 +177,7 @@ def _select(dataset, entry, candidates, keys, seeds, folder, config_files, confi
     except KeyboardInterrupt:
         raise Interrupted(f"the selection of {entry.label}'s setting stopped; its finished runs are kept in "
                           f"{record_dir}. Run the same command again to go on.") from None
-    means = [sum(scores[cell] for cell in plan) / len(plan) for plan in plans]
+    means = [mean_std([scores[cell] for cell in plan])[0] for plan in plans]
     chosen = means.index(max(means))
     lines = [f"Best validation score of {entry.label}'s {len(candidates)} best trials at every seed; the best mean "
              "selects the row's setting.", "",
