@@ -44,8 +44,8 @@ def build_parser():
     board.add_argument("--seeds", help="a count (default 3: seeds 2020, 2021, 2022) or a list (1,2,3)")
     board.add_argument("--sweeps", metavar="DIR", help="use the best configurations sweeps left in DIR")
     board.add_argument("--study", help="'balancing': for each backbone in --models, the plain model, CKD, CKD's "
-                       "ablations and the balancing baselines (modality dropout, OGM-GE); writes "
-                       "results/<dataset>-balancing.md; 'balancing_mmpareto': the same and MMPareto")
+                       "ablations and the balancing baselines (modality dropout, OGM-GE, MMPareto); writes "
+                       "results/<dataset>-balancing.md")
     board.add_argument("--tune_trials", type=int, help="with --study: tune every row first, each by its own sweep "
                        "of this many trials (--search, --scheduler) over its learning rate, L2 weight and its "
                        "method's knobs, selected on validation; its seeds then run with the selected values")

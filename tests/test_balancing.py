@@ -312,20 +312,12 @@ def test_a_later_key_enters_the_run_key_only_away_from_its_legacy_value(tiny_dat
 
 
 # ----------------------------------------------------------------------------- the study
-def test_mmpareto_joins_the_balancing_study_only_when_asked():
-    """The published balancing pages' rows are the ones they ran; 'balancing_mmpareto' adds MMPareto."""
-    plain = [e.label for e in lb.study_entries("balancing", ["VBPR", "LATTICE"])]
-    extended = [e.label for e in lb.study_entries("balancing_mmpareto", ["VBPR", "LATTICE"])]
-    assert not any("MMPareto" in label for label in plain)
-    assert [label for label in extended if label not in plain] == ["VBPR_MMPareto", "LATTICE_MMPareto"]
-
-
 @pytest.mark.slow
 def test_the_balancing_study_writes_every_row(tiny_dataset, tmp_path):
     entries = lb.study_entries("balancing", ["VBPR"])
     labels = [e.label for e in entries]
     assert labels == ["VBPR", "VBPR_CKD", "VBPR_CKD-no_specific", "VBPR_CKD-no_generic", "VBPR_CKD-uniform_weights",
-                      "VBPR_CKD-teacher_gap", "VBPR_MDrop", "VBPR_OGMGE"]
+                      "VBPR_CKD-teacher_gap", "VBPR_MDrop", "VBPR_OGMGE", "VBPR_MMPareto"]
     settings = fast_config(tiny_dataset["root"], tmp_path / "saved", epochs=2, gd_samples=9)
     out = str(tmp_path / "results")
     cells = lb.run_cells("tiny", entries, [1, 2], out, config_dict=settings, log=lambda *a: None)
@@ -349,12 +341,14 @@ def test_the_balancing_study_writes_every_row(tiny_dataset, tmp_path):
             "dropped independently (one kept when all are drawn), p = 0.5 per triple |") in text
     assert ("| VBPR_OGMGE | on-the-fly gradient modulation (OGM-GE, Peng et al., CVPR 2022) on each modality's dense "
             "encoder weights, alpha 0.1, epochs 0-50 |") in text
+    assert ("| VBPR_MMPareto | Pareto integration of the joint and each \"only m\" loss's gradients (MMPareto, Wei and Hu, "
+            "ICML 2024) |") in text
     assert "| VBPR_CKD-no_generic | counterfactual knowledge distillation (CKD, Zhang et al., ACM MM 2024): specific term," in text
     assert os.path.getsize(os.path.join(out, "tiny-balancing-modalities.png")) > 1000
     modes = lb.study_modes(cells)["VBPR"]
-    assert {"VBPR", "teachers", "VBPR_CKD", "VBPR_MDrop", "VBPR_OGMGE"} == set(modes)
+    assert {"VBPR", "teachers", "VBPR_CKD", "VBPR_MDrop", "VBPR_OGMGE", "VBPR_MMPareto"} == set(modes)
     assert set(modes["teachers"]) == {"only_v", "only_t"} and set(modes["VBPR_OGMGE"]) == {"joint", "only_v", "only_t"}
     # a second run reads every cell back
     messages = []
     lb.run_cells("tiny", entries, [1, 2], out, config_dict=settings, log=messages.append)
-    assert len(messages) == 16 and all(": cached (" in m for m in messages)
+    assert len(messages) == 18 and all(": cached (" in m for m in messages)

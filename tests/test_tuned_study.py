@@ -35,7 +35,7 @@ def fake_sweeps(monkeypatch):
 
 def test_every_row_gets_its_own_sweep_with_the_same_budget(tiny_dataset, tmp_path, monkeypatch):
     calls = fake_sweeps(monkeypatch)
-    entries = lb.study_entries("balancing_mmpareto", ["VBPR"])
+    entries = lb.study_entries("balancing", ["VBPR"])
     args = [f"--data_path={tiny_dataset['root']}"]
     tuned, spaces = lb.tune_study("tiny", entries, 3, [1], str(tmp_path / "out"), cmd_args=args, search="random",
                                   scheduler="asha")
@@ -206,7 +206,7 @@ def test_both_ends_of_every_rows_space_are_accepted_by_its_config(tiny_dataset, 
     """A study never stops at row k because an end of its range is out of a key's bounds."""
     from recbole_ckd.config import Config
 
-    for entry in lb.study_entries("balancing_mmpareto", [backbone]):
+    for entry in lb.study_entries("balancing", [backbone]):
         settings = {"data_path": str(tiny_dataset["root"]), **entry.overrides}
         space = lb.tuning_space(entry, Config(entry.model, "tiny", None, settings))
         assert space and space[0][0] == "learning_rate"

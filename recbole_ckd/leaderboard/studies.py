@@ -28,14 +28,10 @@ BALANCING_STUDY = (
     ("{B}_CKD-teacher_gap", "{B}_CKD", {"ckd_weighting": "teacher_gap"}),
     ("{B}_MDrop", "{B}_MDrop", {}),
     ("{B}_OGMGE", "{B}_OGMGE", {}),
+    ("{B}_MMPareto", "{B}_MMPareto", {}),
 )
 
-# MMPareto (section 9) joined the baselines after the balancing pages were published: the
-# balancing study with it is its own study, so the published pages' rows stay the ones they ran.
-BALANCING_MMPARETO_STUDY = BALANCING_STUDY + (("{B}_MMPareto", "{B}_MMPareto", {}),)
-
-
-STUDIES = {"balancing": BALANCING_STUDY, "balancing_mmpareto": BALANCING_MMPARETO_STUDY}
+STUDIES = {"balancing": BALANCING_STUDY}
 
 # A tuned study (--tune_trials=N): each row's own sweep searches the shared keys and its method's
 # keys, as (key, distribution, low, high); loguniform draws log-uniformly from [low, high]. The L2
