@@ -1,6 +1,7 @@
 """A tuned study (--study --tune_trials=N): every row tuned by its own sweep of the same budget,
 selected on validation only, then its seeds run with the selected values."""
 
+import json
 import math
 import os
 
@@ -179,6 +180,11 @@ def test_a_tuned_study_selects_before_any_test_then_reruns_from_its_cache(tiny_d
         assert lb.recorded_run_key(record) != default.key
     assert "| VBPR_MDrop | mdrop_prob | " in text and "| uniform [0.1, 0.9] |" in text
     assert "| VBPR | learning_rate | " in text and "| loguniform [0.0001, 0.01] |" in text
+    # of every trial's and candidate's run, only the selected setting's are kept: its cells read them
+    cells = [json.load(open(path)) for path in (out / "tiny" / "cells").iterdir()]
+    assert len(cells) == 2 and "removed the checkpoints of" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "saved" / "tiny")) == sorted(
+        os.path.basename(os.path.dirname(cell["checkpoint"])) for cell in cells)
     # the same command again: every sweep finished, every cell cached, nothing trained and Ray not started
     events.clear(), epoch_log.clear()
     monkeypatch.setattr(ray.tune.Tuner, "fit", lambda tuner: pytest.fail("a sweep ran again"))

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 
 import yaml
 
@@ -82,8 +83,11 @@ def tune_study(dataset, entries, trials, seeds, output, config_files=None, cmd_a
                              gpus_per_trial=gpus_per_trial, output=folder, ray_address=ray_address, verbose=0,
                              evaluate_best=False)["best_config_file"]
         keys = [key for key, *_ in space]
-        tuned[entry.label] = _select(dataset, entry, _candidate_files(best, keys), keys, seeds, folder, config_files,
-                                     config_dict, ray_address, cpus_per_trial, gpus_per_trial)
+        candidates = _candidate_files(best, keys)
+        tuned[entry.label] = _select(dataset, entry, candidates, keys, seeds, folder, config_files, config_dict,
+                                     ray_address, cpus_per_trial, gpus_per_trial)
+        _drop_unread_checkpoints(dataset, entry, best, keys, candidates, tuned[entry.label], seeds, config_files,
+                                 config_dict)
         spaces[entry.label] = {key: _describe_range(kind, low, high) for key, kind, low, high in space}
     return tuned, spaces
 
@@ -191,6 +195,32 @@ def _select(dataset, entry, candidates, keys, seeds, folder, config_files, confi
     with saving(os.path.join(folder, "selection.md")), open(os.path.join(folder, "selection.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return candidates[chosen]
+
+
+def _drop_unread_checkpoints(dataset, entry, best, keys, candidates, selected, seeds, config_files, config_dict):
+    """Delete the run folders of a selected row's sweep trials and of its other candidates' seeds: only the
+    ``selected`` setting's runs are read again (by its cells), and a study would otherwise keep two
+    checkpoints of every trial. The CKD teachers, in their own folders, stay."""
+    from recbole_ckd.config import Config
+    from recbole_ckd.run_keys import default_run_dir
+
+    def run_dir(file, settings):
+        return default_run_dir(Config(entry.model, dataset, list(config_files or []) + [file],
+                                      {**(config_dict or {}), **entry.overrides, **settings}))
+
+    table, trials = best.replace("-best.yaml", "-trials.csv"), []
+    if os.path.isfile(table):
+        with open(table, newline="", encoding="utf-8") as f:
+            trials = [row for row in csv.DictReader(f) if all(_finite(row[key]) for key in keys)]
+    unread = {run_dir(best, {key: float(row[key]) for key in keys}) for row in trials}  # at the sweep's seed
+    unread |= {run_dir(path, {"seed": seed}) for path in candidates for seed in seeds}
+    unread -= {run_dir(selected, {"seed": seed}) for seed in seeds}
+    present = sorted(folder for folder in unread if os.path.isdir(folder))
+    for folder in present:
+        shutil.rmtree(folder)
+    if present:
+        print(f"  {entry.label}: removed the checkpoints of {len(present)} trial and candidate run(s) no cell reads",
+              flush=True)
 
 
 def _check_budget(folder, budget):
