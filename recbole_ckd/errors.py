@@ -16,6 +16,10 @@ class ConfigError(UserError, ValueError):
     """A bad config key or value, config file or command-line flag."""
 
 
+class DiskFull(UserError):
+    """A write failed on a full disk: nothing is wrong with the run's settings, and it resumes once there is space."""
+
+
 class Interrupted(Exception):
     """The run was stopped (Ctrl-C, SIGTERM) after saving its state; the message says how to resume."""
 
@@ -31,7 +35,7 @@ def saving(path):
             raise KeyboardInterrupt from None
         if not _in_chain(err, _disk_full):
             raise
-        raise UserError(f"{path}: no space left on device; free some space and run the same command again to "
+        raise DiskFull(f"{path}: no space left on device; free some space and run the same command again to "
                         "resume.") from None
 
 

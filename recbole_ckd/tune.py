@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from recbole_ckd.cluster import ray_session, require_ray, sigterm_as_sigint
-from recbole_ckd.errors import Interrupted, UserError, saving
+from recbole_ckd.errors import DiskFull, Interrupted, UserError, saving
 from recbole_ckd.run_keys import CKD_KEYS
 from recbole_ckd.sweep_signing import (
     check_sweep_folder,
@@ -250,8 +250,10 @@ def _collect(results):
         metrics = result.metrics or {}
         error = result.error
         # Ray marks a trial's last result done when it returned or a scheduler stopped it; a trial
-        # interrupted (Ctrl-C, SIGTERM) or never started has no such result, whatever its status says
-        status = "ERROR" if error else "done" if metrics.get("done") else "unfinished"
+        # interrupted (Ctrl-C, SIGTERM) or never started has no such result, whatever its status says.
+        # A trial stopped by a full disk is unfinished too: its setting is not at fault, and it resumes.
+        status = ("unfinished" if _disk_full(error) else "ERROR") if error else "done" if metrics.get("done") \
+            else "unfinished"
         trials.append({
             "trial_id": metrics.get("trial_id") or getattr(ray_trial, "trial_id", None)
             or os.path.basename(str(result.path or "")),
@@ -263,6 +265,13 @@ def _collect(results):
             "error": (str(error).strip().splitlines() or [""])[-1][:200] if error else None,
         })
     return trials
+
+
+def _disk_full(error):
+    """Whether a trial's error is :class:`~recbole_ckd.errors.DiskFull`: Ray hands it back as itself, as the
+    cause of its task error, or (when it could not unpickle it) as that error's text."""
+    return (isinstance(error, DiskFull) or isinstance(getattr(error, "cause", None), DiskFull)
+            or f"{DiskFull.__module__}.{DiskFull.__name__}:" in str(error))
 
 
 def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_samples=4, search="random",
@@ -303,10 +312,11 @@ def run_sweep(model, dataset, hyper_file, config_files=None, cmd_args=(), num_sa
     print(table, flush=True)
     unfinished = [t for t in trials if t["status"] == "unfinished"]
     if unfinished:  # no selection and no test set on a partial search
+        disk = " (some on a full disk: free some space first)" if any(t["error"] for t in unfinished) else ""
         raise Interrupted(
-            f"the sweep stopped with {len(unfinished)} of {len(trials)} trials unfinished; its state is saved in {path}. "
-            "Run the same command again (same --output) to resume it; the best configuration and its test "
-            "result come only when every trial has ended."
+            f"the sweep stopped with {len(unfinished)} of {len(trials)} trials unfinished{disk}; its state is saved "
+            f"in {path}. Run the same command again (same --output) to resume it; the best configuration and its "
+            "test result come only when every trial has ended."
         )
     best = select_best(trials, overrides["valid_metric_bigger"])
     best_config_file = _write_outputs(output, name, trials, params, table, best,

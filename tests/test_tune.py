@@ -261,6 +261,31 @@ def test_an_interrupted_sweep_selects_nothing_and_says_how_to_resume(tiny_datase
     check_sweep_signature(fits[0])
 
 
+def test_a_trial_stopped_by_a_full_disk_leaves_the_sweep_to_resume(tiny_dataset, tmp_path, monkeypatch, capsys):
+    """A full disk says nothing about a trial's setting: the sweep selects nothing, and a rerun resumes the
+    trial (Ray's restore reruns errored trials) rather than reusing a search with fewer trials."""
+    from ray.exceptions import RayTaskError
+
+    import recbole_ckd.quick_start as qs
+    from recbole_ckd.errors import DiskFull, Interrupted, UserError
+    from recbole_ckd.tune import run_sweep
+
+    full = _FakeResult({"kd_weight": 0.1}, {"best_valid_score": 0.2, "best_epoch": 0, "epoch": 1})
+    full.error = RayTaskError("trial", "Traceback ...", DiskFull("best.pth: no space left on device")).as_instanceof_cause()
+    diverged = _FakeResult({"kd_weight": 1.0}, {"best_valid_score": None, "epoch": 1})
+    diverged.error = RayTaskError("trial", "Traceback ...", UserError("the training loss became nan")).as_instanceof_cause()
+    done = _FakeResult({"kd_weight": 0.01}, {"best_valid_score": 0.3, "best_epoch": 1, "epoch": 2, "done": True})
+    fake_tuner(monkeypatch, tmp_path, [done, full, diverged])
+    monkeypatch.setattr(qs, "run", lambda *a, **k: pytest.fail("the test set was touched"))
+    hyper = write(tmp_path, "kd_weight choice [0.01,0.1,1.0]\n")
+    args = [f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}"] + fast_args()
+    with pytest.raises(Interrupted, match=r"1 of 3 trials unfinished \(some on a full disk: free some space first\)"):
+        run_sweep("VBPR", "tiny", hyper, cmd_args=args, search="grid", output=str(tmp_path / "sweeps"), verbose=0)
+    table = capsys.readouterr().out
+    assert "| t1 | 0.1 | 0.2000 | 0 | unfinished: " in table and "| t2 | 1 | - | - | ERROR: " in table
+    assert not glob.glob(str(tmp_path / "sweeps" / "*-best.yaml"))
+
+
 @pytest.mark.parametrize("when", ["during Ray's last save", "during Ray's shutdown"])
 def test_a_second_ctrl_c_says_the_sweep_cannot_be_resumed(tiny_dataset, tmp_path, monkeypatch, capsys, when):
     """Ray's way: the first SIGINT makes the sweep stop and save (Ray's handler then puts Python's back);
