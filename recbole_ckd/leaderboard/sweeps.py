@@ -116,12 +116,11 @@ def _candidate_files(best, keys, count=CANDIDATES):
     ``best`` file, then ``candidate-<k>.yaml`` beside it, each ``best`` with that trial's values of ``keys``."""
     from recbole_ckd.settings_files import read_yaml
 
-    table = best.replace("-best.yaml", "-trials.csv")
-    if count < 2 or not os.path.isfile(table):
+    rows = _trial_rows(best)
+    if count < 2 or not rows:
         return [best]
     chosen = read_yaml(best)
-    with open(table, newline="", encoding="utf-8") as f:
-        done = [row for row in csv.DictReader(f) if row["status"] == "done" and _finite(row["best_valid_score"])]
+    done = [row for row in rows if row["status"] == "done" and _finite(row["best_valid_score"])]
     done.sort(key=lambda row: -float(row["best_valid_score"]))  # stable: a tie keeps the trials' order
     others = [row for row in done if any(float(row[key]) != chosen[key] for key in keys)]
     files = [best]
@@ -132,6 +131,15 @@ def _candidate_files(best, keys, count=CANDIDATES):
             yaml.safe_dump({**chosen, **{key: float(row[key]) for key in keys}}, f, sort_keys=False)
         files.append(path)
     return files
+
+
+def _trial_rows(best):
+    """The rows of the trial table beside a sweep's ``best`` file (none when it has no table)."""
+    table = best.replace("-best.yaml", "-trials.csv")
+    if not os.path.isfile(table):
+        return []
+    with open(table, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
 
 
 def _finite(text):
@@ -208,10 +216,7 @@ def _drop_unread_checkpoints(dataset, entry, best, keys, candidates, selected, s
         return default_run_dir(Config(entry.model, dataset, list(config_files or []) + [file],
                                       {**(config_dict or {}), **entry.overrides, **settings}))
 
-    table, trials = best.replace("-best.yaml", "-trials.csv"), []
-    if os.path.isfile(table):
-        with open(table, newline="", encoding="utf-8") as f:
-            trials = [row for row in csv.DictReader(f) if all(_finite(row[key]) for key in keys)]
+    trials = [row for row in _trial_rows(best) if all(_finite(row[key]) for key in keys)]
     unread = {run_dir(best, {key: float(row[key]) for key in keys}) for row in trials}  # at the sweep's seed
     unread |= {run_dir(path, {"seed": seed}) for path in candidates for seed in seeds}
     unread -= {run_dir(selected, {"seed": seed}) for seed in seeds}
