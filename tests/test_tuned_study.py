@@ -80,6 +80,23 @@ def test_a_sweep_of_another_budget_is_refused(tiny_dataset, tmp_path, monkeypatc
     assert len(calls) == 2
 
 
+@pytest.mark.parametrize("twin, message", [
+    (lb.Entry("VBPR", "VBPR_MDrop", {}), "the rows VBPR and VBPR are the same label"),
+    (lb.Entry("VBPR_CKD-again", "VBPR_CKD", {"ckd_specific": False}),
+     "the rows VBPR_CKD-no_specific and VBPR_CKD-again are the same model and settings"),
+])
+def test_a_row_given_twice_is_refused_before_any_sweep_or_cell(tiny_dataset, tmp_path, monkeypatch, twin, message):
+    """Two rows sharing a label or a model and settings would share cells and runs: the seeds of one would count
+    twice, or its selected checkpoints would be deleted with the other's trials."""
+    calls = fake_sweeps(monkeypatch)
+    entries = lb.study_entries("balancing", ["VBPR"]) + [twin]
+    with pytest.raises(ValueError, match=message + "; give each row once"):
+        lb.tune_study("tiny", entries, 2, [1], str(tmp_path / "out"), cmd_args=[f"--data_path={tiny_dataset['root']}"])
+    with pytest.raises(ValueError, match=message):
+        lb.plan_cells("tiny", entries, [1], config_dict={"data_path": tiny_dataset["root"]})
+    assert calls == [] and not (tmp_path / "out").exists()
+
+
 def test_a_backbone_without_an_l2_key_searches_only_what_it_has(tiny_dataset, tmp_path, monkeypatch):
     calls = fake_sweeps(monkeypatch)
     entries = [e for e in lb.study_entries("balancing", ["DAMRS"]) if e.label in ("DAMRS", "DAMRS_MDrop")]

@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass
 
 from recbole_ckd.errors import Interrupted, saving
-from recbole_ckd.leaderboard.studies import as_entry
+from recbole_ckd.leaderboard.studies import distinct_entries
 from recbole_ckd.leaderboard.tables import TABLE_METRICS
 from recbole_ckd.run_keys import RUN_KEY_LENGTH
 
@@ -56,7 +56,7 @@ def plan_cells(dataset, models, seeds, config_files=None, config_dict=None, tune
     from recbole_ckd.run_keys import config_key
 
     plan = []
-    for entry in map(as_entry, models):
+    for entry in distinct_entries(models):
         # a row's own tuned configuration (a tuned study's), else its model's, which then serves every
         # entry of that model (CKD's ablations too)
         row_tuned = tuned_file(tuned, entry.label, entry.model)

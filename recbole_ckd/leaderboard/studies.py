@@ -17,6 +17,20 @@ def as_entry(item):
     return item if isinstance(item, Entry) else Entry(item, item, {})
 
 
+def distinct_entries(models):
+    """``models`` as :class:`Entry` rows, each label and each (model, overrides) once: two rows that share
+    either would share cell files or runs, so one row's seeds would count twice or its checkpoints go
+    with the other's."""
+    entries = [as_entry(m) for m in models]
+    for k, entry in enumerate(entries):
+        for earlier in entries[:k]:
+            if entry.label == earlier.label or (entry.model, entry.overrides) == (earlier.model, earlier.overrides):
+                raise ValueError(f"the rows {earlier.label} and {entry.label} are "
+                                 + ("the same label" if entry.label == earlier.label else "the same model and settings")
+                                 + "; give each row once")
+    return entries
+
+
 # The balancing study (--study=balancing), per backbone B: the plain model, CKD, its ablations
 # (docs/method.md, section 8) and the balancing baselines (section 9), as (label, model, overrides).
 BALANCING_STUDY = (

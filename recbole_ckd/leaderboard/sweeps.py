@@ -50,12 +50,12 @@ def tune_study(dataset, entries, trials, seeds, output, config_files=None, cmd_a
     keyed by row label: the selected configuration files and ``{key: range}``."""
     from recbole_ckd.config import Config
     from recbole_ckd.errors import ConfigError
-    from recbole_ckd.leaderboard.studies import tuning_space
+    from recbole_ckd.leaderboard.studies import distinct_entries, tuning_space
     from recbole_ckd.tune import finished_sweep, run_sweep
 
     budget = {"trials": trials, "search": search, "scheduler": scheduler}
     rows = []  # every row's folder, settings and space, checked before anything is written
-    for entry in entries:
+    for entry in distinct_entries(entries):
         folder = os.path.join(output, dataset, "sweeps", entry.label)
         row_args = list(cmd_args) + [f"--{key}={value}" for key, value in sorted(entry.overrides.items())]
         space = tuning_space(entry, Config(entry.model, dataset, config_files, cmd_args=row_args))
