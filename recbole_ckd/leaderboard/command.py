@@ -2,7 +2,7 @@
 
 from recbole_ckd.leaderboard.cells import run_cells
 from recbole_ckd.leaderboard.page import write_page
-from recbole_ckd.leaderboard.studies import as_entry, study_entries
+from recbole_ckd.leaderboard.studies import FIRST_SEED, as_entry, study_entries
 from recbole_ckd.leaderboard.sweeps import tune_study, tuned_configs
 
 
@@ -37,7 +37,7 @@ def run_leaderboard(dataset, models, seeds, output="results", config_files=None,
 MAX_SEED_COUNT = 100
 
 
-def parse_seeds(text, base=2020):
+def parse_seeds(text, base=FIRST_SEED):
     """``3`` -> [2020, 2021, 2022]; ``1,5,9`` -> [1, 5, 9]; ``7,`` -> [7]. Each seed once: a repeated
     seed would count one cell twice (and fake a zero spread)."""
     text = str(text)

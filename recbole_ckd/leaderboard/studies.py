@@ -2,6 +2,8 @@
 
 from typing import NamedTuple
 
+FIRST_SEED = 2020  # --seeds=N runs the seeds FIRST_SEED, ..., FIRST_SEED + N - 1
+
 
 class Entry(NamedTuple):
     """One row of a leaderboard: ``label`` (its name in tables and cell files), the ``model`` that
