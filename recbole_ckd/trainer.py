@@ -228,7 +228,14 @@ class ResumableTrainer(SafeCheckpointMixin, Trainer):
         """RecBole's own loop (dynamic negative sampling, W&B, hyper-parameter logging included),
         resumed from ``last.pth`` or seeded, extended through its hooks: ``_train_epoch`` (the
         model's ``pre_epoch``, the learning-rate schedule, the epoch statistics) and the
-        per-validation callback (``last.pth``)."""
+        per-validation callback (``last.pth``). The TensorBoard writer is closed when it returns or raises,
+        so no writer thread outlives the run (it writes to a relative folder)."""
+        try:
+            return self._resume_and_fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        finally:
+            self.tensorboard.close()
+
+    def _resume_and_fit(self, train_data, valid_data, verbose, saved, show_progress, callback_fn):
         if not (saved and self._try_resume(train_data)):
             seed_stage(self.config["seed"], train_data)
         if self.finished:

@@ -3,6 +3,7 @@
 import glob
 import math
 import os
+import threading
 
 import pytest
 import torch
@@ -364,6 +365,19 @@ def test_resume_false_does_not_retrain_cached_teachers(tiny_dataset, tmp_path, e
     assert again["teachers"] == BOTH_CACHED and epoch_log.of("VBPR_CKD") == [0, 1]  # the student alone trained again
     assert {e.model for e in epoch_log} == {"VBPR_CKD"}
     assert {os.path.dirname(f) for f in checkpoint_writes} == {saved(tmp_path, again["checkpoints"]["student"])}
+
+
+def test_no_tensorboard_writer_outlives_a_run(tiny_dataset, tmp_path):
+    """Every stage's TensorBoard writer is closed when the stage ends, trained or read from its checkpoints:
+    a writer thread left running would write into its relative folder after the caller moved elsewhere."""
+    def writer_threads():
+        return [t for t in threading.enumerate() if type(t).__name__ == "_AsyncWriterThread" and t.is_alive()]
+
+    before = writer_threads()
+    run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2))
+    assert writer_threads() == before
+    run("VBPR_CKD", "tiny", config_dict=ckd_config(tiny_dataset, tmp_path, epochs=2))  # every stage finished: read back
+    assert writer_threads() == before
 
 
 # ----------------------------------------------------------------------------- learning-rate schedule
