@@ -48,7 +48,8 @@ def build_parser():
                        "results/<dataset>-balancing.md")
     board.add_argument("--tune_trials", type=int, help="with --study: tune every row first, each by its own sweep "
                        "of this many trials (--search, --scheduler) over its learning rate, L2 weight and its "
-                       "method's knobs, selected on validation; its seeds then run with the selected values")
+                       "method's knobs, selected on validation; its seeds then run with the selected values, and so does "
+                       "the plain backbone at each variant's selected learning rate and L2 weight")
     data = parser.add_argument_group("data commands")
     data.add_argument("--download", metavar="NAME", help="fetch dataset NAME's archive, verify it, unpack it")
     data.add_argument("--url", help="archive URL (or local path) for --download; default: the dataset YAML's")

@@ -323,3 +323,25 @@ def test_a_full_disk_while_writing_a_cell_is_one_error_line(tmp_path, monkeypatc
     with pytest.raises(UserError, match=f"^{path}: no space left on device; free some space"):
         cells.write_json({"seed": 1}, str(path))
     assert os.listdir(tmp_path / "cells") == []  # no half file, under any name
+
+
+def test_the_page_compares_each_variant_with_the_backbone_at_its_setting(tmp_path):
+    def row(model, values, overrides=None):
+        return [{**fake_record(model, seed, value), "overrides": overrides or {}} for seed, value in zip((1, 2, 3), values)]
+
+    cells = {"VBPR": row("VBPR", (0.10, 0.11, 0.12)), "VBPR_CKD": row("VBPR_CKD", (0.14, 0.15, 0.16)),
+             "VBPR_MDrop": row("VBPR_MDrop", (0.10, 0.12, 0.14))}
+    control = row("VBPR", (0.13, 0.15, 0.14), {"learning_rate": 0.0003, "reg_weight": 0.02})
+    controls = {"VBPR_CKD": ("VBPR-at-VBPR_CKD", control), "VBPR_MDrop": ("VBPR", cells["VBPR"])}
+    page = lb.write_page("tiny", cells, str(tmp_path), study="balancing", controls=controls)
+    text = open(page).read()
+    section = text.split("## Each variant against the backbone at its setting")[1].split("\n## ")[0]
+    assert "| VBPR-at-VBPR_CKD | learning_rate 0.0003, reg_weight 0.02 | VBPR_CKD |" in section
+    assert "| VBPR | the backbone row's own | VBPR_MDrop |" in section
+    # CKD 0.15 against its control's 0.14: +7.14%, differences 0.01, 0, 0.02 (t = 1.73)
+    assert "| VBPR_CKD | recall@20 | 0.1400 | 0.1500 | +7.14% | 1.73 | 0.225 |" in section
+    assert "| VBPR_MDrop | recall@20 | 0.1100 | 0.1200 | +9.09% |" in section
+    assert "precision@10" not in section
+    assert "VBPR-at-VBPR_CKD" not in text.split("## Results (test)")[1].split("\n## ")[0]  # not a row of the study
+    csv_rows = open(tmp_path / "tiny-balancing.csv").read().splitlines()
+    assert any(line.startswith("VBPR-at-VBPR_CKD,recall@20,0.140000,") for line in csv_rows)

@@ -172,6 +172,9 @@ def test_a_tuned_study_selects_before_any_test_then_reruns_from_its_cache(tiny_d
         ("run", "VBPR", True), ("run", "VBPR_MDrop", True)]
     assert events[-2][3] == events[-1][3] == len(epoch_log) == 4  # 4 selection runs of 1 epoch; the trials ran in Ray
     text = open(page).read()
+    # the seeded search draws every row's first trial at the same learning rate and L2 weight, and on this tiny
+    # data all trials tie, so both rows select it: VBPR_MDrop's control is the backbone's row itself
+    assert "| VBPR | the backbone row's own | VBPR_MDrop |" in text
     assert "own sweep of 2 trial(s) (search: random, scheduler: none)" in text and "--tune_trials=2" in text
     assert "Adam lr tuned per row (Tuned values)" in text and "Adam lr 0.0" not in text
     config_dict = dict(Config("VBPR", "tiny", None, cmd_args=args).cmd_config_dict)
@@ -183,8 +186,7 @@ def test_a_tuned_study_selects_before_any_test_then_reruns_from_its_cache(tiny_d
         assert len(trials) == 3 and all(",done," in t for t in trials[1:])  # header and 2 trials
         selection = open(folder / "selection.md").read()
         assert selection.count("| yes |") == 1 and "| seed 1 | mean | selected |" in selection
-        rank = next(line for line in selection.splitlines() if line.endswith("| yes |"))[2]
-        tuned = {label: str(folder / (f"{label}-tiny-best.yaml" if rank == "1" else f"candidate-{rank}.yaml"))}
+        tuned = {label: tuned_path(folder, label)}
         best = yaml.safe_load(open(tuned[label]))
         for key in keys:
             value = best[key]
@@ -209,6 +211,13 @@ def test_a_tuned_study_selects_before_any_test_then_reruns_from_its_cache(tiny_d
     assert run_recbole_ckd.main(argv) == page
     assert events == [] and len(epoch_log) == 0
     assert capsys.readouterr().out.count(": finished (") == 2
+
+
+def tuned_path(folder, label):
+    """The configuration file of a row's selected candidate, as its ``selection.md`` marks it."""
+    selection = open(folder / "selection.md").read()
+    rank = next(line for line in selection.splitlines() if line.endswith("| yes |"))[2]
+    return str(folder / (f"{label}-tiny-best.yaml" if rank == "1" else f"candidate-{rank}.yaml"))
 
 
 def test_an_ablation_searches_no_key_of_the_term_it_removes(tiny_dataset):
@@ -285,3 +294,59 @@ def test_a_rows_setting_is_the_best_mean_validation_of_its_best_trials_at_every_
     assert "| 2: learning_rate 0.002, reg_weight 0.0001 | 0.2800 | 0.2700 | 0.2750 | yes |" in table
     assert "| 1: learning_rate 0.001, reg_weight 0.05 | 0.3000 | 0.0500 | 0.1750 |  |" in table
     assert select() == candidates[1] and runs[-1] == (0, False)  # again: every score from its record
+
+
+def test_each_variant_gets_the_plain_backbone_at_its_own_setting(tmp_path):
+    """Rows that selected the same learning rate and L2 weight share one control run; a row that selected the
+    backbone's own values is compared with the backbone's row; the control keeps the backbone's other settings."""
+    from recbole_ckd.leaderboard.sweeps import setting_controls
+
+    selected = {"VBPR": {"learning_rate": 0.001, "reg_weight": 0.01, "epochs": 7},
+                "VBPR_CKD": {"learning_rate": 0.0003, "reg_weight": 0.02, "kd_weight": 0.1},
+                "VBPR_CKD-uniform_weights": {"learning_rate": 0.0003, "reg_weight": 0.02, "kd_weight": 0.5},
+                "VBPR_MDrop": {"learning_rate": 0.001, "reg_weight": 0.01, "mdrop_prob": 0.3},
+                "VBPR_OGMGE": {"learning_rate": 0.001, "reg_weight": 0.5, "ogm_alpha": 0.2}}
+    tuned = {}
+    for label, values in selected.items():
+        tuned[label] = str(tmp_path / f"{label}.yaml")
+        (tmp_path / f"{label}.yaml").write_text(yaml.safe_dump(values))
+    entries = [e for e in lb.study_entries("balancing", ["VBPR"]) if e.label in selected]
+    controls, runs = setting_controls(entries, tuned)
+    assert controls == {"VBPR_CKD": "VBPR-at-VBPR_CKD", "VBPR_CKD-uniform_weights": "VBPR-at-VBPR_CKD",
+                        "VBPR_MDrop": "VBPR", "VBPR_OGMGE": "VBPR-at-VBPR_OGMGE"}
+    assert runs == [lb.Entry("VBPR-at-VBPR_CKD", "VBPR", {"learning_rate": 0.0003, "reg_weight": 0.02}),
+                    lb.Entry("VBPR-at-VBPR_OGMGE", "VBPR", {"learning_rate": 0.001, "reg_weight": 0.5})]
+    assert setting_controls(entries, {"VBPR_CKD": tuned["VBPR_CKD"]}) == ({}, [])  # no tuned backbone, no control
+
+
+
+def test_a_control_runs_the_backbone_at_a_variants_setting(tiny_dataset, tmp_path, monkeypatch):
+    """The control trains the backbone with the variant's selected learning rate and L2 weight and the backbone
+    row's other selected settings, at every seed; the page compares the variant with it."""
+    import recbole_ckd.quick_start as qs
+    from recbole_ckd.config import Config
+
+    monkeypatch.setitem(lb.studies.STUDIES, "pair", (("{B}", "{B}", {}), ("{B}_MDrop", "{B}_MDrop", {})))
+    selected = {"VBPR": {"learning_rate": 0.001, "reg_weight": 0.01, "embedding_size": 8},
+                "VBPR_MDrop": {"learning_rate": 0.003, "reg_weight": 0.02, "mdrop_prob": 0.4}}
+    for label, values in selected.items():
+        (tmp_path / f"{label}.yaml").write_text(yaml.safe_dump(values))
+    monkeypatch.setattr(lb.command, "tune_study", lambda *a, **k: (
+        {label: str(tmp_path / f"{label}.yaml") for label in selected}, {label: {} for label in selected}))
+    runs, real_run = [], qs.run
+    monkeypatch.setattr(qs, "run", lambda model, dataset, files, settings, **k: runs.append(
+        Config(model, dataset, files, settings)) or real_run(model, dataset, files, settings, **k))
+    monkeypatch.setattr(lb.cells, "cells_at_once", lambda *a: 1)
+    args = [f"--data_path={tiny_dataset['root']}", f"--checkpoint_dir={tmp_path / 'saved'}"]
+    page = lb.run_leaderboard("tiny", ["VBPR"], [1, 2], str(tmp_path / "out"), cmd_args=args + fast_args(args),
+                              study="pair", tune_trials=2)
+    resolved = [(c["model"], c["seed"], c["learning_rate"], c["reg_weight"], c["embedding_size"]) for c in runs]
+    assert resolved[-2:] == [("VBPR", 1, 0.003, 0.02, 8), ("VBPR", 2, 0.003, 0.02, 8)]
+    assert resolved[:2] == [("VBPR", 1, 0.001, 0.01, 8), ("VBPR", 2, 0.001, 0.01, 8)]
+    text = open(page).read()
+    assert "| VBPR-at-VBPR_MDrop | learning_rate 0.003, reg_weight 0.02 | VBPR_MDrop |" in text
+    assert text.count("| VBPR_MDrop | recall@20 |") == 2  # against the tuned backbone, and against its control
+    cells = os.listdir(tmp_path / "out" / "tiny" / "cells")
+    assert sorted(name.rsplit("-", 1)[0] for name in cells) == [
+        "VBPR-at-VBPR_MDrop-seed1", "VBPR-at-VBPR_MDrop-seed2", "VBPR-seed1", "VBPR-seed2", "VBPR_MDrop-seed1",
+        "VBPR_MDrop-seed2"]

@@ -3,7 +3,7 @@
 from recbole_ckd.leaderboard.cells import run_cells
 from recbole_ckd.leaderboard.page import write_page
 from recbole_ckd.leaderboard.studies import FIRST_SEED, as_entry, study_entries
-from recbole_ckd.leaderboard.sweeps import tune_study, tuned_configs
+from recbole_ckd.leaderboard.sweeps import setting_controls, tune_study, tuned_configs
 
 
 def run_leaderboard(dataset, models, seeds, output="results", config_files=None, cmd_args=(), sweeps_dir=None,
@@ -12,24 +12,28 @@ def run_leaderboard(dataset, models, seeds, output="results", config_files=None,
     """Run (or reuse) every cell and write the page; returns the page path. With ``study``,
     ``models`` are backbones and every entry of the study runs for each (:func:`study_entries`); with
     ``tune_trials`` too, each entry first gets its own sweep of that many trials (:func:`tune_study`)
-    and its seeds run with the setting selected on validation."""
+    and its seeds run with the setting selected on validation, and so does the plain backbone at each
+    variant's selected learning rate and L2 weight (:func:`setting_controls`)."""
     from recbole_ckd.config import Config
 
     entries = study_entries(study, models) if study else [as_entry(m) for m in models]
     config_dict = {}
     if cmd_args:
         config_dict = dict(Config(entries[0].model, dataset, config_files, cmd_args=cmd_args).cmd_config_dict)
-    tuned, spaces, budget = {}, {}, None
+    tuned, spaces, budget, controls, control_entries = {}, {}, None, {}, []
     if tune_trials:
         tuned, spaces = tune_study(dataset, entries, tune_trials, seeds, output, config_files, cmd_args, config_dict,
                                    search, scheduler, 1.0 if cpus_per_cell is None else cpus_per_cell,
                                    gpus_per_cell or 0.0, ray_address)
         budget = {"trials": tune_trials, "search": search, "scheduler": scheduler}
+        controls, control_entries = setting_controls(entries, tuned)
     elif sweeps_dir:
         tuned, spaces = tuned_configs(sweeps_dir, dataset, sorted({e.model for e in entries}))
-    cells = run_cells(dataset, entries, seeds, output, config_files, config_dict, tuned, ray_address=ray_address,
-                      cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell)
-    page = write_page(dataset, cells, output, config_files, config_dict, tuned, spaces, study, budget)
+    cells = run_cells(dataset, entries + control_entries, seeds, output, config_files, config_dict, tuned,
+                      ray_address=ray_address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell)
+    control_cells = {entry.label: cells.pop(entry.label) for entry in control_entries}
+    page = write_page(dataset, cells, output, config_files, config_dict, tuned, spaces, study, budget,
+                      {row: (label, control_cells.get(label) or cells[label]) for row, label in controls.items()})
     print(f"leaderboard: {page}")
     return page
 

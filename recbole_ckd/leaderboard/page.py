@@ -12,8 +12,10 @@ from recbole_ckd.leaderboard.published import PUBLISHED, SOURCES
 from recbole_ckd.leaderboard.studies import FIRST_SEED
 from recbole_ckd.leaderboard.sweeps import CANDIDATES
 from recbole_ckd.leaderboard.tables import (
+    CONTROL_METRICS,
     ablation_comparisons,
     comparison_table,
+    control_comparisons,
     method_table,
     summarize,
     variant_comparisons,
@@ -21,14 +23,16 @@ from recbole_ckd.leaderboard.tables import (
 
 
 def write_page(dataset, cells, output, config_files=None, config_dict=None, tuned=None, spaces=None, study=None,
-               budget=None):
+               budget=None, controls=None):
     """Write ``<output>/<dataset>.md`` (``<dataset>-<study>.md`` for a study) and ``.csv`` (and the
     plots); returns the page path. ``tuned`` and ``spaces`` are keyed by model (``--sweeps``) or by row
-    (a tuned study, whose sweeps' ``budget`` is ``{"trials", "search", "scheduler"}``)."""
+    (a tuned study, whose sweeps' ``budget`` is ``{"trials", "search", "scheduler"}``, and whose
+    ``controls`` are ``{row: (label, records)}``, the plain backbone at each variant's setting)."""
     from recbole_ckd.reports import describe_protocol
     from recbole_ckd.settings_files import properties_dir, read_yaml
 
     summary = summarize(cells)
+    control_runs = {label: records for label, records in (controls or {}).values() if label not in cells}
     comparisons = variant_comparisons(summary, cells)
     name = f"{dataset}-{study}" if study else dataset
     first = next(iter(cells.values()))[0]
@@ -42,7 +46,7 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
     with saving(os.path.join(output, f"{name}.csv")), open(os.path.join(output, f"{name}.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["model", "metric", "mean", "std", "n_seeds", "values"])
-        for model, row in summary.items():
+        for model, row in {**summary, **summarize(control_runs)}.items():
             for m, (mean, std, values) in row.items():
                 writer.writerow([model, m, f"{mean:.6f}", f"{std:.6f}", len(values), " ".join(f"{v:.4f}" for v in values)])
 
@@ -88,6 +92,8 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
         lines += [_reference_text(summary, reference), ""]
     if comparisons:
         lines += ["## Each variant against its backbone", "", comparison_table(comparisons, len(seeds)), ""]
+    if controls:
+        lines += _control_lines(controls, cells, len(seeds))
     ablations = ablation_comparisons(summary, cells)
     if ablations:
         lines += ["## Each ablation against CKD", "", "Does CKD need each of its parts (a negative improvement: "
@@ -101,7 +107,9 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
                       "validation score chose the row's setting (`selection.md` in the row's sweep folder). The "
                       "test results above are that setting's. The CKD rows' teachers trained with the plain "
                       "backbone's selected learning rate and L2 weight, the same teachers for every CKD row of a "
-                      "backbone. Each variant is compared with the tuned backbone.", ""]
+                      "backbone. Each variant is compared with the tuned backbone"
+                      + (", and with the backbone at the variant's own learning rate and L2 weight." if controls
+                         else "."), ""]
         lines += [f"| {'row' if budget else 'model'} | key | tuned | range |", "| --- | --- | --- | --- |"]
         for row, path in tuned.items():
             best = read_yaml(path)
@@ -122,6 +130,28 @@ def write_page(dataset, cells, output, config_files=None, config_dict=None, tune
     with saving(page), open(page, "w") as f:
         f.write("\n".join(lines))
     return page
+
+
+def _control_lines(controls, cells, n_seeds):
+    """The section comparing each variant with the plain backbone at the variant's selected setting."""
+    runs = {}  # each control run -> the rows it serves
+    for row, (label, records) in controls.items():
+        runs.setdefault(label, (records, []))[1].append(row)
+    lines = ["## Each variant against the backbone at its setting", "",
+             "Each row's sweep drew its own learning rates and L2 weights, so a variant's gain over the tuned backbone "
+             "can come from its method or from the setting its sweep found. Here the plain backbone ran at each "
+             "variant's selected learning rate and L2 weight, its other settings those of the backbone's row, at the "
+             "same seeds: a variant that does not beat this run is not shown to help beyond tuning. Rows that "
+             "selected the same values share one run; a row that selected the backbone's own values is compared with "
+             "the backbone's row.", "", "| backbone run | setting | compared with |", "| --- | --- | --- |"]
+    for label, (records, rows) in runs.items():
+        setting = records[0].get("overrides") if label not in cells else None
+        setting = ", ".join(f"{key} {_tuned_value(value)}" for key, value in setting.items()) if setting else \
+            "the backbone row's own"
+        lines.append(f"| {label} | {setting} | {_listed(rows)} |")
+    table = comparison_table(control_comparisons(cells, controls), n_seeds, "backbone at the setting", "variant")
+    return lines + ["", f"{' and '.join(CONTROL_METRICS)} (every metric of each run is in the page's CSV):", "",
+                    table, ""]
 
 
 def _tuned_value(value):

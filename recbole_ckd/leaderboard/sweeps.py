@@ -92,6 +92,33 @@ def tune_study(dataset, entries, trials, seeds, output, config_files=None, cmd_a
     return tuned, spaces
 
 
+def setting_controls(entries, tuned):
+    """The plain backbone at each variant row's selected learning rate and L2 weight: each row's sweep draws
+    its own points, so a variant's gain over the tuned backbone mixes its method with its setting, and this
+    control separates them. Returns ``({row label: control label}, [control entries])``. A control is the row
+    ``<backbone>-at-<row>``: the backbone's selected configuration with the row's values of the shared keys
+    (:data:`~recbole_ckd.leaderboard.studies.SHARED_SPACE`). Rows that selected the same values share one
+    control, and a row that selected the backbone's own values is compared with the backbone's row."""
+    from recbole_ckd.leaderboard.studies import SHARED_SPACE, Entry
+    from recbole_ckd.model import variant_backbone_name
+    from recbole_ckd.settings_files import read_yaml
+
+    controls, by_setting = {}, {}
+    for entry in entries:
+        backbone = variant_backbone_name(entry.model)
+        if backbone not in tuned or entry.label not in tuned:
+            continue
+        selected, own = read_yaml(tuned[backbone]), read_yaml(tuned[entry.label])
+        setting = {key: own[key] for key, *_ in SHARED_SPACE if key in own}
+        if all(selected.get(key) == value for key, value in setting.items()):
+            controls[entry.label] = backbone
+            continue
+        key = (backbone, tuple(setting.items()))
+        by_setting.setdefault(key, Entry(f"{backbone}-at-{entry.label}", backbone, setting))
+        controls[entry.label] = by_setting[key].label
+    return controls, list(by_setting.values())
+
+
 def _given_keys(cmd_args):
     return {arg[2:].split("=", 1)[0] for arg in cmd_args}
 

@@ -30,6 +30,17 @@ def ablation_comparisons(summary, cells, metrics=TABLE_METRICS):
                                   if cells[label][0].get("overrides")], metrics)
 
 
+CONTROL_METRICS = ["recall@20", "ndcg@20"]
+
+
+def control_comparisons(cells, controls, metrics=CONTROL_METRICS):
+    """Each variant row against the plain backbone at its selected setting; ``controls`` is
+    ``{row: (control label, control records)}`` (a tuned study's
+    :func:`~recbole_ckd.leaderboard.sweeps.setting_controls`, run)."""
+    summary = summarize({**cells, **{label: records for label, records in controls.values()}}, metrics)
+    return _comparisons(summary, [(row, label) for row, (label, _) in controls.items()], metrics)
+
+
 def _comparisons(summary, pairs, metrics):
     rows = []
     for label, base in pairs:
