@@ -37,7 +37,7 @@ def test_paired_t_test_by_hand():
 
 def fake_record(model, seed, recall20, modes=None, stats=None):
     metrics = {m: recall20 for m in lb.TABLE_METRICS}
-    return {"model": model, "seed": seed, "test_masking": "train", "valid_metric": "Recall@20",
+    return {"model": model, "seed": seed, "test_masking": "train", "valid_metric": "Recall@20", "best_valid_score": recall20,
             "test_result": metrics, "valid_result": metrics, "modes": modes or {}, "epoch_stats": stats or [],
             "dataset_statistics": {"users": 3, "items": 4, "interactions": 9, "split": {"train": 7, "valid": 1, "test": 1}}}
 
@@ -331,7 +331,8 @@ def test_the_page_compares_each_variant_with_the_backbone_at_its_setting(tmp_pat
 
     cells = {"VBPR": row("VBPR", (0.10, 0.11, 0.12)), "VBPR_CKD": row("VBPR_CKD", (0.14, 0.15, 0.16)),
              "VBPR_MDrop": row("VBPR_MDrop", (0.10, 0.12, 0.14))}
-    control = row("VBPR", (0.13, 0.15, 0.14), {"learning_rate": 0.0003, "reg_weight": 0.02})
+    control = [{**record, "best_valid_score": 0.2}
+               for record in row("VBPR", (0.13, 0.15, 0.14), {"learning_rate": 0.0003, "reg_weight": 0.02})]
     controls = {"VBPR_CKD": ("VBPR-at-VBPR_CKD", control), "VBPR_MDrop": ("VBPR", cells["VBPR"])}
     page = lb.write_page("tiny", cells, str(tmp_path), study="balancing", controls=controls)
     text = open(page).read()
@@ -342,6 +343,9 @@ def test_the_page_compares_each_variant_with_the_backbone_at_its_setting(tmp_pat
     assert "| VBPR_CKD | recall@20 | 0.1400 | 0.1500 | +7.14% | 1.73 | 0.225 |" in section
     assert "| VBPR_MDrop | recall@20 | 0.1100 | 0.1200 | +9.09% |" in section
     assert "precision@10" not in section
+    # chosen on validation among the backbone's runs: the control (0.2) over the row (0.11)
+    assert ("- Of VBPR's 2 runs (its row and those above), VBPR-at-VBPR_CKD has the best mean validation Recall@20 "
+            "(0.2000); its test recall@20 is 0.1400.") in section
     assert "VBPR-at-VBPR_CKD" not in text.split("## Results (test)")[1].split("\n## ")[0]  # not a row of the study
     csv_rows = open(tmp_path / "tiny-balancing.csv").read().splitlines()
     assert any(line.startswith("VBPR-at-VBPR_CKD,recall@20,0.140000,") for line in csv_rows)

@@ -150,8 +150,27 @@ def _control_lines(controls, cells, n_seeds):
             "the backbone row's own"
         lines.append(f"| {label} | {setting} | {_listed(rows)} |")
     table = comparison_table(control_comparisons(cells, controls), n_seeds, "backbone at the setting", "variant")
-    return lines + ["", f"{' and '.join(CONTROL_METRICS)} (every metric of each run is in the page's CSV):", "",
-                    table, ""]
+    return lines + ["", *_best_backbone_runs(runs, cells), "",
+                    f"{' and '.join(CONTROL_METRICS)} (every metric of each run is in the page's CSV):", "", table, ""]
+
+
+def _best_backbone_runs(runs, cells):
+    """Per backbone, the run (its row or a control) with the best mean validation score: the backbone tuned
+    over every setting the study tried, chosen without the test set."""
+    from recbole_ckd.leaderboard.statistics import mean_std
+
+    lines = []
+    for backbone in dict.fromkeys(records[0]["model"] for records, _ in runs.values()):
+        candidates = {label: records for label, (records, _) in runs.items() if records[0]["model"] == backbone}
+        if backbone in cells:
+            candidates.setdefault(backbone, cells[backbone])
+        valid = {label: mean_std([r["best_valid_score"] for r in records])[0] for label, records in candidates.items()}
+        best = max(valid, key=valid.get)
+        test = mean_std([r["test_result"]["recall@20"] for r in candidates[best]])[0]
+        lines.append(f"- Of {backbone}'s {len(candidates)} runs (its row and those above), {best} has the best mean "
+                     f"validation {candidates[best][0]['valid_metric']} ({valid[best]:.4f}); its test recall@20 is "
+                     f"{test:.4f}.")
+    return lines
 
 
 def _tuned_value(value):
