@@ -297,8 +297,8 @@ def test_a_rows_setting_is_the_best_mean_validation_of_its_best_trials_at_every_
 
 
 def test_each_variant_gets_the_plain_backbone_at_its_own_setting(tmp_path):
-    """Rows that selected the same learning rate and L2 weight share one control run; a row that selected the
-    backbone's own values is compared with the backbone's row; the control keeps the backbone's other settings."""
+    """Rows that selected the same learning rate and L2 weight share one control run, which overrides those two
+    keys only; a row that selected the backbone's own values is compared with the backbone's row."""
     from recbole_ckd.leaderboard.sweeps import setting_controls
 
     selected = {"VBPR": {"learning_rate": 0.001, "reg_weight": 0.01, "epochs": 7},
@@ -317,7 +317,6 @@ def test_each_variant_gets_the_plain_backbone_at_its_own_setting(tmp_path):
     assert runs == [lb.Entry("VBPR-at-VBPR_CKD", "VBPR", {"learning_rate": 0.0003, "reg_weight": 0.02}),
                     lb.Entry("VBPR-at-VBPR_OGMGE", "VBPR", {"learning_rate": 0.001, "reg_weight": 0.5})]
     assert setting_controls(entries, {"VBPR_CKD": tuned["VBPR_CKD"]}) == ({}, [])  # no tuned backbone, no control
-
 
 
 def test_a_control_runs_the_backbone_at_a_variants_setting(tiny_dataset, tmp_path, monkeypatch):
