@@ -32,6 +32,7 @@ def test_paired_t_test_by_hand():
     assert p == pytest.approx(1 - 4 / math.sqrt(18))
     assert lb.paired_t_test([0.1], [0.2]) is None
     assert lb.paired_t_test([0.5, 0.75], [0.25, 0.5]) == (math.inf, 0.0)  # identical differences
+    assert lb.paired_t_test([0.10, 0.11, 0.12], [0.14, 0.15, 0.16]) == (-math.inf, 0.0)  # identical but for rounding
     assert lb.paired_t_test([0.1, 0.2], [0.1, 0.2]) == (0.0, 1.0)
 
 
