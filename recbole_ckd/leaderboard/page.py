@@ -151,7 +151,7 @@ def _control_lines(controls, cells, n_seeds):
         lines.append(f"| {label} | {setting} | {_listed(rows)} |")
     table = comparison_table(control_comparisons(cells, controls), n_seeds, "backbone at the setting", "variant")
     return lines + ["", *_best_backbone_runs(runs, cells), "",
-                    f"{' and '.join(CONTROL_METRICS)} (every metric of each run is in the page's CSV):", "", table, ""]
+                    f"Compared on {' and '.join(CONTROL_METRICS)} (every metric of each run is in the page's CSV):", "", table, ""]
 
 
 def _best_backbone_runs(runs, cells):
