@@ -9,6 +9,7 @@ from recbole_ckd.errors import saving
 from recbole_ckd.leaderboard.cells import tuned_file
 from recbole_ckd.leaderboard.plots import plot_modalities, plot_study_modalities, plot_weights
 from recbole_ckd.leaderboard.published import PUBLISHED, SOURCES
+from recbole_ckd.leaderboard.statistics import mean_std
 from recbole_ckd.leaderboard.studies import FIRST_SEED
 from recbole_ckd.leaderboard.sweeps import CANDIDATES
 from recbole_ckd.leaderboard.tables import (
@@ -157,8 +158,6 @@ def _control_lines(controls, cells, n_seeds):
 def _best_backbone_runs(runs, cells):
     """Per backbone, the run (its row or a control) with the best mean validation score: the backbone tuned
     over every setting the study tried, chosen without the test set."""
-    from recbole_ckd.leaderboard.statistics import mean_std
-
     lines = []
     for backbone in dict.fromkeys(records[0]["model"] for records, _ in runs.values()):
         candidates = {label: records for label, (records, _) in runs.items() if records[0]["model"] == backbone}
