@@ -165,10 +165,10 @@ def _best_backbone_runs(runs, cells):
             candidates.setdefault(backbone, cells[backbone])
         valid = {label: mean_std([r["best_valid_score"] for r in records])[0] for label, records in candidates.items()}
         best = max(valid, key=valid.get)
-        test = mean_std([r["test_result"]["recall@20"] for r in candidates[best]])[0]
+        metric = candidates[best][0]["valid_metric"]
+        test = mean_std([r["test_result"][metric.lower()] for r in candidates[best]])[0]
         lines.append(f"- Of {backbone}'s {len(candidates)} runs (its row and those above), {best} has the best mean "
-                     f"validation {candidates[best][0]['valid_metric']} ({valid[best]:.4f}); its test recall@20 is "
-                     f"{test:.4f}.")
+                     f"validation {metric} ({valid[best]:.4f}); its test {metric.lower()} is {test:.4f}.")
     return lines
 
 
